@@ -1,0 +1,47 @@
+# Two commands matter: `make demo` runs the main job on the embedded default, `make test` runs
+# every test. Both install what they need (Debian packages too) and are quick the second time.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+# torch first, pinned: a bare requirement would pull a multi-GB CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: install sysdeps test lint demo bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PIP) install -q $(TORCH_SPEC)
+	$(PIP) install -q -e '.[agent,train,dev]'
+	touch $(STAMP)
+
+# sshd is a real server in the tests; install it when the machine lacks it.
+sysdeps:
+	@if [ ! -x /usr/sbin/sshd ] || ! command -v ssh >/dev/null; then \
+		echo "installing openssh-server (needed by the SSH tests)"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq openssh-server openssh-client >/dev/null; \
+	fi
+
+install: $(STAMP) sysdeps
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+test: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pytest -n 2 --dist loadgroup -q $(PYTEST_ARGS)
+
+demo: install
+	$(PY) -m controller.demo
+
+bench: install
+	$(PY) -m bench $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

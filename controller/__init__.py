@@ -1,0 +1,1 @@
+"""The `ctl` command line: launch, tail, status, runs, stop, and the commands of the other parts."""

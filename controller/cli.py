@@ -1,0 +1,97 @@
+"""The `ctl` entry point: a thin click layer. Domain errors become one clean line here, only here.
+
+Heavy parts (torch, transformers, datasets) are imported inside the commands that need them, so
+`ctl --help` and the agent start fast on a laptop without the train extra.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from importlib.metadata import PackageNotFoundError, version
+
+import click
+
+from agent.errors import TrainctlError
+
+try:
+    __version__ = version("trainctl")
+except PackageNotFoundError:  # running from a source tree without an install
+    __version__ = "0.0.0+src"
+
+
+class CleanError(click.ClickException):
+    """A TrainctlError shown as `Error: <message>` with the error's own exit code."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class TrainctlGroup(click.Group):
+    """Turns domain errors raised anywhere below into CleanError: the one place that does."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except TrainctlError as exc:
+            raise CleanError(str(exc), exc.exit_code) from None
+
+
+store_option = click.option(
+    "--store", "store_url", envvar="TRAINCTL_STORE", default=None, metavar="URL",
+    help="Run store: s3://bucket/prefix, file:///path or a folder (env TRAINCTL_STORE; default ~/.trainctl/runs).")
+endpoint_option = click.option(
+    "--endpoint-url", envvar="TRAINCTL_S3_ENDPOINT", default=None, metavar="URL",
+    help="S3 endpoint for S3-compatible stores (env TRAINCTL_S3_ENDPOINT).")
+
+
+def open_run_store(store_url: str | None, endpoint_url: str | None = None):
+    """The RunStore a command's --store/--endpoint-url options name."""
+    from agent.runstore import RunStore
+    from agent.store import open_store
+
+    return RunStore(open_store(store_url, endpoint_url=endpoint_url))
+
+
+@click.group(cls=TrainctlGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="ctl")
+def main():
+    """trainctl: run QLoRA fine-tuning unattended and hear about it on Slack when it goes wrong."""
+
+
+@main.command("runs")
+@store_option
+@endpoint_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts instead of a table.")
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True, help="Newest runs to show.")
+def runs_cmd(store_url, endpoint_url, as_json, limit):
+    """List runs in the store: id, phase, step, heartbeat age, outcome."""
+    from controller.runs import fmt_age, list_rows, rows_as_dicts
+
+    rs = open_run_store(store_url, endpoint_url)
+    rows = list_rows(rs, time.time(), limit)
+    if as_json:
+        click.echo(json.dumps(rows_as_dicts(rows), indent=2))
+        return
+    if not rows:
+        click.echo(f"no runs in {rs.url}")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"runs in {rs.url}")
+    for col in ("run id", "phase", "step", "loss", "heartbeat", "outcome"):
+        table.add_column(col)
+    for r in rows:
+        step = "-" if r.step is None else (f"{r.step}/{r.total_steps}" if r.total_steps else str(r.step))
+        loss = "-" if r.loss is None else f"{r.loss:.4f}"
+        table.add_row(r.run_id, r.phase or "-", step, loss, fmt_age(r.heartbeat_age_s), r.outcome)
+    Console(file=sys.stdout, width=120).print(table)
+
+
+# Each part contributes its own click commands below, so `ctl --help` shows them all.
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Terraform for the GPU box, its data volume, the store and the watcher, and its thin wrapper."""

@@ -1,0 +1,1 @@
+"""The watcher: run state machine, alert ledger, Slack alerts."""

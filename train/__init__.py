@@ -1,0 +1,1 @@
+"""Data preparation and the QLoRA trainer (heavy imports stay inside functions)."""
