@@ -21,7 +21,7 @@ def validate_run_id(run_id: str) -> str:
     """Return `run_id` unchanged if it follows the rule, else raise RunIdError saying why."""
     if not isinstance(run_id, str) or not run_id:
         raise RunIdError(f"empty run id: {_HINT}")
-    m = RUN_ID_RE.match(run_id)
+    m = RUN_ID_RE.fullmatch(run_id)
     if not m:
         raise RunIdError(f"invalid run id {run_id!r}: {_HINT}")
     try:
@@ -33,7 +33,7 @@ def validate_run_id(run_id: str) -> str:
 
 def validate_name(name: str) -> str:
     """Check a run name (the part before the stamp)."""
-    if not NAME_RE.match(name or ""):
+    if not NAME_RE.fullmatch(name or ""):
         raise RunIdError(
             f"invalid run name {name!r}: use 1-48 letters, digits, _ or -, starting and ending with a letter or digit"
         )
@@ -49,4 +49,4 @@ def new_run_id(name: str, now: datetime | None = None) -> str:
 
 def run_name(run_id: str) -> str:
     """The name part of a valid run id."""
-    return RUN_ID_RE.match(validate_run_id(run_id)).group("name")
+    return RUN_ID_RE.fullmatch(validate_run_id(run_id)).group("name")

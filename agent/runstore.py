@@ -38,7 +38,7 @@ class RunStore:
     # -- runs ---------------------------------------------------------------------------
     def list_runs(self) -> list[str]:
         """Every run id in the store (folders that are not valid run ids are ignored)."""
-        return [d for d in self.store.list_dirs("") if RUN_ID_RE.match(d)]
+        return [d for d in self.store.list_dirs("") if RUN_ID_RE.fullmatch(d)]
 
     def run_exists(self, run_id: str) -> bool:
         return self.store.exists(self.k(run_id, p.METADATA)) or any(
