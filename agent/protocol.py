@@ -32,6 +32,10 @@ ERROR = "_error"
 COMPLETE = "_complete"
 STOP = "control/stop"
 ALERTS = "_alerts.json"
+# The watcher's index: one empty-ish marker per run that is finished and fully alerted, so a
+# sweep lists these once instead of reading every finished run (ops/index.py).
+INDEX = "_index/"
+INDEX_DONE = "_index/done/"
 CHUNK_DIGITS = 8
 
 

@@ -1,0 +1,115 @@
+"""One sweep over the store: observe active runs, enrich with EC2, decide, claim, send, record.
+
+The order matters for "never twice, never lost": a message is claimed (queued with a lease for
+this watcher) by a compare-and-set on the run's ledger before anything is posted, and moved to
+`sent` only after the post succeeded. Runs whose ledger is closed and empty join the done
+index and cost nothing on later sweeps.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+
+from agent.errors import StoreError
+from agent.runstore import RunStore
+from ops import facts as F
+from ops import index
+from ops import ledger as L
+from ops.ec2 import Ec2Enricher
+from ops.message import build
+from ops.policy import decide
+from ops.slack import Notifier
+from ops.state import TERMINAL_STATES, Settings, assess
+
+
+@dataclass
+class SweepReport:
+    """What a sweep saw and did (the CLI prints it; the Lambda returns it)."""
+
+    runs: int = 0
+    active: int = 0
+    states: Counter = field(default_factory=Counter)
+    sent: int = 0
+    failed: int = 0
+    pending: int = 0
+    done: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"runs": self.runs, "active": self.active, "states": dict(self.states), "sent": self.sent,
+                "failed": self.failed, "pending": self.pending, "done": self.done, "errors": self.errors}
+
+
+class Watcher:
+    """Sweeps one store. `owner` names this watcher in leases (unique per process by default)."""
+
+    def __init__(self, rs: RunStore, notifier: Notifier, settings: Settings = Settings(),
+                 ec2: Ec2Enricher | None = None, owner: str | None = None):
+        self.rs, self.notifier, self.settings, self.ec2 = rs, notifier, settings, ec2
+        self.owner = owner or f"watcher-{uuid.uuid4().hex[:12]}"
+
+    def sweep(self, now: float) -> SweepReport:
+        """Run one sweep at time `now`."""
+        rep = SweepReport()
+        ids, rep.runs = index.active_runs(self.rs)
+        rep.active = len(ids)
+        seen: list[F.Observed] = []
+        for run_id in ids:
+            try:
+                seen.append(F.observe(self.rs, run_id, now, self.settings))
+            except StoreError as exc:
+                rep.errors.append(f"{run_id}: {exc}")
+        if self.ec2 is not None:
+            wanted = [(o.facts.metadata.instance_id, o.facts.metadata.region) for o in seen
+                      if o.facts.metadata and o.facts.metadata.instance_id
+                      and not (o.facts.has_error or o.facts.has_complete)]
+            if wanted:
+                infos = self.ec2.describe(wanted)
+                if self.ec2.last_error:
+                    rep.errors.append(self.ec2.last_error)
+                for o in seen:
+                    if o.facts.metadata and o.facts.metadata.instance_id:
+                        o.facts.instance = infos.get(o.facts.metadata.instance_id)
+        for o in seen:
+            try:
+                self._handle(o, now, rep)
+            except StoreError as exc:
+                rep.errors.append(f"{o.facts.run_id}: {exc}")
+        return rep
+
+    def _handle(self, o: F.Observed, now: float, rep: SweepReport) -> None:
+        run_id = o.facts.run_id
+        st = assess(o.facts, now, self.settings)
+        rep.states[st.state] += 1
+        first_sight = o.loaded.etag is None
+
+        def change(led: L.Ledger) -> bool:
+            changed = False
+            if o.cache is not None and led.facts != o.cache:
+                led.facts, changed = dict(o.cache), True
+            changed |= decide(led, st, now, self.settings, first_sight=first_sight)
+            changed |= bool(L.claim_outbox(led, self.owner, now, self.settings.lease_s))
+            return changed
+
+        led, wrote = L.update(self.rs, run_id, change, first=o.loaded)
+        mine = [m for m in led.outbox if wrote and (m.get("lease") or {}).get("owner") == self.owner]
+        if mine:
+            mf = F.message_facts(self.rs, o.facts)
+            for msg in mine:
+                thread = msg.get("thread_ts") or (_last_alert_thread(led) if msg["kind"] in ("repeat", "resolved")
+                                                  else None)
+                d = self.notifier.send(build(msg, mf), thread_ts=thread, channel=msg.get("channel"))
+                rep.sent += d.delivered
+                rep.failed += not d.delivered
+                led, _ = L.update(self.rs, run_id, lambda x, m=msg, d=d: L.record_result(
+                    x, m["id"], self.owner, now, d.delivered, d.via, d.error, d.thread_ts, d.channel))
+        rep.pending += len(led.outbox)
+        if led.finished:
+            index.mark_done(self.rs, run_id, led.state if led.state in TERMINAL_STATES else "backfill", now)
+            rep.done += 1
+
+
+def _last_alert_thread(led: L.Ledger) -> str | None:
+    return (led.incident or {}).get("thread_ts")
