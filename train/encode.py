@@ -1,0 +1,68 @@
+"""Batched tokenization, in this process or in a pool of worker processes.
+
+Workers are started with `spawn` (nothing inherited: no CUDA context, no tokenizer thread pool
+from before a fork), get the Rust tokenizer itself (it pickles as JSON, so workers import only
+`tokenizers`), and run module-level functions. Results come back in submission order, with a
+bounded number of batches in flight, so memory stays flat. A worker that dies (OOM killer, segfault)
+surfaces as one clear error instead of the hang the seeds hit.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Iterable, Iterator
+
+from agent.errors import TrainctlError
+
+_TOK = None
+_EOS: int | None = None
+_SPECIAL = True
+
+
+def encode_with(tok, texts: list[str], eos: int | None, add_special_tokens: bool = True) -> list[list[int]]:
+    """Token ids of each text (BOS per the tokenizer's post-processor), plus EOS when given."""
+    encs = tok.encode_batch(texts, add_special_tokens=add_special_tokens)
+    if eos is None:
+        return [e.ids for e in encs]
+    return [e.ids + [eos] for e in encs]
+
+
+def _init_worker(tok, eos: int | None, add_special_tokens: bool) -> None:
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one process per core already
+    global _TOK, _EOS, _SPECIAL
+    _TOK, _EOS, _SPECIAL = tok, eos, add_special_tokens
+
+
+def _encode_in_worker(texts: list[str]) -> list[list[int]]:
+    return encode_with(_TOK, texts, _EOS, _SPECIAL)
+
+
+def encode_stream(tok, batches: Iterable[list[str]], *, eos: int | None, add_special_tokens: bool = True,
+                  num_proc: int = 1, max_in_flight: int | None = None) -> Iterator[list[list[int]]]:
+    """Token ids for each batch of texts, in order. `tok` is a `tokenizers.Tokenizer`."""
+    if num_proc <= 1:
+        for texts in batches:
+            yield encode_with(tok, texts, eos, add_special_tokens)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    in_flight = max_in_flight or 2 * num_proc
+    pending: deque = deque()
+    with ProcessPoolExecutor(max_workers=num_proc, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_init_worker, initargs=(tok, eos, add_special_tokens)) as pool:
+        try:
+            for texts in batches:
+                pending.append(pool.submit(_encode_in_worker, texts))
+                if len(pending) >= in_flight:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        except BrokenProcessPool:
+            for f in pending:
+                f.cancel()
+            raise TrainctlError(
+                f"a tokenizer worker process died (killed by the OS, often out of memory) with num_proc={num_proc}; "
+                "lower prepare.num_proc or prepare.batch_size and run again") from None
