@@ -92,6 +92,10 @@ def runs_cmd(store_url, endpoint_url, as_json, limit):
 
 
 # Each part contributes its own click commands below, so `ctl --help` shows them all.
+from ops.cli import ack_cmd, watch_cmd  # noqa: E402
+
+main.add_command(watch_cmd)
+main.add_command(ack_cmd)
 
 if __name__ == "__main__":
     main()

@@ -136,3 +136,16 @@ def record_result(ledger: Ledger, msg_id: str, owner: str, now: float, delivered
     if thread_ts and inc is not None and inc.get("alert_id") == msg_id:
         inc["thread_ts"], inc["channel"] = thread_ts, channel
     return True
+
+
+def snooze_run(rs: RunStore, run_id: str, seconds: float, by: str, now: float) -> float | None:
+    """`ctl ack`: mute the run's alerts and repeats until now + seconds (0 lifts it). Returns the end."""
+    rs.require_run(run_id)
+    until = now + seconds if seconds > 0 else None
+
+    def change(led: Ledger) -> bool:
+        led.snooze_until, led.snoozed_by = until, (by or None) if until else None
+        return True
+
+    update(rs, run_id, change)
+    return until

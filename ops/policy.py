@@ -80,8 +80,3 @@ def decide(ledger: Ledger, st: RunState, now: float, s: Settings, first_sight: b
                    thread_ts=inc.get("thread_ts"), channel=inc.get("channel"))
     return ledger.to_bytes() != before
 
-
-def snooze(ledger: Ledger, until: float, by: str = "") -> bool:
-    """Mute alerts and repeats for this run until `until` (unix seconds)."""
-    ledger.snooze_until, ledger.snoozed_by = until, by or None
-    return True

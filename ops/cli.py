@@ -1,0 +1,100 @@
+"""`ctl watch` and `ctl ack`: thin click commands over ops.sweep and the ledger."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import click
+
+_store = click.option("--store", "store_url", envvar="TRAINCTL_STORE", default=None, metavar="URL",
+                      help="Run store: s3://bucket/prefix, file:///path or a folder (env TRAINCTL_STORE).")
+_endpoint = click.option("--endpoint-url", envvar="TRAINCTL_S3_ENDPOINT", default=None, metavar="URL",
+                         help="S3 endpoint for S3-compatible stores (env TRAINCTL_S3_ENDPOINT).")
+
+
+@click.command("watch")
+@_store
+@_endpoint
+@click.option("--once", is_flag=True, help="Sweep once and exit (for cron); default: sweep forever.")
+@click.option("--interval", default="30", show_default=True, metavar="DURATION", help="Time between sweeps.")
+@click.option("--slack-webhook", envvar="SLACK_WEBHOOK_URL", default=None, metavar="URL",
+              help="Incoming-webhook URL (env SLACK_WEBHOOK_URL). Without Slack, alerts print here.")
+@click.option("--slack-token", envvar="SLACK_BOT_TOKEN", default=None, metavar="TOKEN",
+              help="Bot token for chat.postMessage (env SLACK_BOT_TOKEN); resolves reply in the alert's thread.")
+@click.option("--slack-channel", envvar="SLACK_CHANNEL", default=None, metavar="CHANNEL",
+              help="Channel for --slack-token (env SLACK_CHANNEL).")
+@click.option("--slack-api-url", envvar="SLACK_API_URL", default=None, hidden=True)
+@click.option("--heartbeat", "heartbeat_s", default=None, metavar="DURATION",
+              help="Expected heartbeat interval (default: the run's own, 30s).")
+@click.option("--heartbeat-grace", default="60s", show_default=True, metavar="DURATION",
+              help="Silence tolerated after a missed heartbeat before alerting.")
+@click.option("--progress-timeout", default="15m", show_default=True, metavar="DURATION",
+              help="No new training step for this long (agent alive) = hung.")
+@click.option("--setup-timeout", default="60m", show_default=True, metavar="DURATION",
+              help="Progress timeout during setup, downloads, data prep and the first step.")
+@click.option("--launch-timeout", default="15m", show_default=True, metavar="DURATION",
+              help="Time from launch to the first heartbeat.")
+@click.option("--ec2/--no-ec2", default=True, show_default=True, help="Ask EC2 about each run's instance.")
+@click.option("--ec2-endpoint-url", envvar="TRAINCTL_EC2_ENDPOINT", default=None, metavar="URL", hidden=True)
+@click.option("--region", default=None, help="Region of instances whose metadata names none.")
+def watch_cmd(store_url, endpoint_url, once, interval, slack_webhook, slack_token, slack_channel, slack_api_url,
+              heartbeat_s, heartbeat_grace, progress_timeout, setup_timeout, launch_timeout, ec2,
+              ec2_endpoint_url, region):
+    """Watch every run in the store and alert on Slack when one fails, hangs, goes silent or finishes."""
+    from ops.config import build_watcher, parse_duration, settings_from
+
+    settings = settings_from({"heartbeat_s": heartbeat_s, "grace_s": heartbeat_grace,
+                              "progress_timeout_s": progress_timeout, "setup_progress_timeout_s": setup_timeout,
+                              "launch_timeout_s": launch_timeout})
+    every = parse_duration(interval, "interval")
+    if every <= 0:
+        from agent.errors import ConfigError
+
+        raise ConfigError(f"--interval must be positive, got {interval!r}")
+    w = build_watcher(store_url, endpoint_url, settings=settings, webhook_url=slack_webhook, token=slack_token,
+                      channel=slack_channel, api_url=slack_api_url, ec2=ec2, ec2_endpoint_url=ec2_endpoint_url,
+                      region=region)
+    sink = w.notifier.sink.via
+    click.echo(f"watching {w.rs.url} every {every:g}s; alerts to {sink}", err=True)
+    try:
+        while True:
+            rep = w.sweep(time.time())
+            states = ", ".join(f"{k} {v}" for k, v in sorted(rep.states.items())) or "none active"
+            click.echo(f"sweep: {rep.runs} runs, {rep.active} active ({states}); sent {rep.sent}, "
+                       f"pending {rep.pending}", err=True)
+            for e in rep.errors:
+                click.echo(f"warning: {e}", err=True)
+            if once:
+                sys.exit(1 if rep.errors and not rep.active else 0)
+            time.sleep(every)
+    except KeyboardInterrupt:
+        click.echo("stopped", err=True)
+
+
+@click.command("ack")
+@click.argument("run_id")
+@click.option("--for", "duration", default="4h", show_default=True, metavar="DURATION",
+              help="How long to mute alerts and repeats for this run (0 lifts a snooze).")
+@click.option("--by", default=None, help="Who acknowledged (shown in the ledger); default $USER.")
+@_store
+@_endpoint
+def ack_cmd(run_id, duration, by, store_url, endpoint_url):
+    """Acknowledge a run's alert: mute its alerts and repeats for a while (completion/failure still post)."""
+    import os
+
+    from agent.protocol import iso
+    from agent.runid import validate_run_id
+    from agent.runstore import RunStore
+    from agent.store import open_store
+    from ops.config import parse_duration
+    from ops.ledger import snooze_run
+
+    validate_run_id(run_id)
+    secs = parse_duration(duration, "--for")
+    rs = RunStore(open_store(store_url, endpoint_url=endpoint_url))
+    until = snooze_run(rs, run_id, secs, by or os.environ.get("USER", ""), time.time())
+    if until is None:
+        click.echo(f"{run_id}: snooze lifted; alerts resume on the next sweep")
+    else:
+        click.echo(f"{run_id}: alerts muted until {iso(until)} (completion, failure and recovery still post)")

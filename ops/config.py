@@ -1,0 +1,64 @@
+"""Building a watcher from options or environment: shared by `ctl watch` and the Lambda handler."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+
+from agent.errors import ConfigError
+from ops.state import Settings
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$", re.I)
+
+# env name -> Settings field (the Lambda reads these; the CLI has flags of the same meaning)
+ENV_SETTINGS = {"TRAINCTL_HEARTBEAT_S": "heartbeat_s", "TRAINCTL_HEARTBEAT_GRACE": "grace_s",
+                "TRAINCTL_PROGRESS_TIMEOUT": "progress_timeout_s",
+                "TRAINCTL_SETUP_PROGRESS_TIMEOUT": "setup_progress_timeout_s",
+                "TRAINCTL_LAUNCH_TIMEOUT": "launch_timeout_s"}
+
+
+def parse_duration(text: str | float | int, what: str = "duration") -> float:
+    """`90`, `90s`, `15m`, `4h`, `1d` as seconds; a ConfigError that shows the form otherwise."""
+    if isinstance(text, int | float):
+        return float(text)
+    m = _DURATION.match(str(text))
+    if not m:
+        raise ConfigError(f"{what} {text!r} is not a duration: use e.g. 90s, 15m, 4h or 1d")
+    return float(m.group(1)) * _UNITS[(m.group(2) or "s").lower()]
+
+
+def settings_from(values: dict[str, str | float | None], base: Settings = Settings()) -> Settings:
+    """Settings with the given fields (durations as text or seconds) replaced; None keeps the default."""
+    changes = {}
+    for name, raw in values.items():
+        if raw is None or raw == "":
+            continue
+        secs = parse_duration(raw, name.removesuffix("_s").replace("_", "-"))
+        if secs <= 0:
+            raise ConfigError(f"{name.removesuffix('_s').replace('_', '-')} must be positive, got {raw!r}")
+        changes[name] = secs
+    return dataclasses.replace(base, **changes)
+
+
+def settings_from_env(env=os.environ) -> Settings:
+    return settings_from({field: env.get(var) for var, field in ENV_SETTINGS.items()})
+
+
+def build_watcher(store_url: str | None, endpoint_url: str | None = None, *, settings: Settings = Settings(),
+                  webhook_url: str | None = None, token: str | None = None, channel: str | None = None,
+                  api_url: str | None = None, ec2: bool = True, ec2_endpoint_url: str | None = None,
+                  region: str | None = None, console_file=None):
+    """A Watcher over `store_url` with the configured Slack sink (or the terminal) and EC2 enrichment."""
+    from agent.runstore import RunStore
+    from agent.store import open_store
+    from ops.ec2 import Ec2Enricher
+    from ops.slack import make_notifier
+    from ops.sweep import Watcher
+
+    rs = RunStore(open_store(store_url, endpoint_url=endpoint_url))
+    notifier = make_notifier(webhook_url, token, channel, api_url, console_file=console_file)
+    enricher = Ec2Enricher(ec2_endpoint_url, default_region=region or os.environ.get("AWS_REGION")
+                           or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1") if ec2 else None
+    return Watcher(rs, notifier, settings, enricher)
