@@ -97,5 +97,9 @@ from ops.cli import ack_cmd, watch_cmd  # noqa: E402
 main.add_command(watch_cmd)
 main.add_command(ack_cmd)
 
+from agent.cli import agent_group  # noqa: E402
+
+main.add_command(agent_group)
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,104 @@
+"""Uploads declared artifacts under `artifacts/<name>/...` and proves they arrived intact.
+
+`sync_artifact` is idempotent: a file whose stored size and ETag already match the local copy is
+not sent again, so it serves both when the trainer declares an artifact and as the final check
+before `_complete` (and after an agent restart). Large files go through the store's managed
+multipart upload; their ETag is checked against the multipart digest computed locally.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.runstore import RunStore
+
+# boto3's managed transfer defaults: files from 8 MiB up go multipart in 8 MiB parts.
+MULTIPART_CHUNK = 8 * 1024 * 1024
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+
+class ArtifactError(Exception):
+    """A declared artifact that is missing locally or did not arrive intact in the store."""
+
+    def __init__(self, message: str, missing: bool = False):
+        super().__init__(message)
+        self.missing = missing
+
+
+@dataclass
+class Uploaded:
+    """A verified artifact: where it is, how big, how many files."""
+
+    name: str
+    uri: str
+    size: int
+    files: int
+    final: bool
+    sent: int = 0  # files actually uploaded by this call (0 = everything already verified)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "uri": self.uri, "size": self.size, "files": self.files, "final": self.final}
+
+
+def _local_files(output_dir: Path, name: str, relpath: str) -> tuple[Path, list[tuple[str, Path]]]:
+    if not _NAME.match(name):
+        raise ArtifactError(f"artifact name {name!r} is not a plain name (letters, digits, _ . -)")
+    base = output_dir.resolve()
+    src = (base / relpath).resolve() if not Path(relpath).is_absolute() else Path(relpath).resolve()
+    if src != base and base not in src.parents:
+        raise ArtifactError(f"artifact {name}: path {relpath!r} is outside the output dir {base}", missing=True)
+    if src.is_file():
+        return src, [(src.name, src)]
+    if not src.is_dir():
+        raise ArtifactError(f"artifact {name}: {src} does not exist", missing=True)
+    files = []
+    for f in sorted(src.rglob("*")):
+        if f.is_dir():
+            continue
+        if not f.is_file():  # dangling symlink, socket, fifo: the artifact is not whole
+            raise ArtifactError(f"artifact {name}: {f} is not a readable regular file", missing=True)
+        files.append((f.relative_to(src).as_posix(), f))
+    if not files:
+        raise ArtifactError(f"artifact {name}: {src} is an empty folder", missing=True)
+    return src, files
+
+
+def expected_etags(path: Path, chunk: int = MULTIPART_CHUNK) -> tuple[str, str]:
+    """(plain MD5, multipart ETag) of a local file, to compare with what the store reports."""
+    whole = hashlib.md5(usedforsecurity=False)
+    parts = []
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            whole.update(block)
+            parts.append(hashlib.md5(block, usedforsecurity=False).digest())
+    multi = hashlib.md5(b"".join(parts), usedforsecurity=False).hexdigest() + f"-{len(parts)}"
+    return whole.hexdigest(), multi
+
+
+def _matches(rs: RunStore, key: str, path: Path) -> bool:
+    got = rs.store.size_and_etag(key)
+    if got is None or got[0] != path.stat().st_size:
+        return False
+    md5, multi = expected_etags(path)
+    return got[1] in (md5, multi)
+
+
+def sync_artifact(rs: RunStore, run_id: str, output_dir: Path, name: str, relpath: str,
+                  final: bool = False) -> Uploaded:
+    """Make `artifacts/<name>/` hold an exact copy of the declared file or folder, and verify it."""
+    _src, files = _local_files(output_dir, name, relpath)
+    total = sent = 0
+    for rel, path in files:
+        key = rs.artifact_key(run_id, f"{name}/{rel}")
+        if not _matches(rs, key, path):
+            rs.store.upload_file(key, path)
+            sent += 1
+            if not _matches(rs, key, path):
+                raise ArtifactError(f"artifact {name}: {rel} in the store does not match the local file "
+                                    "(size or checksum differs after upload)")
+        total += path.stat().st_size
+    uri = rs.store.location(rs.artifact_key(run_id, f"{name}/"))
+    return Uploaded(name, uri, total, len(files), final, sent)

@@ -1,0 +1,99 @@
+"""`ctl agent run`: the on-box daemon's command line, a thin layer over agent.daemon.
+
+Runs in the foreground; the controller daemonises it (setsid / systemd). Imports stay light
+(click here; boto3, watchdog and psutil inside the command) so the agent starts fast on the box.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+
+class _RedactingFormatter(logging.Formatter):
+    def format(self, record):
+        from agent.redact import redact
+
+        return redact(super().format(record))
+
+
+def _setup_logging(verbose: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_RedactingFormatter("%(asctime)s trainctl-agent %(levelname)s %(message)s"))
+    logger = logging.getLogger("trainctl.agent")
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    logger.propagate = False
+
+
+def _seconds(name: str, default: float, env: str, help_: str):
+    return click.option(f"--{name}", type=click.FloatRange(min=0.01), default=default, show_default=True,
+                        envvar=env, help=f"{help_} (env {env}).")
+
+
+@click.group("agent")
+def agent_group():
+    """The on-box agent that wraps a trainer and streams it to the run store."""
+
+
+@agent_group.command("run", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("--run-id", required=True, envvar="TRAINCTL_RUN_ID", help="Run id, e.g. mistral-20250804-171621.")
+@click.option("--store", "store_url", required=True, envvar="TRAINCTL_STORE", metavar="URL",
+              help="Run store: s3://bucket/prefix, file:///path or a folder (env TRAINCTL_STORE).")
+@click.option("--endpoint-url", envvar="TRAINCTL_S3_ENDPOINT", default=None, metavar="URL",
+              help="S3 endpoint for S3-compatible stores (env TRAINCTL_S3_ENDPOINT).")
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None, envvar="TRAINCTL_WORKDIR",
+              help="The run's folder on the box (default $TRAINCTL_WORKDIR_ROOT/<run-id>, root /mnt/training/runs).")
+@_seconds("heartbeat-s", 30.0, "TRAINCTL_HEARTBEAT_S", "Seconds between heartbeats")
+@_seconds("log-flush-s", 2.0, "TRAINCTL_LOG_FLUSH_S", "Seconds between log chunk uploads")
+@_seconds("stop-poll-s", 10.0, "TRAINCTL_STOP_POLL_S", "Seconds between checks for control/stop")
+@_seconds("latest-s", 10.0, "TRAINCTL_LATEST_S", "Minimum seconds between rewrites of the latest-log file")
+@_seconds("progress-s", 5.0, "TRAINCTL_PROGRESS_S", "Minimum seconds between progress.json updates")
+@_seconds("stop-grace-s", 30.0, "TRAINCTL_STOP_GRACE_S", "Seconds from SIGINT to SIGTERM, and again to SIGKILL")
+@_seconds("retry-max-s", 30.0, "TRAINCTL_RETRY_MAX_S", "Longest backoff between store attempts in an outage")
+@_seconds("finalize-timeout-s", 3600.0, "TRAINCTL_FINALIZE_TIMEOUT_S",
+          "How long to keep trying to deliver the final log and marker")
+@_seconds("partial-line-s", 10.0, "TRAINCTL_PARTIAL_LINE_S", "Seconds an unterminated line waits before shipping")
+@_seconds("tick-s", 0.25, "TRAINCTL_AGENT_TICK_S", "Main loop poll interval")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging to stderr.")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def run_cmd(run_id, store_url, endpoint_url, workdir, heartbeat_s, log_flush_s, stop_poll_s, latest_s, progress_s,
+            stop_grace_s, retry_max_s, finalize_timeout_s, partial_line_s, tick_s, verbose, command):
+    """Run COMMAND as the trainer of RUN_ID and keep the store up to date until it ends.
+
+    Example: ctl agent run --run-id mistral-20250804-171621 --store s3://bucket/training-runs
+    -- python -m train.qlora --config run.toml
+    """
+    from agent.daemon import Agent
+    from agent.runid import validate_run_id
+    from agent.settings import AgentSettings
+    from agent.workdir import Workdir, default_workdir
+
+    validate_run_id(run_id)
+    _setup_logging(verbose)
+    settings = AgentSettings(heartbeat_s=heartbeat_s, log_flush_s=log_flush_s, stop_poll_s=stop_poll_s,
+                             latest_s=latest_s, progress_s=progress_s, stop_grace_s=stop_grace_s,
+                             kill_grace_s=stop_grace_s, retry_max_s=retry_max_s,
+                             finalize_timeout_s=finalize_timeout_s, partial_line_s=partial_line_s, tick_s=tick_s)
+    store = _open_store(store_url, endpoint_url, settings)
+    wd = Workdir((workdir or default_workdir(run_id)).expanduser().resolve())
+    code = Agent(run_id, store, wd, list(command), settings).run()
+    sys.exit(code)
+
+
+def _open_store(url: str, endpoint_url: str | None, settings):
+    """The store, with short S3 timeouts: the agent's own backoff rides out long outages."""
+    from urllib.parse import urlparse
+
+    from agent.store import open_store
+
+    parsed = urlparse(url)
+    if parsed.scheme == "s3" and parsed.netloc:
+        from agent.store_s3 import S3Store
+
+        return S3Store(parsed.netloc, parsed.path.strip("/"), endpoint_url=endpoint_url, max_attempts=3,
+                       timeout=settings.store_timeout_s)
+    return open_store(url, endpoint_url=endpoint_url)

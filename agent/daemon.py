@@ -1,0 +1,274 @@
+"""The on-box agent: wraps one trainer run and keeps the run store up to date until a marker is written.
+
+One loop, no threads of our own (watchdog's observer only wakes it): the trainer writes to the
+spool file and never waits for the agent; the agent ships what is new whenever the store answers,
+backs off while it does not, and on exit writes exactly one terminal marker. Everything it needs
+to carry on after a crash is in the workdir (see agent.workdir).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+
+import psutil
+
+from agent import hostfacts
+from agent import protocol as p
+from agent.artifacts import ArtifactError, Uploaded, sync_artifact
+from agent.backoff import Backoff
+from agent.errors import ConfigError, StoreError
+from agent.logship import LogShipper
+from agent.progress import ProgressTracker
+from agent.redact import redact_argv
+from agent.runstore import RunStore
+from agent.settings import AgentSettings
+from agent.store import Store
+from agent.trainer import ExitStatus, Trainer, read_exit_status
+from agent.workdir import AgentState, Workdir, write_atomic
+
+log = logging.getLogger("trainctl.agent")
+_STORE_ERRORS = (StoreError, OSError)
+
+
+class Agent:
+    """One run's agent. `run()` returns the process exit code (0 once a marker is in the store)."""
+
+    def __init__(self, run_id: str, store: Store, wd: Workdir, command: list[str], settings: AgentSettings):
+        self.run_id, self.wd, self.command, self.s = run_id, wd, command, settings
+        self.rs = RunStore(store)
+        self.backoff = Backoff(max_s=settings.retry_max_s)
+        self.wake = threading.Event()
+        self.progress = ProgressTracker(wd.progress)
+        self.trainer: Trainer | None = None
+        self.state: AgentState | None = None
+        self.shipper: LogShipper | None = None
+        self._signal: str | None = None
+        self._stop_stage, self._stop_at = 0, 0.0
+        self._next = {"hb": 0.0, "progress": 0.0, "history": 0.0, "stop": 0.0}
+        self._metadata_dirty = True
+        self._synced = 0  # declared artifacts handled so far
+        self.uploaded: dict[str, Uploaded] = {}
+        self.artifact_errors: dict[str, str] = {}
+
+    # -- startup -------------------------------------------------------------------------------
+    def run(self) -> int:
+        self.wd.create()
+        self._claim_pidfile()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+        try:
+            if self._already_finished():
+                log.info("run %s already has a terminal marker; nothing to do", self.run_id)
+                return 0
+            status = self._start_or_adopt()
+            observer = self._watch()
+            try:
+                if status is None:
+                    status = self._loop()
+            finally:
+                if observer is not None:
+                    observer.stop()
+            return self._finalize(status)
+        finally:
+            self.wd.agent_pid.unlink(missing_ok=True)
+
+    def _claim_pidfile(self) -> None:
+        other = self.wd.read_pid(self.wd.agent_pid)
+        if other and other != os.getpid():
+            try:
+                proc = psutil.Process(other)
+                if proc.status() != psutil.STATUS_ZOMBIE and self.run_id in " ".join(proc.cmdline()):
+                    raise ConfigError(f"an agent (pid {other}) is already running run {self.run_id} in {self.wd.root};"
+                                      " stop it first or use another --workdir")
+            except psutil.Error:
+                pass
+        write_atomic(self.wd.agent_pid, f"{os.getpid()}\n".encode())
+
+    def _already_finished(self) -> bool:
+        try:
+            return any(self.rs.store.exists(self.rs.k(self.run_id, k)) for k in (p.ERROR, p.COMPLETE))
+        except _STORE_ERRORS:
+            return False  # store down: carry on spooling; the marker write is create-only anyway
+
+    def _start_or_adopt(self) -> ExitStatus | None:
+        """Start the trainer, or find the one a previous agent started. Returns its status if it already ended."""
+        state = AgentState.load(self.wd.state)
+        if state is not None and state.run_id != self.run_id:
+            raise ConfigError(f"{self.wd.root} belongs to run {state.run_id}, not {self.run_id}: use another --workdir")
+        if state is None:
+            if not self.command:
+                raise ConfigError("no trainer command: put it after `--`, e.g. ctl agent run ... -- python train.py")
+            state = AgentState(run_id=self.run_id, command=redact_argv(self.command), started_ts=time.time(),
+                               oom_kill_base=hostfacts.oom_kill_count())
+            state.save(self.wd.state)  # before the trainer starts: a crash now must not start a second one
+            self.trainer = Trainer.start(self.wd, self.command, self._trainer_env())
+            state.wrapper_pid, state.wrapper_create_time = self.trainer.pgid, self.trainer.create_time()
+            state.save(self.wd.state)
+            log.info("started trainer (group %s): %s", self.trainer.pgid, " ".join(state.command))
+        self.state = state
+        self.shipper = LogShipper(self.rs, self.run_id, self.wd, state.log, self._save, self.s.log_flush_s,
+                                  self.s.latest_s, self.s.partial_line_s)
+        self.progress.read_new()
+        if self.trainer is None:
+            self.trainer = Trainer.adopt(self.wd, state.wrapper_pid, state.wrapper_create_time)
+            if self.trainer is None:
+                st = read_exit_status(self.wd) or ExitStatus(None, None, lost=True)
+                log.warning("trainer of run %s ended while the agent was down: %s", self.run_id, st)
+                return st
+            log.info("resumed: trainer group %s still running, shipping from byte %d", self.trainer.pgid,
+                     state.log.offset)
+        return None
+
+    def _trainer_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(TRAINCTL_RUN_ID=self.run_id, TRAINCTL_PROGRESS_FILE=str(self.wd.progress),
+                   TRAINCTL_OUTPUT_DIR=str(self.wd.output), TRAINCTL_WORKDIR=str(self.wd.root))
+        env.setdefault("PYTHONUNBUFFERED", "1")  # so print() lines reach the spool (and the store) promptly
+        return env
+
+    def _save(self) -> None:
+        self.state.save(self.wd.state)
+
+    def _watch(self):
+        """Wake the loop when the spool or progress file changes; polling covers the rest."""
+        try:
+            from watchdog.events import FileSystemEventHandler
+            from watchdog.observers import Observer
+        except ImportError:
+            return None
+        wake, paths = self.wake, {str(self.wd.log), str(self.wd.progress)}
+
+        class _Wake(FileSystemEventHandler):
+            def on_any_event(self, event):
+                if event.src_path in paths:
+                    wake.set()
+
+        try:
+            observer = Observer()
+            observer.schedule(_Wake(), str(self.wd.root), recursive=False)
+            observer.start()
+            return observer
+        except Exception as exc:  # inotify limits and the like: the polling tick still works
+            log.warning("file watch unavailable (%s); polling every %.2fs", exc, self.s.tick_s)
+            return None
+
+    def _on_signal(self, signum, _frame) -> None:
+        self._signal = signal.Signals(signum).name
+        self.wake.set()
+
+    # -- the loop ----------------------------------------------------------------------------
+    def _loop(self) -> ExitStatus:
+        while True:
+            now = time.monotonic()
+            status = self.trainer.poll()
+            if status is not None:
+                return status
+            if self._signal and not self._stop_stage:
+                log.info("agent got %s: stopping the trainer gracefully", self._signal)
+                self.state.interrupted = True
+                self._begin_stop(now)
+            self._escalate(now)
+            self.progress.read_new()
+            if self.backoff.ready(now):
+                try:
+                    self._store_duties(now)
+                    if self.backoff.down:
+                        log.info("store reachable again")
+                    self.backoff.succeeded()
+                except _STORE_ERRORS as exc:
+                    if not self.backoff.down:
+                        log.warning("store unreachable, spooling locally: %s", exc)
+                    self.backoff.failed(now, str(exc))
+            if self.shipper.backlog() or self.backoff.down:
+                time.sleep(self.s.tick_s)
+            else:
+                self.wake.wait(self.s.tick_s)
+                self.wake.clear()
+
+    def _begin_stop(self, now: float) -> None:
+        self._save()
+        self.trainer.send(signal.SIGINT)
+        self._stop_stage, self._stop_at = 1, now
+
+    def _escalate(self, now: float) -> None:
+        if self._stop_stage == 1 and now - self._stop_at >= self.s.stop_grace_s:
+            log.warning("trainer still running %.0fs after SIGINT: sending SIGTERM", self.s.stop_grace_s)
+            self.trainer.send(signal.SIGTERM)
+            self._stop_stage, self._stop_at = 2, now
+        elif self._stop_stage == 2 and now - self._stop_at >= self.s.kill_grace_s:
+            log.warning("trainer still running %.0fs after SIGTERM: sending SIGKILL", self.s.kill_grace_s)
+            self.trainer.send(signal.SIGKILL)
+            self._stop_stage = 3
+
+    def _store_duties(self, now: float) -> None:
+        if self._metadata_dirty or self.progress.phase_changed:
+            self._write_metadata(self.progress.phase or "running")
+        if self.shipper.due(now):
+            self.shipper.ship(now)
+        self.shipper.refresh_latest(now)
+        if now >= self._next["hb"]:
+            self._heartbeat(alive=True)
+            self._next["hb"] = now + self.s.heartbeat_s
+        if self.progress.changed and now >= self._next["progress"]:
+            self.rs.write_progress(self.run_id, self.progress.record(time.time()))
+            self.progress.changed = False
+            self._next["progress"] = now + self.s.progress_s
+            if now >= self._next["history"]:
+                self.rs.write_history(self.run_id, self.progress.history_points())
+                self._next["history"] = now + self.s.history_s
+        if now >= self._next["stop"] and not self._stop_stage:
+            self._next["stop"] = now + self.s.stop_poll_s
+            if self.rs.store.exists(self.rs.k(self.run_id, p.STOP)):
+                log.info("control/stop found: stopping the trainer")
+                self.state.stop_seen = True
+                self._begin_stop(now)
+        self._sync_declared()
+
+    def _sync_declared(self) -> None:
+        """Upload artifacts the trainer declared since the last call (StoreError propagates: retry later)."""
+        while self._synced < len(self.progress.declared):
+            d = self.progress.declared[self._synced]
+            try:
+                up = sync_artifact(self.rs, self.run_id, self.wd.output, d.name, d.path, d.final)
+                self.uploaded[d.name] = up
+                self.artifact_errors.pop(d.name, None)
+                log.info("artifact %s verified in the store (%d files, %d bytes)", d.name, up.files, up.size)
+            except ArtifactError as exc:
+                self.artifact_errors[d.name] = str(exc)
+                log.warning("%s", exc)
+            self._synced += 1
+
+    def _write_metadata(self, phase: str) -> None:
+        try:
+            md = self.rs.read_metadata(self.run_id)
+        except p.RecordError:
+            md = None
+        md = md or p.Metadata(run_id=self.run_id, created=self.state.started_ts or time.time())
+        md.phase, md.agent_pid, md.heartbeat_s, md.workdir = phase, os.getpid(), self.s.heartbeat_s, str(self.wd.root)
+        md.trainer_pid = self.trainer.trainer_pid if self.trainer else md.trainer_pid
+        md.command = md.command or self.state.command
+        md.host = md.host or hostfacts.host_stats(self.wd.root).get("hostname")
+        self.rs.write_metadata(md)
+        self._metadata_dirty = self.progress.phase_changed = False
+
+    def _heartbeat(self, alive: bool) -> None:
+        self.state.hb_seq += 1
+        tp = self.trainer.trainer_pid if self.trainer else None
+        host = hostfacts.host_stats(self.wd.root)
+        host.update(hostfacts.process_tree_stats(self.trainer.pgid if self.trainer and alive else None))
+        host["agent_rss_bytes"] = psutil.Process().memory_info().rss
+        hb = p.Heartbeat(ts=time.time(), seq=self.state.hb_seq, agent_pid=os.getpid(), trainer_alive=alive,
+                         heartbeat_s=self.s.heartbeat_s, trainer_pid=tp, phase=self.progress.phase,
+                         last_progress_ts=self.progress.last_progress_ts, last_step=self.progress.last_step,
+                         host=host, gpus=hostfacts.gpu_stats(), spool_backlog_bytes=self.shipper.backlog())
+        self.rs.write_heartbeat(self.run_id, hb)
+
+    # -- the end -----------------------------------------------------------------------------
+    def _finalize(self, status: ExitStatus) -> int:
+        from agent.finalize import finalize
+
+        return finalize(self, status)

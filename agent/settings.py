@@ -1,0 +1,24 @@
+"""Every interval and limit of the agent, in one place, so tests and benchmarks can scale them down."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    """Agent timings (seconds) and limits. Defaults suit a real multi-hour training run."""
+
+    heartbeat_s: float = 30.0
+    log_flush_s: float = 2.0
+    latest_s: float = 10.0  # logs/training_log_latest.txt at most this often
+    progress_s: float = 5.0  # progress.json at most this often
+    history_s: float = 60.0  # history.json (loss curve) at most this often
+    stop_poll_s: float = 10.0  # how often control/stop is checked
+    stop_grace_s: float = 30.0  # SIGINT -> SIGTERM
+    kill_grace_s: float = 30.0  # SIGTERM -> SIGKILL
+    partial_line_s: float = 10.0  # an unterminated line is shipped after waiting this long
+    retry_max_s: float = 30.0  # longest backoff between store attempts during an outage
+    finalize_timeout_s: float = 3600.0  # how long to keep trying to deliver the final logs and marker
+    tick_s: float = 0.25  # main loop poll interval (trainer exit, signals)
+    store_timeout_s: float = 10.0  # connect/read timeout of one store call
