@@ -101,5 +101,10 @@ from agent.cli import agent_group  # noqa: E402
 
 main.add_command(agent_group)
 
+from controller.commands import COMMANDS as _CONTROLLER_COMMANDS  # noqa: E402
+
+for _cmd in _CONTROLLER_COMMANDS:
+    main.add_command(_cmd)
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,197 @@
+"""Click commands of the controller: launch, tail, status, stop, hosts. A thin layer over the library."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from agent.errors import ConfigError
+from controller.cli import endpoint_option, open_run_store, store_option
+
+
+def _local_defaults() -> dict:
+    from controller.hostkeys import trainctl_home
+
+    return {"box": {"data_root": str(trainctl_home() / "box"), "require_mount": False, "require_gpu": False,
+                    "min_free_gb": 1.0}}
+
+
+def _merge_defaults(raw: dict, defaults: dict) -> dict:
+    out = dict(raw)
+    for section, values in defaults.items():
+        out[section] = {**values, **(raw.get(section) or {})} if isinstance(raw.get(section, {}), dict) else raw[section]
+    return out
+
+
+@click.command("launch")
+@click.option("--existing", "instance_id", metavar="i-XXXX", help="Launch on this EC2 instance (started if stopped).")
+@click.option("--host", "host", metavar="USER@HOST[:PORT]", help="Launch on any SSH box.")
+@click.option("--local", "local", is_flag=True, help="Launch on this machine with the local-folder store.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="run.toml (default: ./run.toml when present).")
+@click.option("--run-id", default=None, help="Run id (default: <name>-<UTC stamp>).")
+@click.option("--store", "store_url", envvar="TRAINCTL_STORE", default=None, metavar="URL", help="s3://bucket/prefix.")
+@click.option("--endpoint-url", envvar="TRAINCTL_S3_ENDPOINT", default=None, metavar="URL", help="S3 endpoint.")
+@click.option("--region", default=None, help="AWS region of the instance.")
+@click.option("--ec2-endpoint-url", envvar="TRAINCTL_EC2_ENDPOINT", default=None, metavar="URL", help="EC2 endpoint.")
+@click.option("--no-start", is_flag=True, help="Fail instead of starting a stopped instance.")
+@click.option("--allow-no-gpu", is_flag=True, help="Accept an instance type / box without an NVIDIA GPU.")
+@click.option("--ssh-config", envvar="TRAINCTL_SSH_CONFIG", default=None, help="ssh_config file to honour.")
+@click.option("--ssh-key", default=None, help="Private key for SSH.")
+@click.option("--user", default=None, help="SSH user (default: ssh_config User, else ubuntu).")
+@click.option("--data-root", default=None, help="Data folder on the box (default /mnt/training).")
+@click.option("--trainer-config", default=None, help="train.toml passed to `ctl train sft`.")
+@click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE", help="Override any run.toml key.")
+@click.option("--train-set", "train_sets", multiple=True, metavar="KEY=VALUE", help="Override a train.toml key.")
+@click.argument("trainer_command", nargs=-1, type=click.UNPROCESSED)
+def launch_cmd(instance_id, host, local, config_path, run_id, store_url, endpoint_url, region, ec2_endpoint_url,
+               no_start, allow_no_gpu, ssh_config, ssh_key, user, data_root, trainer_config, sets, train_sets,
+               trainer_command):
+    """Launch a run: `ctl launch --existing i-0abc --config run.toml [-- trainer command...]`."""
+    from controller import config as c
+    from controller.launch import Target, launch
+
+    if sum(bool(x) for x in (instance_id, host, local)) > 1:
+        raise ConfigError("choose one of --existing, --host and --local")
+    if config_path is None and Path("run.toml").is_file():
+        config_path = "run.toml"
+    raw = c.load_raw(config_path)
+    if local:
+        raw = _merge_defaults(raw, _local_defaults())
+    flags = {"store.url": store_url, "store.endpoint_url": endpoint_url, "instance.region": region,
+             "instance.endpoint_url": ec2_endpoint_url, "instance.start_if_stopped": False if no_start else None,
+             "instance.allow_no_gpu": True if allow_no_gpu else None, "box.require_gpu": False if allow_no_gpu else None,
+             "ssh.config": ssh_config, "ssh.key": ssh_key, "ssh.user": user, "box.data_root": data_root,
+             "trainer.config": trainer_config, "trainer.command": list(trainer_command) or None,
+             "instance.id": instance_id}
+    if train_sets:
+        flags["trainer.set"] = [*(raw.get("trainer", {}) or {}).get("set", []), *train_sets]
+    for item in sets:
+        k, v = c.parse_override(item)
+        flags[k] = v
+    cfg = c.resolve(raw, flags, config_path or "defaults")
+    if cfg.trainer.config and not Path(cfg.trainer.config).is_file():
+        raise ConfigError(f"trainer.config {cfg.trainer.config!r} does not exist")
+    if local:
+        target = Target("local")
+    elif host:
+        target = Target("host", host)
+    elif cfg.instance.id:
+        target = Target("existing", cfg.instance.id)
+    else:
+        raise ConfigError("where to launch? give --existing i-XXXX, --host user@host or --local")
+    launch(cfg, target, run_id)
+
+
+@click.command("tail")
+@click.argument("run_id")
+@store_option
+@endpoint_option
+@click.option("--lines", "-n", type=click.IntRange(min=0), default=20, show_default=True, help="Lines of history.")
+@click.option("--from-start", is_flag=True, help="Print the whole log from the first chunk.")
+@click.option("--no-follow", is_flag=True, help="Print what is there and exit.")
+@click.option("--poll-s", type=click.FloatRange(min=0.05), default=2.0, show_default=True)
+@click.option("--stale-after-s", type=click.FloatRange(min=0.1), default=None,
+              help="Heartbeat age that counts as stale (default 3 heartbeats + 30s).")
+def tail_cmd(run_id, store_url, endpoint_url, lines, from_start, no_follow, poll_s, stale_after_s):
+    """Follow a run's log; exit 0 completed, 1 failed, 3 stale."""
+    from agent.runid import validate_run_id
+    from controller.tail import Tail, last_lines_cursor
+
+    validate_run_id(run_id)
+    rs = open_run_store(store_url, endpoint_url)
+    rs.require_run(run_id)
+    t = Tail(rs, run_id, poll_s=poll_s, stale_after_s=stale_after_s, show_status=sys.stdout.isatty())
+    if not from_start:
+        data, t.cursor = last_lines_cursor(rs, run_id, lines)
+        sys.stdout.write(data.decode("utf-8", "replace"))
+    try:
+        code = t.run(follow=not no_follow)
+    except KeyboardInterrupt:
+        click.echo(f"\nstopped following {run_id}; the run goes on (`ctl tail {run_id}` to follow again, "
+                   f"`ctl stop {run_id}` to stop it)", err=True)
+        sys.exit(130)
+    sys.exit(code)
+
+
+@click.command("status")
+@click.argument("run_id")
+@store_option
+@endpoint_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@click.option("--no-instance", is_flag=True, help="Do not ask EC2 for the instance state.")
+def status_cmd(run_id, store_url, endpoint_url, as_json, no_instance):
+    """One screen about a run: phase, progress, heartbeat, outcome, instance state."""
+    from agent.runid import validate_run_id
+    from controller.ec2 import instance_state
+    from controller.status import collect, render
+
+    validate_run_id(run_id)
+    rs = open_run_store(store_url, endpoint_url)
+    now = time.time()
+    d = collect(rs, run_id, now, None if no_instance else
+                (lambda iid, region: instance_state(iid, region, os.environ.get("TRAINCTL_EC2_ENDPOINT", ""))))
+    click.echo(json.dumps(d, indent=2, default=str) if as_json else render(d, now))
+
+
+@click.command("stop")
+@click.argument("run_id")
+@store_option
+@endpoint_option
+@click.option("--wait", is_flag=True, help="Wait until the agent has stopped the trainer.")
+@click.option("--timeout-s", type=click.FloatRange(min=0.1), default=600, show_default=True)
+@click.option("--poll-s", type=click.FloatRange(min=0.05), default=2.0, show_default=True)
+@click.option("--reason", default="stopped by user", show_default=True)
+def stop_cmd(run_id, store_url, endpoint_url, wait, timeout_s, poll_s, reason):
+    """Ask the agent to stop the trainer gracefully (writes control/stop)."""
+    from agent.runid import validate_run_id
+    from controller.status import request_stop, wait_for_marker
+
+    validate_run_id(run_id)
+    rs = open_run_store(store_url, endpoint_url)
+    result = request_stop(rs, run_id, reason)
+    if result == "finished":
+        click.echo(f"run {run_id} already finished; nothing to stop")
+        return
+    click.echo(f"stop {'requested' if result == 'requested' else 'was already requested'} for {run_id}")
+    if wait:
+        got = wait_for_marker(rs, run_id, timeout_s, poll_s)
+        if got is None:
+            click.echo(f"the agent has not stopped {run_id} within {timeout_s:g}s: `ctl status {run_id}` "
+                       f"shows whether it is still alive", err=True)
+            sys.exit(3)
+        click.echo(f"run {run_id} stopped ({'_complete' if got == 'complete' else '_error'} written)")
+
+
+@click.group("hosts")
+def hosts_group():
+    """Host keys ctl pinned on first use (per instance id, or host:port)."""
+
+
+@hosts_group.command("list")
+def hosts_list():
+    """Show pinned host keys."""
+    from controller.hostkeys import PinStore
+
+    for name, typ, fp in PinStore().names():
+        click.echo(f"{name}  {typ}  {fp}")
+
+
+@hosts_group.command("forget")
+@click.argument("name")
+def hosts_forget(name):
+    """Forget the pinned key of a box (after it was rebuilt)."""
+    from controller.hostkeys import PinStore
+
+    if PinStore().forget(name):
+        click.echo(f"forgot the host key pinned for {name}; the next launch pins the key it sees")
+    else:
+        click.echo(f"no host key pinned for {name}")
+
+
+COMMANDS = [launch_cmd, tail_cmd, status_cmd, stop_cmd, hosts_group]

@@ -1,0 +1,276 @@
+"""`ctl launch`: instance -> SSH -> facts -> preflight -> setup -> stage -> detached start.
+
+Orchestration only: the decisions are in plan.py (pure), the SSH in remote.py, the box-side
+work in stage.py / start.py. Every step is idempotent, so a launch killed anywhere can simply
+be run again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from urllib.parse import urlparse
+
+from agent import protocol as p
+from agent.errors import ConfigError, TrainctlError
+from agent.runid import new_run_id, validate_run_id
+from agent.runstore import RunStore
+from agent.store import default_store_url, open_store
+from controller import plan
+from controller.boxside import parse_result
+from controller.config import RunConfig
+from controller.facts import gather
+from controller.remote import Box, LocalBox, SshBox
+
+_SECRETISH = ("TOKEN", "SECRET", "PASSWORD", "PASSWD", "KEY", "CREDENTIAL")
+
+
+@dataclass
+class Target:
+    """Where to launch: an EC2 instance, any SSH host, or this machine."""
+
+    kind: str  # existing | host | local
+    value: str = ""
+
+
+@dataclass
+class LaunchResult:
+    run_id: str
+    status: str  # started | already_running
+    store_url: str
+    host: str
+    timings: dict = field(default_factory=dict)
+    console_url: str | None = None
+
+
+def say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _store_probe(store_url: str, endpoint: str, region: str) -> tuple[str, int]:
+    if not store_url.startswith("s3://"):
+        return "", 0
+    if endpoint:
+        u = urlparse(endpoint)
+        return u.hostname or "", u.port or (443 if u.scheme == "https" else 80)
+    return f"s3.{region or 'us-east-1'}.amazonaws.com", 443
+
+
+def _git_sha() -> str | None:
+    from controller.wheel import source_root
+
+    root = source_root()
+    if root is None:
+        return None
+    r = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True)
+    return r.stdout.strip() or None if r.returncode == 0 else None
+
+
+def recorded_config(cfg: RunConfig) -> dict:
+    """The resolved config as recorded in metadata.json, with secret-looking env values masked."""
+    d = cfg.to_dict()
+    d["trainer"]["env"] = {k: ("[REDACTED]" if any(s in k.upper() for s in _SECRETISH) else v)
+                           for k, v in d["trainer"]["env"].items()}
+    return d
+
+
+def _env_lines(cfg: RunConfig, region: str, targets: list[dict]) -> bytes:
+    env = dict(cfg.trainer.env)
+    for t in targets:
+        env[f"TRAINCTL_{t['name'].upper()}_DIR"] = t["dest"]
+    if region:
+        env["AWS_DEFAULT_REGION"] = region
+    if cfg.store.forward_aws_credentials:
+        import boto3
+
+        creds = boto3.session.Session().get_credentials()
+        if creds is None:
+            raise ConfigError("store.forward_aws_credentials is set but this shell has no AWS credentials")
+        frozen = creds.get_frozen_credentials()
+        env["AWS_ACCESS_KEY_ID"] = frozen.access_key
+        env["AWS_SECRET_ACCESS_KEY"] = frozen.secret_key
+        if frozen.token:
+            env["AWS_SESSION_TOKEN"] = frozen.token
+    bad = [k for k, v in env.items() if "\n" in v or "\n" in k]
+    if bad:
+        raise ConfigError(f"trainer.env: values must be single lines ({', '.join(bad)})")
+    return "".join(f"{k}={v}\n" for k, v in env.items()).encode()
+
+
+def _connect(cfg: RunConfig, target: Target) -> tuple[Box, dict]:
+    """The box, connected, and what we know of the instance (for metadata)."""
+    info: dict = {}
+    if target.kind == "local":
+        return LocalBox(), info
+    ssh = cfg.ssh
+    if target.kind == "existing":
+        from controller.ec2 import ec2_client, ensure_running
+
+        client = ec2_client(cfg.instance.region, cfg.instance.profile, cfg.instance.endpoint_url)
+        inst = ensure_running(client, target.value, start_if_stopped=cfg.instance.start_if_stopped,
+                              allow_no_gpu=cfg.instance.allow_no_gpu, timeout_s=cfg.instance.wait_timeout_s,
+                              poll_s=cfg.instance.poll_s, say=say)
+        address = inst.address(cfg.instance.address)
+        if not address:
+            raise TrainctlError(f"instance {inst.id} has no {cfg.instance.address} address: set "
+                                f"instance.address = \"private\" when you reach it through a bastion")
+        info = {"instance_id": inst.id, "instance_type": inst.type, "region": inst.region}
+        box = SshBox(address, pin_name=inst.id, user=ssh.user, port=ssh.port, key=ssh.key,
+                     ssh_config=ssh.config, connect_timeout=ssh.connect_timeout_s, say=say)
+    else:
+        user, _, hostport = target.value.rpartition("@")
+        host, _, port = hostport.partition(":")
+        if not host or (port and not port.isdigit()):
+            raise ConfigError(f"--host {target.value!r}: use user@host or user@host:port")
+        box = SshBox(host, user=user or ssh.user, port=int(port or 0) or ssh.port, key=ssh.key,
+                     ssh_config=ssh.config, connect_timeout=ssh.connect_timeout_s, say=say)
+    say(f"connecting to {box.name}")
+    box.wait_ready(ssh.wait_timeout_s, poll_s=min(2.0, cfg.instance.poll_s))
+    return box, info
+
+
+def launch(cfg: RunConfig, target: Target, run_id: str | None = None) -> LaunchResult:
+    """Launch (or find already running) a run on the target; returns once the agent is started."""
+    t0 = time.monotonic()
+    timings: dict[str, float] = {}
+
+    def lap(name: str) -> None:
+        timings[name] = round(time.monotonic() - t0 - sum(timings.values()), 3)
+
+    store_url = cfg.store.url or default_store_url()
+    if target.kind != "local" and not store_url.startswith("s3://"):
+        raise ConfigError(f"store {store_url!r}: a remote box and this machine must share the store; "
+                          f"use an s3:// store (store.url / --store)")
+    run_id = validate_run_id(run_id) if run_id else new_run_id(cfg.name)
+    rs = RunStore(open_store(store_url, endpoint_url=cfg.store.endpoint_url or None,
+                             region=cfg.store.region or None))
+    if rs.store.exists(rs.k(run_id, p.COMPLETE)) or rs.store.exists(rs.k(run_id, p.ERROR)):
+        raise ConfigError(f"run {run_id} already finished in {rs.url}: pick a new --run-id (or omit it)")
+    if target.kind == "local":
+        cfg.setup.mode, cfg.setup.python = "current", sys.executable
+    wheel = None
+    if cfg.setup.mode == "venv":
+        from controller import wheel as wheels
+
+        wheel = wheels.prebuilt(cfg.setup.wheel) if cfg.setup.wheel else wheels.build(say)
+    lay = plan.Layout(cfg.box.data_root, plan.plan_hash(plan.install_plan(cfg, wheel)),
+                      wheel.key if wheel else "", wheel.filename if wheel else "", cfg.setup.mode, cfg.setup.python)
+    lap("prepare")
+    box, info = _connect(cfg, target)
+    try:
+        lap("connect")
+        region = cfg.store.region or info.get("region") or os.environ.get("AWS_DEFAULT_REGION", "")
+        host, port = _store_probe(store_url, cfg.store.endpoint_url, region)
+        facts = gather(box, {"data_root": cfg.box.data_root, "seed_python": cfg.setup.python, "venv": lay.venv,
+                             "wheel_path": lay.wheel_path, "active_file": lay.active_file,
+                             "store_host": host, "store_port": port})
+        box.needs_sudo = facts.uid != 0 and target.kind != "local"
+        lap("facts")
+        decision = plan.start_decision(facts.active_run, run_id)
+        if decision == "already_running":
+            say(f"run {run_id} is already running on {box.name} (agent pid {facts.active_run.get('pid')})")
+            return LaunchResult(run_id, "already_running", rs.url, box.name, timings)
+        if decision == "busy":
+            other = facts.active_run.get("run_id")
+            raise TrainctlError(f"{box.name} is busy with run {other}: one run per box. Wait for it "
+                                f"(ctl tail {other}), or stop it (ctl stop {other} --wait), then launch again")
+        problems, mount_steps = plan.preflight(facts, cfg, box.needs_sudo)
+        if problems:
+            lines = "\n  ".join(str(x) for x in problems)
+            raise TrainctlError(f"preflight found {len(problems)} problem(s) on {box.name}:\n  {lines}")
+        say(f"preflight ok: python {'.'.join(map(str, facts.python))}, "
+            f"{len(facts.gpus) or 'no'} GPU(s), {facts.free_bytes / 1e9:.0f} GB free under {cfg.box.data_root}")
+        user = box.conn.user if isinstance(box, SshBox) else (facts.user or "root")
+        for step in mount_steps + plan.setup_steps(facts, cfg, lay, wheel, user, box.needs_sudo):
+            _run_step(box, step, cfg.ssh.command_timeout_s)
+        lap("setup")
+        workdir = lay.workdir(run_id)
+        targets = plan_stage(cfg)
+        box.check(f"mkdir -p {shlex.quote(workdir)}", "creating the run folder")
+        env_file = f"{workdir}/agent.env"
+        box.put_bytes(_env_lines(cfg, region, targets), env_file, 0o600)
+        if cfg.trainer.config:
+            box.put_file(cfg.trainer.config, f"{workdir}/train.toml")
+        if targets:
+            spec = {"targets": targets, "endpoint_url": cfg.store.endpoint_url, "region": region,
+                    "workers": cfg.stage.workers, "env_file": env_file}
+            _boxside(box, lay, "stage", spec, "staging model/data", cfg.ssh.command_timeout_s, stream=True)
+        lap("stage")
+        argv = plan.agent_argv(cfg, lay, run_id, rs.url, cfg.store.endpoint_url)
+        rs.write_metadata(p.Metadata(
+            run_id=run_id, created=time.time(), phase="launching", config=recorded_config(cfg),
+            command=plan.trainer_argv(cfg, lay, workdir), host=box.name, git_sha=_git_sha(),
+            heartbeat_s=cfg.agent.heartbeat_s, workdir=workdir, trainctl_version=_version(),
+            instance_id=info.get("instance_id"), instance_type=info.get("instance_type"),
+            region=info.get("region") or region or None))
+        res = _boxside(box, lay, "start", {
+            "run_id": run_id, "argv": argv, "workdir": workdir, "env_file": env_file, "user": user,
+            "lock_file": lay.lock_file, "active_file": lay.active_file, "systemd": facts.systemd,
+            "grace_s": min(1.0, cfg.agent.heartbeat_s)}, "starting the agent", 120)
+        lap("start")
+    finally:
+        box.close()
+    return _report(res, rs, run_id, box, timings)
+
+
+def _report(res: dict, rs: RunStore, run_id: str, box: Box, timings: dict) -> LaunchResult:
+    status = res.get("status")
+    if status == "already_running":
+        say(f"run {run_id} is already running on {box.name} (agent pid {res.get('pid')})")
+        return LaunchResult(run_id, status, rs.url, box.name, timings)
+    if status == "busy":
+        rs.store.delete(rs.k(run_id, p.METADATA))  # ours, written a moment ago; the run never started
+        raise TrainctlError(f"{box.name} became busy with run {res.get('run_id')} while launching: one run per box")
+    if status == "failed":
+        out = "\n    ".join(res.get("output") or [])
+        raise TrainctlError(f"the agent for {run_id} exited at once (code {res.get('exit_code')}):\n    {out}")
+    console = rs.store.console_url(run_id)
+    say(f"\nrun {run_id} started on {box.name} (agent pid {res.get('pid')}, {res.get('via')}) "
+        f"in {sum(timings.values()):.1f}s")
+    say(f"  follow it:  ctl tail {run_id} --store {rs.url}")
+    say(f"  status:     ctl status {run_id} --store {rs.url}")
+    say(f"  stop it:    ctl stop {run_id} --store {rs.url}")
+    if console:
+        say(f"  S3 console: {console}")
+    return LaunchResult(run_id, "started", rs.url, box.name, timings, console)
+
+
+def plan_stage(cfg: RunConfig) -> list[dict]:
+    from controller.stage import stage_targets
+
+    return stage_targets(cfg.stage.model, cfg.stage.data, cfg.box.data_root)
+
+
+def _version() -> str:
+    from controller.cli import __version__
+
+    return __version__
+
+
+def _run_step(box: Box, step: plan.Step, timeout: float) -> None:
+    if step.cached:
+        say(f"setup: {step.name}: cached")
+        return
+    t = time.monotonic()
+    if step.upload:
+        box.put_file(step.upload[0], step.upload[1])
+    else:
+        r = box.check(step.script, step.name, timeout=timeout)
+        if r.stdout.strip().endswith("cached"):
+            say(f"setup: {step.name}: cached (finished by an earlier launch)")
+            return
+    say(f"setup: {step.name}: done in {time.monotonic() - t:.1f}s")
+
+
+def _boxside(box: Box, lay: plan.Layout, cmd: str, spec: dict, what: str, timeout: float, stream=False):
+    line = f"{shlex.quote(lay.box_python)} -m controller.boxside {cmd} {shlex.quote(json.dumps(spec))}"
+    r = box.check(line, what, timeout=timeout, stream=stream)
+    res = parse_result(r.stdout)
+    if res is None:
+        raise TrainctlError(f"{what} on {box.name} gave no result: {r.stdout.strip()[-300:]}")
+    return res

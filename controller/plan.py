@@ -1,0 +1,267 @@
+"""PURE: facts + config -> preflight problems and the ordered steps to run. No I/O here.
+
+Learned from pyinfra: gather facts first, compute the commands as a function of them, then run
+them through one connection module. Every decision (mount or format, which setup steps are
+cached, whether a run is already active) is table-tested in tests/test_controller_plan.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+from dataclasses import dataclass
+
+from controller.config import RunConfig
+from controller.facts import Facts
+
+q = shlex.quote
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A preflight failure and how to fix it."""
+
+    what: str
+    fix: str
+
+    def __str__(self) -> str:
+        return f"{self.what}\n      fix: {self.fix}"
+
+
+@dataclass
+class Step:
+    """One thing to do on the box: a shell script, or an upload of a local file."""
+
+    name: str
+    script: str = ""
+    upload: tuple[str, str] | None = None  # (local path, remote path)
+    cached: bool = False  # nothing to do: reported, not run
+
+
+@dataclass(frozen=True)
+class Wheel:
+    """The locally built trainctl wheel: `key` changes exactly when the source changes."""
+
+    path: str
+    filename: str
+    key: str
+    requires: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where things live on the box, all under the data root."""
+
+    data_root: str
+    plan_hash: str
+    wheel_key: str = ""
+    wheel_filename: str = ""
+    mode: str = "venv"
+    python: str = "python3"
+
+    @property
+    def home(self) -> str:
+        return f"{self.data_root.rstrip('/')}/trainctl"
+
+    @property
+    def venv(self) -> str:
+        return f"{self.home}/venvs/{self.plan_hash}" if self.mode == "venv" else ""
+
+    @property
+    def wheel_path(self) -> str:
+        return f"{self.home}/wheels/{self.wheel_key}/{self.wheel_filename}" if self.wheel_key else ""
+
+    @property
+    def box_python(self) -> str:
+        return f"{self.venv}/bin/python" if self.mode == "venv" else self.python
+
+    @property
+    def ctl(self) -> list[str]:
+        if self.mode == "venv":
+            return [f"{self.venv}/bin/ctl"]
+        return [self.python, "-c", "import sys; from controller.cli import main; sys.argv[0] = 'ctl'; main()"]
+
+    @property
+    def active_file(self) -> str:
+        return f"{self.home}/active.json"
+
+    @property
+    def lock_file(self) -> str:
+        return f"{self.home}/launch.lock"
+
+    @property
+    def install_log(self) -> str:
+        return f"{self.home}/install.log"
+
+    def workdir(self, run_id: str) -> str:
+        return f"{self.home}/runs/{run_id}"
+
+
+def install_plan(cfg: RunConfig, wheel: Wheel | None) -> dict:
+    """What defines a venv: changing any of it builds a fresh venv (the old one stays usable)."""
+    s = cfg.setup
+    return {"python": s.python, "system_site_packages": s.system_site_packages, "extras": sorted(s.extras),
+            "install_deps": s.install_deps, "pip_args": list(s.pip_args), "commands": list(s.commands),
+            "requires": sorted(wheel.requires) if wheel else [], "v": 1}
+
+
+def plan_hash(plan: dict) -> str:
+    return hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split("."))
+
+
+def _mount_candidates(facts: Facts, device: str) -> list[dict]:
+    """Attached disks with nothing mounted from them (and no partitions): the data volume."""
+    out = []
+    for d in facts.block_devices:
+        if device and device not in (d.get("path"), d.get("name"), f"/dev/{d.get('name')}"):
+            continue
+        if d.get("type") == "disk" and not d.get("children") and not d.get("mountpoint"):
+            out.append(d)
+    return out
+
+
+def preflight(facts: Facts, cfg: RunConfig, box_needs_sudo: bool) -> tuple[list[Problem], list[Step]]:
+    """Every preflight failure with its fix, plus the steps that prepare the data volume."""
+    problems: list[Problem] = []
+    steps: list[Step] = []
+    b, root = cfg.box, cfg.box.data_root
+    sudo = "sudo -n " if box_needs_sudo else ""
+    if b.require_gpu and not facts.gpus:
+        why = "nvidia-smi shows no GPU" if facts.nvidia_smi else "nvidia-smi is not installed"
+        problems.append(Problem(f"no GPU visible ({why})",
+                                "use a GPU instance with NVIDIA drivers (a Deep Learning AMI), or pass --allow-no-gpu"))
+    if not facts.python:
+        problems.append(Problem("python3 is not installed on the box", "use a Deep Learning AMI, or apt install python3"))
+    elif tuple(facts.python[:2]) < _version(b.min_python)[:2]:
+        problems.append(Problem(f"python3 on the box is {'.'.join(map(str, facts.python))}, need >= {b.min_python}",
+                                "use a newer AMI, or point setup.python at a newer interpreter"))
+    if cfg.setup.mode == "venv" or cfg.setup.python != "python3":
+        if facts.seed is None:
+            problems.append(Problem(f"setup.python {cfg.setup.python!r} does not run on the box",
+                                    "set setup.python to an interpreter that exists there (DLAMI: its PyTorch python)"))
+        elif tuple(facts.seed["version"][:2]) < _version(b.min_python)[:2]:
+            problems.append(Problem(f"setup.python is Python {'.'.join(map(str, facts.seed['version']))}, "
+                                    f"need >= {b.min_python}", "point setup.python at a newer interpreter"))
+    if not facts.has_flock:
+        problems.append(Problem("flock is missing on the box (needed for the per-box lock)", "apt install util-linux"))
+    mounting = False
+    if b.require_mount and not facts.data_root_mounted:
+        cands = _mount_candidates(facts, b.volume_device)
+        if len(cands) == 1:
+            dev = cands[0].get("path") or f"/dev/{cands[0]['name']}"
+            mounting = True
+            if not cands[0].get("fstype"):
+                steps.append(Step(f"format empty volume {dev} (ext4)", f"{sudo}mkfs.ext4 -q -L trainctl-data {q(dev)}"))
+            steps.append(Step(f"mount {dev} at {root}", f"{sudo}mkdir -p {q(root)} && {sudo}mount {q(dev)} {q(root)}"))
+        elif not cands:
+            problems.append(Problem(f"no data volume is mounted at {root} and no unmounted volume is attached",
+                                    "attach the data volume (infra/ does), or set box.require_mount = false "
+                                    "and box.data_root to a folder with enough space"))
+        else:
+            names = ", ".join(c.get("path") or c["name"] for c in cands)
+            problems.append(Problem(f"several unmounted volumes are attached ({names}); not guessing which to use",
+                                    "set box.volume_device to the data volume's device"))
+    if not mounting and facts.free_bytes < b.min_free_gb * 1e9:
+        problems.append(Problem(f"only {facts.free_bytes / 1e9:.1f} GB free under {root}, the run needs "
+                                f"{b.min_free_gb:g} GB", "free space on the volume, grow it, or lower box.min_free_gb"))
+    if not facts.store_reachable:
+        problems.append(Problem(f"the run store is not reachable from the box ({facts.store_error or 'no route'})",
+                                "allow HTTPS egress (or add an S3 VPC endpoint), and check store.endpoint_url"))
+    return problems, steps
+
+
+def _venv_script(cfg: RunConfig, facts: Facts, lay: Layout, wheel: Wheel | None) -> str:
+    s, v = cfg.setup, lay.venv
+    lines = [f"rm -rf {q(v)}", f"{q(s.python)} -m venv {'--system-site-packages ' if s.system_site_packages else ''}{q(v)}"]
+    seed = facts.seed or {}
+    if s.system_site_packages and seed.get("prefix") != seed.get("base_prefix"):
+        # The seed is itself a venv: --system-site-packages would reach its base, not its packages.
+        site = "\n".join(seed.get("site") or [])
+        lines.append(f"printf '%s\\n' {q(site)} > \"$({q(v)}/bin/python -c "
+                     f"'import sysconfig;print(sysconfig.get_paths()[\"purelib\"])')/trainctl-seed.pth\"")
+    if s.install_deps and wheel:
+        extras = f"[{','.join(s.extras)}]" if s.extras else ""
+        pip = " ".join(q(a) for a in s.pip_args)
+        lines.append(f"{q(v)}/bin/python -m pip install -q {pip} {q(f'trainctl{extras} @ file://{lay.wheel_path}')}")
+    for c in s.commands:
+        lines.append(f"(. {q(v)}/bin/activate && {c})")
+    lines.append(f"echo \"$(date -u +%FT%TZ) venv {lay.plan_hash}\" >> {q(lay.install_log)}")
+    lines.append(f"touch {q(v)}/.trainctl-ready")
+    return _locked(lay, lines, f"[ -e {q(v)}/.trainctl-ready ]")
+
+
+def _wheel_script(lay: Layout) -> str:
+    v = lay.venv
+    lines = [f"{q(v)}/bin/python -m pip install -q --no-deps --force-reinstall --no-index {q(lay.wheel_path)}",
+             f"echo \"$(date -u +%FT%TZ) wheel {lay.wheel_key}\" >> {q(lay.install_log)}",
+             f"echo {q(lay.wheel_key)} > {q(v)}/.trainctl-wheel"]
+    return _locked(lay, lines, f"[ \"$(cat {q(v)}/.trainctl-wheel 2>/dev/null)\" = {q(lay.wheel_key)} ]")
+
+
+def _locked(lay: Layout, lines: list[str], done_test: str) -> str:
+    """Run `lines` under the box's setup lock, re-checking `done_test` inside it.
+
+    An earlier launch killed mid-setup may still be running its step on the box (no pty, so no
+    SIGHUP); the lock makes the relaunch wait for it instead of racing it.
+    """
+    body = " && ".join(lines)
+    return (f"set -e; exec 9>>{q(lay.home + '/setup.lock')}; flock 9; "
+            f"if {done_test}; then echo cached; else {body}; fi")
+
+
+def setup_steps(facts: Facts, cfg: RunConfig, lay: Layout, wheel: Wheel | None, user: str,
+                box_needs_sudo: bool) -> list[Step]:
+    """Folders, wheel upload, venv, wheel install: each skipped (cached) when the facts say done."""
+    sudo = "sudo -n " if box_needs_sudo else ""
+    home = lay.home
+    dirs = [home, f"{home}/venvs", f"{home}/runs", f"{home}/wheels"]
+    if wheel is not None and lay.wheel_path:
+        dirs.append(lay.wheel_path.rsplit("/", 1)[0])
+    mk = "mkdir -p " + " ".join(q(d) for d in dirs)
+    prep = f"{sudo}{mk} && {sudo}chown {q(user)} " + " ".join(q(d) for d in dirs) if box_needs_sudo else mk
+    steps = [Step("prepare folders", prep)]
+    if cfg.setup.mode == "current":
+        steps.append(Step("check trainctl is importable",
+                          f"{q(lay.python)} -c 'import agent.runstore, controller.cli'"))
+        return steps
+    if wheel is None:
+        raise ValueError("venv mode needs a wheel")
+    steps.append(Step("upload trainctl wheel", upload=(wheel.path, lay.wheel_path), cached=facts.wheel_uploaded))
+    steps.append(Step(f"create venv {lay.plan_hash}", _venv_script(cfg, facts, lay, wheel), cached=facts.venv_ready))
+    steps.append(Step(f"install trainctl {wheel.key[:12]}", _wheel_script(lay),
+                      cached=facts.venv_ready and facts.venv_wheel == wheel.key))
+    return steps
+
+
+def start_decision(active: dict | None, run_id: str) -> str:
+    """start | already_running | busy, from the box's active-run record."""
+    if not active or not active.get("alive"):
+        return "start"
+    return "already_running" if active.get("run_id") == run_id else "busy"
+
+
+def trainer_argv(cfg: RunConfig, lay: Layout, workdir: str) -> list[str]:
+    """The trainer command: as configured, or `ctl train sft --config <workdir>/train.toml --set ...`."""
+    if cfg.trainer.command:
+        return list(cfg.trainer.command)
+    argv = [*lay.ctl, "train", "sft", "--config", f"{workdir}/train.toml"]
+    for item in cfg.trainer.set:
+        argv += ["--set", item]
+    return argv
+
+
+def agent_argv(cfg: RunConfig, lay: Layout, run_id: str, store_url: str, endpoint_url: str) -> list[str]:
+    """`ctl agent run ... -- <trainer>` exactly as the agent's CLI takes it."""
+    wd = lay.workdir(run_id)
+    a = cfg.agent
+    argv = [*lay.ctl, "agent", "run", "--run-id", run_id, "--store", store_url, "--workdir", wd,
+            "--heartbeat-s", f"{a.heartbeat_s:g}", "--log-flush-s", f"{a.log_flush_s:g}",
+            "--stop-poll-s", f"{a.stop_poll_s:g}"]
+    if endpoint_url:
+        argv += ["--endpoint-url", endpoint_url]
+    return [*argv, "--", *trainer_argv(cfg, lay, wd)]
