@@ -106,5 +106,9 @@ from controller.commands import COMMANDS as _CONTROLLER_COMMANDS  # noqa: E402
 for _cmd in _CONTROLLER_COMMANDS:
     main.add_command(_cmd)
 
+from train.cli import train_group  # noqa: E402
+
+main.add_command(train_group)
+
 if __name__ == "__main__":
     main()

@@ -103,8 +103,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
-def load_config(cls, path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()):
-    """Build `cls` from its defaults, the TOML file at `path`, then `--set` overrides, in that order."""
+def load_config(cls, path: str | Path | None, overrides: list[str] | tuple[str, ...] = (), validate: bool = True):
+    """Build `cls` from its defaults, the TOML file at `path`, then `--set` overrides, in that order;
+    `validate` also runs the schema's checks that look at the disk (model and data folders)."""
     cfg = cls()
     if path is not None:
         p = Path(path)
@@ -121,7 +122,7 @@ def load_config(cls, path: str | Path | None, overrides: list[str] | tuple[str, 
         for part in reversed(parts):
             nested = {part: nested}
         _apply(cfg, nested, f"--set {text}")
-    if hasattr(cfg, "validate"):
+    if validate and hasattr(cfg, "validate"):
         cfg.validate()
     return cfg
 
