@@ -1,0 +1,1 @@
+"""Fake trainers and the harness that runs a real agent subprocess around them."""

@@ -1,0 +1,83 @@
+"""A stand-in trainer that follows the agent-trainer contract and ends the way a test asks.
+
+It prints deterministic lines (see `expected_lines`), writes progress JSON lines, optionally an
+adapter, then exits 0 / N, kills itself with SIGKILL, or hangs (optionally ignoring SIGINT and
+SIGTERM, like a trainer stuck in a CUDA call).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+
+
+def expected_lines(n: int) -> list[bytes]:
+    """The exact bytes of the lines the trainer prints with `--lines n` (mixed ASCII and UTF-8)."""
+    return [f"line {i:06d} loss={1.0 / (i + 1):.6f} {'é✓' if i % 7 == 0 else 'x' * (i % 13)}\n".encode()
+            for i in range(n)]
+
+
+def _progress(rec: dict) -> None:
+    with open(os.environ["TRAINCTL_PROGRESS_FILE"], "a") as fh:
+        fh.write(json.dumps(rec) + "\n")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--lines", type=int, default=20)
+    ap.add_argument("--interval", type=float, default=0.0, help="seconds between lines")
+    ap.add_argument("--exit", type=int, default=0)
+    ap.add_argument("--end", choices=["exit", "sigkill", "hang", "hang-stubborn"], default="exit")
+    ap.add_argument("--adapter", choices=["none", "ok", "declare-missing", "dangling"], default="none")
+    ap.add_argument("--adapter-bytes", type=int, default=4096)
+    ap.add_argument("--tail", default="", help="text printed (to stderr) just before the end")
+    ap.add_argument("--nan", action="store_true", help="report a NaN loss as the last step")
+    ap.add_argument("--ready-file", default="", help="touched once all lines are printed")
+    args = ap.parse_args()
+
+    out = sys.stdout.buffer
+    _progress({"phase": "training"})
+    for i, line in enumerate(expected_lines(args.lines)):
+        out.write(line)
+        out.flush()
+        if i % 5 == 0:
+            _progress({"step": i + 1, "total_steps": args.lines, "epoch": i / args.lines,
+                       "loss": 1.0 / (i + 1), "lr": 2e-4, "tokens_per_s": 1000.0})
+        if args.interval:
+            time.sleep(args.interval)
+    if args.nan:
+        _progress({"step": args.lines, "total_steps": args.lines, "loss": float("nan")})
+    odir = os.environ["TRAINCTL_OUTPUT_DIR"]
+    if args.adapter in ("ok", "dangling"):
+        os.makedirs(f"{odir}/adapter", exist_ok=True)
+        with open(f"{odir}/adapter/adapter_model.safetensors", "wb") as fh:
+            fh.write(os.urandom(args.adapter_bytes))
+        with open(f"{odir}/adapter/adapter_config.json", "w") as fh:
+            json.dump({"r": 8, "lora_alpha": 16}, fh)
+        if args.adapter == "dangling":
+            os.symlink(f"{odir}/nowhere.bin", f"{odir}/adapter/tokenizer.model")
+    if args.adapter != "none":
+        _progress({"phase": "saving"})
+        _progress({"artifact": "adapter", "path": "adapter/", "final": True})
+    if args.tail:
+        sys.stderr.write(args.tail if args.tail.endswith("\n") else args.tail + "\n")
+        sys.stderr.flush()
+    if args.ready_file:
+        open(args.ready_file, "w").close()
+    if args.end == "sigkill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if args.end == "hang-stubborn":
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if args.end in ("hang", "hang-stubborn"):
+        while True:
+            time.sleep(60)
+    return args.exit
+
+
+if __name__ == "__main__":
+    sys.exit(main())
