@@ -131,6 +131,8 @@ def record_result(ledger: Ledger, msg_id: str, owner: str, now: float, delivered
     entry.update(at=now, via=via, attempts=msg.get("attempts", 0) + 1)
     if error:
         entry["slack_error"] = error
+    if thread_ts:
+        entry["thread_ts"] = thread_ts
     ledger.sent = (ledger.sent + [entry])[-SENT_KEEP:]
     inc = ledger.incident
     if thread_ts and inc is not None and inc.get("alert_id") == msg_id:
