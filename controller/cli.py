@@ -110,5 +110,6 @@ from train.cli import train_group  # noqa: E402
 
 main.add_command(train_group)
 
-if __name__ == "__main__":
-    main()
+from agent.autostop_cli import autostop_cmd  # noqa: E402
+
+main.add_command(autostop_cmd)
