@@ -124,7 +124,8 @@ RULES: tuple[Rule, ...] = (
                                r"CUDA error: (?:unknown error|an illegal memory access|uncorrectable ECC)",
                                r"\bXid\b", r"CUDA Setup failed", r"libcudart\.so.*not found",
                                r"compiled without GPU support", r"CUDA initialization", r"cudaErrorLaunchFailure",
-                               r"GPU has fallen off the bus")),
+                               r"GPU has fallen off the bus", r"NVIDIA driver on your system is too old",
+                               r"No CUDA GPUs are available")),
     Rule("path_missing", (r"FileNotFoundError", r"No such file or directory", r"does not appear to have a file named",
                           r"is not a local folder and is not a valid model identifier", r"HFValidationError",
                           r"Repository Not Found", r"Can't load (?:tokenizer|config|the model)", r"NoSuchKey",
@@ -138,7 +139,9 @@ def classify(log_tail: list[str], exit_code: int | None, signal: str | None,
     """(cause, remediation, one-line summary) for a trainer that ended without success."""
     facts = host_facts or {}
     lines = [ln.rstrip("\r\n") for ln in log_tail]
-    kernel = [ln.rstrip("\n") for ln in facts.get("kernel_oom_lines") or []]
+    # Kernel OOM lines only explain a trainer that was killed, not one that exited by itself.
+    killed = _killed(exit_code, signal) or (exit_code is None and signal is None)
+    kernel = [ln.rstrip("\n") for ln in facts.get("kernel_oom_lines") or []] if killed else []
     for rule in RULES:
         if rule.check:
             summary = rule.check(exit_code, signal, facts)

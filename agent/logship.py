@@ -29,8 +29,8 @@ class LogShipper:
                  max_chunk: int = MAX_CHUNK):
         self.rs, self.run_id, self.wd, self.cursor, self._save = rs, run_id, wd, cursor, save
         self.flush_s, self.latest_s, self.partial_line_s, self.max_chunk = flush_s, latest_s, partial_line_s, max_chunk
-        self.last_ship = 0.0
-        self.last_latest = 0.0
+        self.last_ship = float("-inf")
+        self.last_latest = float("-inf")
         self.latest_dirty = False
         self.puts = 0
         self.bytes_uploaded = 0
