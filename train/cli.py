@@ -49,7 +49,7 @@ def prepare_cmd(config_path, overrides, as_json):
 
 def _torchrun_argv(nproc: int, config_path: str, overrides) -> list[str]:
     argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-            "-m", "controller.cli", "train", "sft", "--config", config_path]
+            "-m", "train.cli", "sft", "--config", config_path]
     for o in overrides:
         argv += ["--set", o]
     return argv
@@ -109,3 +109,9 @@ def make_tiny_model_cmd(out, corpus):
         with open(corpus, encoding="utf-8") as fh:
             texts = [json.loads(line)["text"] for line in fh if line.strip()]
     click.echo(f"tiny model written to {make_tiny_model(out, texts)}")
+
+
+if __name__ == "__main__":  # how torchrun starts each rank: the full `ctl` root, for its clean errors
+    from controller.cli import main
+
+    main(["train", *sys.argv[1:]], prog_name="ctl")

@@ -63,7 +63,8 @@ class _SplitWriter:
         for block in self.packer.flush():
             self.writer.write(block)
         self.writer.finalize()
-        Dataset.from_file(str(self.path)).save_to_disk(str(out_dir))
+        if self.packer.blocks:  # an empty split gets no folder: datasets cannot reload a 0-shard save
+            Dataset.from_file(str(self.path)).save_to_disk(str(out_dir))
         self.path.unlink()
         p = self.packer
         eff = p.tokens / (p.blocks * p.block_size) if p.blocks else 1.0

@@ -72,7 +72,7 @@ def evaluate(model, ds, cfg: TrainConfig, dist: Dist, pad_id: int) -> float | No
         for idx in batches:
             batch = {k: v.to(dist.device) for k, v in collate_blocks([ds[i] for i in idx], pad_id).items()}
             n = real_tokens(batch)
-            total += torch.tensor([float(model(**batch).loss) * n, n], dtype=torch.float64)
+            total += torch.tensor([float(model(**batch, use_cache=False).loss) * n, n], dtype=torch.float64)
     dist.all_reduce_sum(total)
     model.train()
     return float(total[0] / total[1]) if total[1] else None
@@ -124,11 +124,11 @@ def run_sft(cfg: TrainConfig) -> Path:
             for j, idx in enumerate(group):
                 batch = {k: v.to(dist.device) for k, v in collate_blocks([train_ds[i] for i in idx], pad_id).items()}
                 with dist.no_sync(net, last=j == len(group) - 1):
-                    loss = net(**batch).loss
+                    loss = net(**batch, use_cache=False).loss  # a KV cache disables the packed-sequence mask
                     if cfg.debug.inject_nan_at_step == step + 1:
                         loss = loss * float("nan")
                     (loss / len(group)).backward()
-                micro_losses.append(float(loss))
+                micro_losses.append(loss.detach().item())
                 tokens += real_tokens(batch)
             step_loss = dist.mean(sum(micro_losses) / len(micro_losses))
             if not math.isfinite(step_loss):

@@ -49,7 +49,8 @@ def train_tokenizer(corpus: Iterable[str], vocab_size: int = 512):
 
 
 def make_tiny_model(out: str | Path, corpus: Iterable[str] | None = None, *, hidden: int = 64, layers: int = 2,
-                    vocab_size: int = 512, max_positions: int = 1024, seed: int = 0) -> Path:
+                    vocab_size: int = 512, max_positions: int = 1024, seed: int = 0,
+                    init_range: float = 0.2) -> Path:
     """Write a tiny MistralForCausalLM + tokenizer to `out` (a normal save_pretrained folder)."""
     import torch
     from transformers import MistralConfig, MistralForCausalLM
@@ -62,7 +63,7 @@ def make_tiny_model(out: str | Path, corpus: Iterable[str] | None = None, *, hid
         vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
         num_attention_heads=4, num_key_value_heads=2, head_dim=hidden // 4, max_position_embeddings=max_positions,
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-        tie_word_embeddings=False, sliding_window=None,
+        tie_word_embeddings=False, sliding_window=None, initializer_range=init_range,
     )
     model = MistralForCausalLM(config)
     model.generation_config.pad_token_id = tok.pad_token_id
