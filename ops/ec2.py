@@ -14,7 +14,7 @@ from time import strptime
 from ops.state import InstanceInfo
 
 FILTER_MAX = 199  # describe_instances accepts up to 200 values per filter
-_WHEN = re.compile(r"\((\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) GMT\)")
+_WHEN = re.compile(r"\((\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) (?:GMT|UTC)\)")  # AWS says GMT, moto UTC
 
 
 def ec2_client(region: str, endpoint_url: str | None = None):
