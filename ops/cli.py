@@ -47,7 +47,7 @@ def watch_cmd(store_url, endpoint_url, once, interval, slack_webhook, slack_toke
     settings = settings_from({"heartbeat_s": heartbeat_s, "grace_s": heartbeat_grace,
                               "progress_timeout_s": progress_timeout, "setup_progress_timeout_s": setup_timeout,
                               "launch_timeout_s": launch_timeout})
-    every = parse_duration(interval, "interval")
+    every = parse_duration(interval, "--interval")
     if every <= 0:
         from agent.errors import ConfigError
 

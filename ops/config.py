@@ -29,21 +29,32 @@ def parse_duration(text: str | float | int, what: str = "duration") -> float:
     return float(m.group(1)) * _UNITS[(m.group(2) or "s").lower()]
 
 
-def settings_from(values: dict[str, str | float | None], base: Settings = Settings()) -> Settings:
-    """Settings with the given fields (durations as text or seconds) replaced; None keeps the default."""
+FLAGS = {"heartbeat_s": "--heartbeat", "grace_s": "--heartbeat-grace", "progress_timeout_s": "--progress-timeout",
+         "setup_progress_timeout_s": "--setup-timeout", "launch_timeout_s": "--launch-timeout"}
+
+
+def settings_from(values: dict[str, str | float | None], base: Settings = Settings(),
+                  labels: dict[str, str] = FLAGS) -> Settings:
+    """Settings with the given fields (durations as text or seconds) replaced; None keeps the default.
+
+    `labels` names each field as the user typed it (a flag or an env var) in error messages.
+    """
     changes = {}
     for name, raw in values.items():
         if raw is None or raw == "":
             continue
-        secs = parse_duration(raw, name.removesuffix("_s").replace("_", "-"))
+        label = labels.get(name, name)
+        secs = parse_duration(raw, label)
         if secs <= 0:
-            raise ConfigError(f"{name.removesuffix('_s').replace('_', '-')} must be positive, got {raw!r}")
+            raise ConfigError(f"{label} must be positive, got {raw!r}")
         changes[name] = secs
     return dataclasses.replace(base, **changes)
 
 
 def settings_from_env(env=os.environ) -> Settings:
-    return settings_from({field: env.get(var) for var, field in ENV_SETTINGS.items()})
+    """Settings from the TRAINCTL_* variables of ENV_SETTINGS (the Lambda's configuration)."""
+    return settings_from({field: env.get(var) for var, field in ENV_SETTINGS.items()},
+                         labels={field: var for var, field in ENV_SETTINGS.items()})
 
 
 def build_watcher(store_url: str | None, endpoint_url: str | None = None, *, settings: Settings = Settings(),
