@@ -30,7 +30,7 @@ def is_val(h: bytes, seed: int, val_fraction: float) -> bool:
 
 
 def record_text(value, whole_text: bool, cfg: ValidationConfig, text_field: str, render_chat=None):
-    """(text, "") for a usable record, else (None, reason)."""
+    """(text without surrounding whitespace, "") for a usable record, else (None, reason)."""
     if whole_text:
         text = value
     elif not isinstance(value, dict):
@@ -51,9 +51,10 @@ def record_text(value, whole_text: bool, cfg: ValidationConfig, text_field: str,
         text = value[text_field]
         if not isinstance(text, str):
             return None, "not_a_string"
-    if not text.strip():
+    text = text.strip()  # the kept copy of a duplicate must not depend on which was read first
+    if not text:
         return None, "empty_text"
-    if len(text.strip()) < cfg.min_chars:
+    if len(text) < cfg.min_chars:
         return None, "too_short"
     return text, ""
 
