@@ -8,6 +8,7 @@ the user's ssh_config (HostName, User, Port, IdentityFile, ProxyJump) through Fa
 from __future__ import annotations
 
 import io
+import logging
 import os
 import socket
 import subprocess
@@ -18,6 +19,11 @@ from pathlib import Path
 
 from agent.errors import ConfigError, TrainctlError
 from controller.hostkeys import HostKeyChanged, PinnedPolicy, PinStore
+
+# Paramiko logs connection failures with tracebacks from its transport thread; ctl reports them
+# itself as one line, so keep paramiko's own records out of the user's terminal.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
+logging.getLogger("paramiko").propagate = False
 
 
 @dataclass

@@ -1,0 +1,304 @@
+"""End to end: `ctl launch --existing` against a moto EC2 instance whose public IP maps, through
+ssh_config, to the real sshd fixture (the "box" is this machine), with the real agent running a
+fake trainer, and `ctl tail` following it to its marker.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import paramiko
+import pytest
+
+from agent.runstore import RunStore
+from agent.store_s3 import S3Store
+
+REPO = Path(__file__).resolve().parent.parent
+CTL = [sys.executable, "-c", "import sys; from controller.cli import main; sys.argv[0] = 'ctl'; main()"]
+
+FAKE_TRAINER = r'''
+import json, os, sys, time
+steps, code, pause = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+prog = os.environ["TRAINCTL_PROGRESS_FILE"]
+def emit(rec):
+    with open(prog, "a") as fh:
+        fh.write(json.dumps(rec) + "\n")
+emit({"phase": "training"})
+for i in range(1, steps + 1):
+    print(f"fake step {i}/{steps} loss {1.0 / i:.3f}", flush=True)
+    emit({"step": i, "total_steps": steps, "loss": 1.0 / i, "tokens_per_s": 100.0})
+    time.sleep(pause)
+if code:
+    print("RuntimeError: fake trainer failed on purpose", file=sys.stderr, flush=True)
+sys.exit(code)
+'''
+
+pytestmark = pytest.mark.xdist_group("controller-ssh")
+
+
+@pytest.fixture(scope="module")
+def ctl_home(tmp_path_factory):
+    """One TRAINCTL_HOME per worker: the wheel cache is shared, pins are per instance id anyway."""
+    return tmp_path_factory.mktemp("trainctl-home")
+
+
+@pytest.fixture(scope="module")
+def trainer_script(tmp_path_factory):
+    p = tmp_path_factory.mktemp("trainer") / "fake_trainer.py"
+    p.write_text(FAKE_TRAINER)
+    return p
+
+
+@pytest.fixture
+def box_root(tmp_path):
+    return tmp_path / "box"
+
+
+@pytest.fixture
+def env(moto_server, sshd, ctl_home):
+    e = {**os.environ, **moto_server.env(), "TRAINCTL_HOME": str(ctl_home),
+         "TRAINCTL_SSH_CONFIG": str(sshd.ssh_config), "TRAINCTL_EC2_ENDPOINT": moto_server.endpoint,
+         "PYTHONPATH": str(REPO)}
+    e.pop("TRAINCTL_STORE", None)
+    return e
+
+
+def new_instance(moto_server, sshd, instance_type="g5.2xlarge") -> str:
+    ec2 = moto_server.client("ec2")
+    ami = ec2.describe_images()["Images"][0]["ImageId"]
+    iid = ec2.run_instances(ImageId=ami, InstanceType=instance_type, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+    ip = ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]["PublicIpAddress"]
+    sshd.map_ip(ip)
+    return iid
+
+
+def write_config(path: Path, bucket: str, endpoint: str, box_root: Path, trainer: Path, *, steps=4, code=0,
+                 pause=0.1, commands=()) -> Path:
+    cmd = json.dumps([sys.executable, str(trainer), str(steps), str(code), str(pause)])
+    path.write_text(f"""
+name = "e2e"
+[store]
+url = "s3://{bucket}/training-runs"
+endpoint_url = "{endpoint}"
+forward_aws_credentials = true
+[ssh]
+wait_timeout_s = 20
+[instance]
+poll_s = 0.1
+wait_timeout_s = 30
+[box]
+data_root = "{box_root}"
+require_mount = false
+require_gpu = false
+min_free_gb = 0.1
+[setup]
+python = "{sys.executable}"
+install_deps = false
+commands = {json.dumps(list(commands))}
+[agent]
+heartbeat_s = 0.5
+log_flush_s = 0.2
+stop_poll_s = 0.2
+[trainer]
+command = {cmd}
+env = {{ TRAINCTL_PROGRESS_S = "0.1", TRAINCTL_LATEST_S = "0.2", TRAINCTL_STOP_GRACE_S = "2" }}
+""")
+    return path
+
+
+def ctl(args, env, timeout=180, check=None) -> subprocess.CompletedProcess:
+    r = subprocess.run([*CTL, *args], env=env, capture_output=True, text=True, timeout=timeout)
+    if check is not None:
+        assert r.returncode == check, f"rc={r.returncode}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr}"
+    return r
+
+
+def agent_pids(run_id: str) -> list[int]:
+    """Live processes whose command line runs the agent for `run_id` (read from /proc, nothing killed)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                cmd = (d / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"agent" in cmd and b"run" in cmd and run_id.encode() in cmd:
+                stat = (d / "stat").read_text()
+                if ") Z " not in stat:
+                    out.append(int(d.name))
+    return out
+
+
+@pytest.fixture
+def reap():
+    """Run ids whose agents must be ended (by pid) when the test ends."""
+    ids: list[str] = []
+    yield ids
+    for rid in ids:
+        for pid in agent_pids(rid):
+            try:
+                os.killpg(pid, signal.SIGTERM)
+            except OSError:
+                pass
+
+
+def store_for(moto_server, bucket):
+    return RunStore(S3Store(bucket, "training-runs", endpoint_url=moto_server.endpoint, region="us-east-1"))
+
+
+def install_log_lines(box_root: Path) -> list[str]:
+    p = box_root / "trainctl" / "install.log"
+    return p.read_text().splitlines() if p.exists() else []
+
+
+def test_launch_stopped_instance_tail_complete_then_cached_relaunch_fails(
+        moto_server, sshd, s3_bucket, env, tmp_path, box_root, trainer_script, reap):
+    iid = new_instance(moto_server, sshd)
+    moto_server.client("ec2").stop_instances(InstanceIds=[iid])
+    # Starting gives the instance a new public IP (as on AWS): route every IP to the box.
+    wild = tmp_path / "ssh_config"
+    wild.write_text(sshd.ssh_config.read_text() + sshd.host_block("*.*.*.*"))
+    env = {**env, "TRAINCTL_SSH_CONFIG": str(wild)}
+    cfg = write_config(tmp_path / "run.toml", s3_bucket, moto_server.endpoint, box_root, trainer_script)
+    url = f"s3://{s3_bucket}/training-runs"
+
+    r = ctl(["launch", "--existing", iid, "--config", str(cfg), "--no-start"], env, check=1)
+    assert "stopped" in r.stderr and "--no-start" in r.stderr and "Traceback" not in r.stderr
+
+    rid = "e2e-20260101-000001"
+    reap.append(rid)
+    r = ctl(["launch", "--existing", iid, "--config", str(cfg), "--run-id", rid], env, check=0)
+    assert f"starting stopped instance {iid}" in r.stdout
+    assert f"pinned host key for {iid}" in r.stdout
+    assert "create venv" in r.stdout and "install trainctl" in r.stdout
+    assert f"ctl tail {rid}" in r.stdout
+    installs = install_log_lines(box_root)
+    assert len(installs) == 2  # one venv, one wheel install
+
+    t = ctl(["tail", rid, "--store", url, "--poll-s", "0.2", "--from-start"], env, check=0)
+    assert "fake step 4/4" in t.stdout and "COMPLETED" in t.stdout
+
+    rs = store_for(moto_server, s3_bucket)
+    md = rs.read_metadata(rid)
+    assert md.instance_id == iid and md.instance_type == "g5.2xlarge"
+    assert md.config["box"]["data_root"] == str(box_root)  # the resolved config is what was recorded
+    assert md.config["instance"]["id"] == iid
+    raw_md = rs.store.get(rs.k(rid, "metadata.json")).decode()
+    assert "AWS_SECRET_ACCESS_KEY" not in raw_md and "aws_secret" not in raw_md.lower()
+
+    # Second launch, nothing changed but the trainer's exit code: every setup step is cached.
+    write_config(cfg, s3_bucket, moto_server.endpoint, box_root, trainer_script, code=1)
+    rid2 = "e2e-20260101-000002"
+    reap.append(rid2)
+    r2 = ctl(["launch", "--existing", iid, "--config", str(cfg), "--run-id", rid2], env, check=0)
+    assert "upload trainctl wheel: cached" in r2.stdout
+    assert "create venv" in r2.stdout and "install trainctl" in r2.stdout
+    assert r2.stdout.count(": cached") == 3, r2.stdout
+    assert "pinned host key" not in r2.stdout  # the pin matched
+    assert install_log_lines(box_root) == installs  # nothing was reinstalled
+
+    t2 = ctl(["tail", rid2, "--store", url, "--poll-s", "0.2", "--lines", "3"], env, check=1)
+    assert "FAILED" in t2.stdout and "fix:" in t2.stdout
+
+
+def test_second_launch_refused_while_active_then_stop(moto_server, sshd, s3_bucket, env, tmp_path, box_root,
+                                                       trainer_script, reap):
+    iid = new_instance(moto_server, sshd)
+    cfg = write_config(tmp_path / "run.toml", s3_bucket, moto_server.endpoint, box_root, trainer_script,
+                       steps=600, pause=0.1)
+    url = f"s3://{s3_bucket}/training-runs"
+    rid = "busy-20260101-000001"
+    reap.append(rid)
+    ctl(["launch", "--existing", iid, "--config", str(cfg), "--run-id", rid], env, check=0)
+
+    same = ctl(["launch", "--existing", iid, "--config", str(cfg), "--run-id", rid], env, check=0)
+    assert f"run {rid} is already running" in same.stdout
+    other = ctl(["launch", "--existing", iid, "--config", str(cfg), "--run-id", "busy-20260101-000002"], env, check=1)
+    assert f"busy with run {rid}" in other.stderr and f"ctl stop {rid}" in other.stderr
+    assert len(agent_pids(rid)) == 1
+    assert not store_for(moto_server, s3_bucket).run_exists("busy-20260101-000002")
+
+    st = ctl(["status", rid, "--store", url, "--json"], env, check=0)
+    d = json.loads(st.stdout)
+    assert d["instance_state"] == "running" and d["outcome"] == "running"
+
+    ctl(["stop", rid, "--store", url, "--wait", "--timeout-s", "60", "--poll-s", "0.2"], env, check=0)
+    deadline = time.monotonic() + 30
+    while agent_pids(rid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert agent_pids(rid) == []
+
+
+def test_killed_ssh_during_setup_then_relaunch_starts_one_trainer(moto_server, sshd, s3_bucket, env, tmp_path,
+                                                                   box_root, trainer_script, reap):
+    iid = new_instance(moto_server, sshd)
+    gate, entered = tmp_path / "release", tmp_path / "in-setup"
+    hold = f"touch {entered}; while [ ! -e {gate} ]; do sleep 0.1; done"
+    cfg = write_config(tmp_path / "run.toml", s3_bucket, moto_server.endpoint, box_root, trainer_script,
+                       steps=400, pause=0.05, commands=[hold])
+    rid = "killed-20260101-000001"
+    reap.append(rid)
+    first = subprocess.Popen([*CTL, "launch", "--existing", iid, "--config", str(cfg), "--run-id", rid], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not entered.exists():
+            assert first.poll() is None, first.stdout.read()
+            assert time.monotonic() < deadline, "setup never reached the extra command"
+            time.sleep(0.05)
+        first.kill()  # the SSH connection dies with the client, mid-setup
+        first.wait(10)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    gate.touch()  # the orphaned setup command on the box may now finish
+    assert not store_for(moto_server, s3_bucket).run_exists(rid)
+
+    r = ctl(["launch", "--existing", iid, "--config", str(cfg), "--run-id", rid], env, check=0)
+    assert "started" in r.stdout
+    again = ctl(["launch", "--existing", iid, "--config", str(cfg), "--run-id", rid], env, check=0)
+    assert f"run {rid} is already running" in again.stdout
+    assert len(agent_pids(rid)) == 1
+    url = f"s3://{s3_bucket}/training-runs"
+    ctl(["stop", rid, "--store", url, "--wait", "--timeout-s", "60", "--poll-s", "0.2"], env, check=0)
+    log = (box_root / "trainctl" / "runs" / rid / "trainer.log").read_text()
+    assert log.count("fake step 1/400") == 1  # one trainer ran, once
+
+
+def test_changed_host_key_is_refused(moto_server, sshd, s3_bucket, env, tmp_path, box_root, trainer_script, ctl_home):
+    iid = new_instance(moto_server, sshd)
+    cfg = write_config(tmp_path / "run.toml", s3_bucket, moto_server.endpoint, box_root, trainer_script)
+    other = tmp_path / "other_host_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    from controller.hostkeys import PinStore
+
+    PinStore(ctl_home / "known_hosts").pin(iid, paramiko.Ed25519Key(filename=str(other)))
+    r = ctl(["launch", "--existing", iid, "--config", str(cfg), "--run-id", "hk-20260101-000001"], env, check=1)
+    assert f"host key for {iid} changed" in r.stderr
+    assert f"ctl hosts forget {iid}" in r.stderr and "Traceback" not in r.stderr
+    assert not (box_root / "trainctl").exists()  # nothing ran on the box
+    ctl(["hosts", "forget", iid], env, check=0)
+    assert iid not in ctl(["hosts", "list"], env, check=0).stdout
+
+
+@pytest.mark.parametrize("state", ["terminated", "missing", "t3"])
+def test_unusable_instances_are_clear_errors(moto_server, sshd, s3_bucket, env, tmp_path, box_root, trainer_script,
+                                             state):
+    cfg = write_config(tmp_path / "run.toml", s3_bucket, moto_server.endpoint, box_root, trainer_script)
+    if state == "missing":
+        iid, want = "i-0123456789abcdef0", "not found in region us-east-1"
+    elif state == "t3":
+        iid, want = new_instance(moto_server, sshd, "t3.micro"), "--allow-no-gpu"
+    else:
+        iid, want = new_instance(moto_server, sshd), "cannot be started again"
+        moto_server.client("ec2").terminate_instances(InstanceIds=[iid])
+    r = ctl(["launch", "--existing", iid, "--config", str(cfg)], env, check=1)
+    assert want in r.stderr and "Traceback" not in r.stderr
+    assert r.stderr.count("\n") == 1  # one clean line
