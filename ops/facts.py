@@ -44,18 +44,21 @@ def metadata_from_cache(run_id: str, cache: dict) -> p.Metadata | None:
 def observe(rs: RunStore, run_id: str, now: float, s: Settings) -> Observed:
     """Read what `assess` needs for `run_id`."""
     names = {k.rsplit("/", 1)[-1] for k in rs.store.list(rs.k(run_id, "_"))}
-    hb, problem = None, None
-    try:
-        hb = rs.read_heartbeat(run_id)
-    except p.RecordError as exc:
-        problem = str(exc)
     loaded = L.load(rs, run_id) if p.ALERTS in names else L.Loaded(L.Ledger(run_id), None)
-    f = RunFacts(run_id, heartbeat=hb, heartbeat_problem=problem,
-                 has_error=p.ERROR in names, has_complete=p.COMPLETE in names)
+    f = RunFacts(run_id, has_error=p.ERROR in names, has_complete=p.COMPLETE in names)
     if f.has_error:
         f.error = _safe(rs.read_error, run_id)
     if f.has_complete:
         f.complete = _safe(rs.read_complete, run_id)
+    if f.has_error or f.has_complete:
+        # A marker decides the state on its own; the message reads the rest only if one is sent.
+        f.metadata = metadata_from_cache(run_id, loaded.ledger.facts)
+        return Observed(f, loaded)
+    hb = None
+    try:
+        hb = f.heartbeat = rs.read_heartbeat(run_id)
+    except p.RecordError as exc:
+        f.heartbeat_problem = str(exc)
     cached = loaded.ledger.facts
     hb_s = s.heartbeat_s or (hb.heartbeat_s if hb else None) or cached.get("heartbeat_s") or DEFAULT_HEARTBEAT_S
     stale = hb is None or now - hb.ts > hb_s
@@ -69,7 +72,7 @@ def observe(rs: RunStore, run_id: str, now: float, s: Settings) -> Observed:
         f.metadata = md or metadata_from_cache(run_id, cached)
     else:
         f.metadata = metadata_from_cache(run_id, cached)
-    if stale and not (f.has_error or f.has_complete):
+    if stale:
         f.stop_requested = rs.store.exists(rs.k(run_id, p.STOP))
     return obs
 

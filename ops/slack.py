@@ -10,6 +10,7 @@ forever; a transient one (5xx, connection refused) leaves the alert pending for 
 from __future__ import annotations
 
 import sys
+import threading
 from dataclasses import dataclass
 
 from ops.message import Message
@@ -130,8 +131,13 @@ class Notifier:
         self.console = console or ConsoleSink()
         self.sink = sink or self.console
         self.broken: str | None = None
+        self._lock = threading.Lock()
 
     def send(self, message: Message, thread_ts: str | None = None, channel: str | None = None) -> Delivery:
+        with self._lock:  # sweeps send from worker threads; one post at a time keeps Slack's order
+            return self._send(message, thread_ts, channel)
+
+    def _send(self, message: Message, thread_ts: str | None, channel: str | None) -> Delivery:
         if self.broken is None:
             d = self.sink.send(message, thread_ts=thread_ts, channel=channel)
             if d.delivered or not d.permanent:

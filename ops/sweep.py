@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from agent.errors import StoreError
@@ -42,47 +43,78 @@ class SweepReport:
                 "failed": self.failed, "pending": self.pending, "done": self.done, "errors": self.errors}
 
 
+@dataclass
+class RunOutcome:
+    """What handling one run did."""
+
+    state: str
+    sent: int = 0
+    failed: int = 0
+    pending: int = 0
+    done: int = 0
+
+
 class Watcher:
     """Sweeps one store. `owner` names this watcher in leases (unique per process by default)."""
 
     def __init__(self, rs: RunStore, notifier: Notifier, settings: Settings = Settings(),
-                 ec2: Ec2Enricher | None = None, owner: str | None = None):
-        self.rs, self.notifier, self.settings, self.ec2 = rs, notifier, settings, ec2
+                 ec2: Ec2Enricher | None = None, owner: str | None = None, workers: int = 8):
+        self.rs, self.notifier, self.settings, self.ec2, self.workers = rs, notifier, settings, ec2, workers
         self.owner = owner or f"watcher-{uuid.uuid4().hex[:12]}"
 
     def sweep(self, now: float) -> SweepReport:
-        """Run one sweep at time `now`."""
+        """Run one sweep at time `now`. Runs are read and handled in parallel (I/O bound)."""
         rep = SweepReport()
         ids, rep.runs = index.active_runs(self.rs)
         rep.active = len(ids)
-        seen: list[F.Observed] = []
-        for run_id in ids:
-            try:
-                seen.append(F.observe(self.rs, run_id, now, self.settings))
-            except StoreError as exc:
-                rep.errors.append(f"{run_id}: {exc}")
-        if self.ec2 is not None:
-            wanted = [(o.facts.metadata.instance_id, o.facts.metadata.region) for o in seen
-                      if o.facts.metadata and o.facts.metadata.instance_id
-                      and not (o.facts.has_error or o.facts.has_complete)]
-            if wanted:
-                infos = self.ec2.describe(wanted)
-                if self.ec2.last_error:
-                    rep.errors.append(self.ec2.last_error)
-                for o in seen:
-                    if o.facts.metadata and o.facts.metadata.instance_id:
-                        o.facts.instance = infos.get(o.facts.metadata.instance_id)
-        for o in seen:
-            try:
-                self._handle(o, now, rep)
-            except StoreError as exc:
-                rep.errors.append(f"{o.facts.run_id}: {exc}")
+        with ThreadPoolExecutor(max_workers=self.workers) as pool:
+            seen = []
+            for run_id, got in zip(ids, pool.map(lambda r: self._guard(F.observe, self.rs, r, now, self.settings),
+                                                 ids), strict=True):
+                if isinstance(got, str):
+                    rep.errors.append(f"{run_id}: {got}")
+                else:
+                    seen.append(got)
+            self._enrich(seen, rep)
+            for o, res in zip(seen, pool.map(lambda o: self._guard(self._handle, o, now), seen), strict=True):
+                if isinstance(res, str):
+                    rep.errors.append(f"{o.facts.run_id}: {res}")
+                    continue
+                rep.states[res.state] += 1
+                rep.sent += res.sent
+                rep.failed += res.failed
+                rep.pending += res.pending
+                rep.done += res.done
         return rep
 
-    def _handle(self, o: F.Observed, now: float, rep: SweepReport) -> None:
+    @staticmethod
+    def _guard(fn, *args):
+        """Run one run's step; a store error is that run's problem, not the sweep's."""
+        try:
+            return fn(*args)
+        except StoreError as exc:
+            return str(exc)
+
+    def _enrich(self, seen: list[F.Observed], rep: SweepReport) -> None:
+        """One batched EC2 lookup for every run with a known instance and no terminal marker."""
+        if self.ec2 is None:
+            return
+        wanted = [(o.facts.metadata.instance_id, o.facts.metadata.region) for o in seen
+                  if o.facts.metadata and o.facts.metadata.instance_id
+                  and not (o.facts.has_error or o.facts.has_complete)]
+        if not wanted:
+            return
+        infos = self.ec2.describe(wanted)
+        if self.ec2.last_error:
+            rep.errors.append(self.ec2.last_error)
+        for o in seen:
+            if o.facts.metadata and o.facts.metadata.instance_id:
+                o.facts.instance = infos.get(o.facts.metadata.instance_id)
+
+    def _handle(self, o: F.Observed, now: float) -> RunOutcome:
         run_id = o.facts.run_id
         st = assess(o.facts, now, self.settings)
-        rep.states[st.state] += 1
+        out = RunOutcome(st.state)
         first_sight = o.loaded.etag is None
 
         def change(led: L.Ledger) -> bool:
@@ -101,14 +133,15 @@ class Watcher:
                 thread = msg.get("thread_ts") or (_last_alert_thread(led) if msg["kind"] in ("repeat", "resolved")
                                                   else None)
                 d = self.notifier.send(build(msg, mf), thread_ts=thread, channel=msg.get("channel"))
-                rep.sent += d.delivered
-                rep.failed += not d.delivered
+                out.sent += d.delivered
+                out.failed += not d.delivered
                 led, _ = L.update(self.rs, run_id, lambda x, m=msg, d=d: L.record_result(
                     x, m["id"], self.owner, now, d.delivered, d.via, d.error, d.thread_ts, d.channel))
-        rep.pending += len(led.outbox)
+        out.pending = len(led.outbox)
         if led.finished:
             index.mark_done(self.rs, run_id, led.state if led.state in TERMINAL_STATES else "backfill", now)
-            rep.done += 1
+            out.done = 1
+        return out
 
 
 def _last_alert_thread(led: L.Ledger) -> str | None:
