@@ -232,6 +232,7 @@ def _report(res: dict, rs: RunStore, run_id: str, box: Box, timings: dict) -> La
     console = rs.store.console_url(run_id)
     say(f"\nrun {run_id} started on {box.name} (agent pid {res.get('pid')}, {res.get('via')}) "
         f"in {sum(timings.values()):.1f}s")
+    say("  timings:    " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
     say(f"  follow it:  ctl tail {run_id} --store {rs.url}")
     say(f"  status:     ctl status {run_id} --store {rs.url}")
     say(f"  stop it:    ctl stop {run_id} --store {rs.url}")

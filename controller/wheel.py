@@ -22,7 +22,8 @@ from controller.plan import Wheel
 
 PACKAGES = ("agent", "controller", "train", "ops", "infra")
 _TOP_FILES = ("pyproject.toml", "README.md")
-_SKIP_DIRS = {"__pycache__", ".terraform", ".pytest_cache"}
+_SKIP_DIRS = {"__pycache__", ".terraform", ".pytest_cache", ".ruff_cache"}
+_SKIP_SUFFIXES = (".pyc", ".part", ".tfstate", ".tfstate.backup", ".terraform.lock.hcl", ".log")
 
 
 def source_root() -> Path | None:
@@ -38,7 +39,7 @@ def _source_files(root: Path) -> list[Path]:
         if not base.is_dir():
             continue
         for p in sorted(base.rglob("*")):
-            if p.is_file() and not (_SKIP_DIRS & set(p.relative_to(root).parts)) and not p.name.endswith(".pyc"):
+            if p.is_file() and not (_SKIP_DIRS & set(p.relative_to(root).parts)) and not p.name.endswith(_SKIP_SUFFIXES):
                 files.append(p)
     return sorted(files)
 
