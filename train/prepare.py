@@ -40,15 +40,22 @@ def load_tokenizer(path: str):
 
 
 class _SplitWriter:
-    """Packs one split's examples and streams the blocks to an Arrow file."""
+    """Packs one split's examples and streams the blocks into a `save_to_disk`-layout folder.
 
-    def __init__(self, path: Path, block_size: int, writer_batch_size: int):
+    The Arrow shard is written in place rather than through `Dataset.save_to_disk`, whose copy
+    reads the whole memory-mapped file back and so grows RSS with the dataset's size."""
+
+    SHARD = "data-00000-of-00001.arrow"
+
+    def __init__(self, out_dir: Path, block_size: int, writer_batch_size: int):
         from datasets import Features, Sequence, Value
         from datasets.arrow_writer import ArrowWriter
 
-        feats = Features({k: Sequence(Value(t)) for k, t in FEATURES.items()})
-        self.path = path
-        self.writer = ArrowWriter(features=feats, path=str(path), writer_batch_size=writer_batch_size)
+        out_dir.mkdir(parents=True)
+        self.dir = out_dir
+        self.features = Features({k: Sequence(Value(t)) for k, t in FEATURES.items()})
+        self.writer = ArrowWriter(features=self.features, path=str(out_dir / self.SHARD),
+                                  writer_batch_size=writer_batch_size)
         self.packer = Packer(block_size)
         self.examples = 0
 
@@ -57,18 +64,35 @@ class _SplitWriter:
         for block in self.packer.add(ids):
             self.writer.write(block)
 
-    def finish(self, out_dir: Path) -> dict:
-        from datasets import Dataset
-
+    def finish(self) -> dict:
         for block in self.packer.flush():
             self.writer.write(block)
         self.writer.finalize()
-        if self.packer.blocks:  # an empty split gets no folder: datasets cannot reload a 0-shard save
-            Dataset.from_file(str(self.path)).save_to_disk(str(out_dir))
-        self.path.unlink()
         p = self.packer
+        if p.blocks:
+            _write_dataset_metadata(self.dir, self.SHARD)
+        else:  # an empty split gets no folder: datasets cannot reload a 0-row save
+            shutil.rmtree(self.dir)
         eff = p.tokens / (p.blocks * p.block_size) if p.blocks else 1.0
         return {"examples": self.examples, "tokens": p.tokens, "blocks": p.blocks, "packing_efficiency": round(eff, 4)}
+
+
+def _write_dataset_metadata(folder: Path, shard: str) -> None:
+    """state.json + dataset_info.json exactly as `Dataset.save_to_disk` writes them for one shard,
+    so `load_from_disk` memory-maps the shard where it lies."""
+    from dataclasses import asdict
+
+    from datasets import Dataset
+
+    ds = Dataset.from_file(str(folder / shard))  # opens the stream's metadata; no rows are read
+    state = {k: ds.__dict__[k] for k in ("_fingerprint", "_format_columns", "_format_kwargs", "_format_type",
+                                         "_output_all_columns")}
+    state["_split"] = None
+    state["_data_files"] = [{"filename": shard}]
+    info = asdict(ds._info)
+    (folder / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True))
+    (folder / "dataset_info.json").write_text(json.dumps({k: info[k] for k in sorted(info)}, indent=2))
+    del ds
 
 
 def _accepted_texts(cfg: DataConfig, tok, stats: dict[str, SourceStats], dedupe: Deduper, rejects, ticker):
@@ -133,8 +157,8 @@ def prepare(cfg: DataConfig) -> dict:
     tmp.mkdir(parents=True)
     block = cfg.tokenizer.max_seq_length
     eos = tok.eos_token_id if cfg.tokenizer.add_eos else None
-    writers = {False: _SplitWriter(tmp / "train.arrow", block, cfg.prepare.writer_batch_size),
-               True: _SplitWriter(tmp / "val.arrow", block, cfg.prepare.writer_batch_size)}
+    writers = {False: _SplitWriter(tmp / "train", block, cfg.prepare.writer_batch_size),
+               True: _SplitWriter(tmp / "val", block, cfg.prepare.writer_batch_size)}
     stats: dict[str, SourceStats] = {}
     lengths: Counter = Counter()
     dedupe = Deduper(tmp / "dedupe.sqlite")
@@ -158,8 +182,8 @@ def prepare(cfg: DataConfig) -> dict:
                 ticker.tick(tokens=sum(len(i) for i in ids_batch))
         dedupe.close()
         (tmp / "dedupe.sqlite").unlink()
-        report = _report(cfg, stats, lengths, {"train": writers[False].finish(tmp / "train"),
-                                                "val": writers[True].finish(tmp / "val")}, out)
+        report = _report(cfg, stats, lengths, {"train": writers[False].finish(),
+                                                "val": writers[True].finish()}, out)
         (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
