@@ -30,7 +30,7 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def _seconds(name: str, default: float, env: str, help_: str):
-    return click.option(f"--{name}", type=click.FloatRange(min=0.01), default=default, show_default=True,
+    return click.option(f"--{name}", type=click.FloatRange(min=0.001), default=default, show_default=True,
                         envvar=env, help=f"{help_} (env {env}).")
 
 
@@ -78,13 +78,16 @@ def run_cmd(run_id, store_url, endpoint_url, workdir, heartbeat_s, log_flush_s, 
                              latest_s=latest_s, progress_s=progress_s, stop_grace_s=stop_grace_s,
                              kill_grace_s=stop_grace_s, retry_max_s=retry_max_s,
                              finalize_timeout_s=finalize_timeout_s, partial_line_s=partial_line_s, tick_s=tick_s)
-    store = _open_store(store_url, endpoint_url, settings)
+    from agent.reqstats import RequestStats
+
+    stats = RequestStats()
+    store = _open_store(store_url, endpoint_url, settings, stats)
     wd = Workdir((workdir or default_workdir(run_id)).expanduser().resolve())
-    code = Agent(run_id, store, wd, list(command), settings).run()
+    code = Agent(run_id, store, wd, list(command), settings, stats).run()
     sys.exit(code)
 
 
-def _open_store(url: str, endpoint_url: str | None, settings):
+def _open_store(url: str, endpoint_url: str | None, settings, stats):
     """The store, with short S3 timeouts: the agent's own backoff rides out long outages."""
     from urllib.parse import urlparse
 
@@ -94,6 +97,8 @@ def _open_store(url: str, endpoint_url: str | None, settings):
     if parsed.scheme == "s3" and parsed.netloc:
         from agent.store_s3 import S3Store
 
-        return S3Store(parsed.netloc, parsed.path.strip("/"), endpoint_url=endpoint_url, max_attempts=3,
-                       timeout=settings.store_timeout_s)
+        store = S3Store(parsed.netloc, parsed.path.strip("/"), endpoint_url=endpoint_url, max_attempts=3,
+                        timeout=settings.store_timeout_s)
+        stats.attach(store.client)
+        return store
     return open_store(url, endpoint_url=endpoint_url)

@@ -21,6 +21,7 @@ from agent import protocol as p
 from agent.artifacts import ArtifactError, Uploaded, sync_artifact
 from agent.backoff import Backoff
 from agent.errors import ConfigError, StoreError
+from agent.filewatch import FileWatch
 from agent.logship import LogShipper
 from agent.progress import ProgressTracker
 from agent.redact import redact_argv
@@ -37,8 +38,9 @@ _STORE_ERRORS = (StoreError, OSError)
 class Agent:
     """One run's agent. `run()` returns the process exit code (0 once a marker is in the store)."""
 
-    def __init__(self, run_id: str, store: Store, wd: Workdir, command: list[str], settings: AgentSettings):
-        self.run_id, self.wd, self.command, self.s = run_id, wd, command, settings
+    def __init__(self, run_id: str, store: Store, wd: Workdir, command: list[str], settings: AgentSettings,
+                 stats=None):
+        self.run_id, self.wd, self.command, self.s, self.stats = run_id, wd, command, settings, stats
         self.rs = RunStore(store)
         self.backoff = Backoff(max_s=settings.retry_max_s)
         self.wake = threading.Event()
@@ -65,13 +67,12 @@ class Agent:
                 log.info("run %s already has a terminal marker; nothing to do", self.run_id)
                 return 0
             status = self._start_or_adopt()
-            observer = self._watch()
+            self.watch = self._watch()
             try:
                 if status is None:
                     status = self._loop()
             finally:
-                if observer is not None:
-                    observer.stop()
+                self.watch.close()
             return self._finalize(status)
         finally:
             self.wd.agent_pid.unlink(missing_ok=True)
@@ -133,28 +134,8 @@ class Agent:
     def _save(self) -> None:
         self.state.save(self.wd.state)
 
-    def _watch(self):
-        """Wake the loop when the spool or progress file changes; polling covers the rest."""
-        try:
-            from watchdog.events import FileSystemEventHandler
-            from watchdog.observers import Observer
-        except ImportError:
-            return None
-        wake, paths = self.wake, {str(self.wd.log), str(self.wd.progress)}
-
-        class _Wake(FileSystemEventHandler):
-            def on_any_event(self, event):
-                if event.src_path in paths:
-                    wake.set()
-
-        try:
-            observer = Observer()
-            observer.schedule(_Wake(), str(self.wd.root), recursive=False)
-            observer.start()
-            return observer
-        except Exception as exc:  # inotify limits and the like: the polling tick still works
-            log.warning("file watch unavailable (%s); polling every %.2fs", exc, self.s.tick_s)
-            return None
+    def _watch(self) -> FileWatch:
+        return FileWatch(self.wd.root, [self.wd.log, self.wd.progress], self.wake)
 
     def _on_signal(self, signum, _frame) -> None:
         self._signal = signal.Signals(signum).name
@@ -184,9 +165,12 @@ class Agent:
                         log.warning("store unreachable, spooling locally: %s", exc)
                     self.backoff.failed(now, str(exc))
             if self.shipper.backlog() or self.backoff.down:
+                self.watch.disarm()
                 time.sleep(self.s.tick_s)
             else:
-                self.wake.wait(self.s.tick_s)
+                self.watch.arm()
+                if self.wake.wait(self.s.tick_s):
+                    self.watch.disarm()  # a change: stop the event stream before doing the work
                 self.wake.clear()
 
     def _begin_stop(self, now: float) -> None:

@@ -89,6 +89,7 @@ def finalize(agent, status: ExitStatus) -> int:
                 marker = decide(agent, status, facts, duration)
             _write_marker(agent, marker)
             agent._write_metadata(terminal_phase(marker))
+            _record_stats(agent)
             return 0
         except StoreError as exc:
             if time.monotonic() >= deadline:
@@ -98,6 +99,14 @@ def finalize(agent, status: ExitStatus) -> int:
             delay = backoff.failed(now, str(exc))
             log.warning("store unreachable while finishing (retry in %.1fs): %s", delay, exc)
             time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+
+
+def _record_stats(agent) -> None:
+    if agent.stats is None:
+        return
+    agent.state.stats = agent.stats.to_dict()
+    agent._save()
+    log.info("store requests this session: %d PUTs, %d bytes", agent.state.stats["puts"], agent.state.stats["put_bytes"])
 
 
 def _write_marker(agent, marker) -> None:

@@ -101,12 +101,15 @@ class LogShipper:
             return None
         data = self._read(start, min(size, start + self.max_chunk))
         cut = max(data.rfind(b"\n"), data.rfind(b"\r")) + 1
-        if cut == len(data) or final or len(data) >= self.max_chunk:
+        if cut == len(data) or (final and size <= start + len(data)):
             self._partial_since = None
             return start, start + len(data)
         if cut > 0:
-            self._partial_since = now
+            if self._partial_since is None:
+                self._partial_since = now
             return start, start + cut
+        if len(data) >= self.max_chunk:  # one line longer than a chunk: it has to be split
+            return start, start + len(data)
         # Only a partial line is waiting: hold it back a while so a secret is never cut in two.
         if self._partial_since is None:
             self._partial_since = now

@@ -9,7 +9,7 @@ Layout (default root `/mnt/training/runs`, setting `TRAINCTL_WORKDIR_ROOT`):
                     progress.jsonl   written by the trainer (env TRAINCTL_PROGRESS_FILE)
                     output/          the trainer's outputs (env TRAINCTL_OUTPUT_DIR)
                     exit_status      JSON {exit_code, signal, pid, ts} written when the trainer ends
-                    agent_state.json shipping cursor, chunk seq, uploaded artifacts (survives restarts)
+                    agent_state.json shipping cursor, chunk seq, heartbeat seq, S3 request counts
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ class AgentState:
     stop_seen: bool = False
     interrupted: bool = False
     log: LogCursor = field(default_factory=LogCursor)
-    artifacts: dict = field(default_factory=dict)  # name -> {"uri", "size", "files", "final"}
+    stats: dict = field(default_factory=dict)  # S3 requests/bytes of the last agent process (agent.reqstats)
 
     @classmethod
     def load(cls, path: Path) -> AgentState | None:

@@ -99,8 +99,21 @@ def test_big_backlog_splits_at_max_chunk_and_bytes_match(tmp_path, local_store):
     rs = RunStore(local_store)
     assert rs.read_logs(RUN).data == payload
     assert sh.bytes_uploaded == len(payload)  # nothing sent twice
-    sizes = [len(local_store.get(k)) for k in rs.list_log_chunks(RUN)]
-    assert max(sizes) <= 1000 and sh.puts == len(sizes)
+    chunks = [local_store.get(k) for k in rs.list_log_chunks(RUN)]
+    assert max(map(len, chunks)) <= 1000 and sh.puts == len(chunks)
+    assert all(c.endswith(b"\n") for c in chunks)  # full chunks are cut at a line end too
+
+
+def test_a_line_longer_than_a_chunk_is_split(tmp_path, local_store):
+    state = AgentState(run_id=RUN)
+    wd, sh = _shipper(tmp_path, local_store, state, max_chunk=100, partial_line_s=60.0)
+    wd.log.write_bytes(b"z" * 250 + b"\nend")
+    while sh.ship(now=1.0):
+        pass
+    chunks = [local_store.get(k) for k in RunStore(local_store).list_log_chunks(RUN)]
+    assert chunks == [b"z" * 100, b"z" * 100, b"z" * 50 + b"\n"]
+    sh.ship(now=2.0, final=True)
+    assert RunStore(local_store).read_logs(RUN).data == b"z" * 250 + b"\nend"
 
 
 def test_pending_chunk_is_resent_identically_after_a_crash(tmp_path, local_store):

@@ -1,0 +1,250 @@
+"""Agent benchmarks: overhead on the trainer, agent CPU and memory, log latency, S3 economy.
+
+Every figure comes from a real `ctl agent run` subprocess shipping to moto's S3 server on
+loopback; baselines are measured in the same run. Quick mode uses 20k-line floods and short
+latency windows; `--full` uses the issue's 200k lines and longer windows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CTL = [sys.executable, "-c", "import sys; from controller.cli import main; sys.argv[0] = 'ctl'; main()"]
+RUN = "bench-20260101-000000"
+SETTLE_S = "1.5"
+
+FLOOD = r'''
+import json, resource, sys, time
+n, out = int(sys.argv[1]), sys.argv[2]
+time.sleep(float(sys.argv[3]))  # a real trainer spends seconds loading before it logs; the agent settles too
+ru0 = resource.getrusage(resource.RUSAGE_SELF)
+t0 = time.perf_counter()
+w = sys.stdout.write
+for i in range(n):
+    w(f"step {i:07d} loss=1.2345 lr=0.0002 tokens_per_s=2150.0 grad_norm=0.41 epoch=0.12 padding text\n")
+sys.stdout.flush()
+ru = resource.getrusage(resource.RUSAGE_SELF)
+json.dump({"wall": time.perf_counter() - t0, "cpu": ru.ru_utime + ru.ru_stime,
+           "flood_cpu": ru.ru_utime + ru.ru_stime - ru0.ru_utime - ru0.ru_stime}, open(out, "w"))
+'''
+
+PACED = r'''
+import sys, time
+rate, dur = float(sys.argv[1]), float(sys.argv[2])
+n, t0 = 0, time.time()
+while time.time() - t0 < dur:
+    due = int((time.time() - t0) * rate) + 1
+    while n < due:
+        sys.stdout.write(f"{time.time():.6f} line {n} loss=1.234 some ordinary training log text\n")
+        n += 1
+    sys.stdout.flush()
+    time.sleep(min(0.01, 1.0 / rate))
+'''
+
+
+class _Moto:
+    def __init__(self):
+        import logging
+        import socket
+
+        from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self.server.start()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.env = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
+        os.environ.update(self.env)
+
+    def bucket(self) -> str:
+        import uuid
+
+        import boto3
+
+        name = f"bench-{uuid.uuid4().hex[:12]}"
+        boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1").create_bucket(Bucket=name)
+        return name
+
+    def run_store(self, bucket: str):
+        from agent.runstore import RunStore
+        from agent.store_s3 import S3Store
+
+        return RunStore(S3Store(bucket, "runs", endpoint_url=self.endpoint, region="us-east-1"))
+
+    def stop(self):
+        self.server.stop()
+
+
+def _children_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def _hwm_sampler(pid: int, out: dict, stop: threading.Event):
+    while not stop.is_set():
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    out["hwm_kb"] = max(out.get("hwm_kb", 0), int(line.split()[1]))
+        except (OSError, ValueError):
+            pass
+        stop.wait(0.05)
+
+
+def _run_agent(moto: _Moto, tmp: Path, trainer: list[str], extra: list[str] = (), on_start=None) -> dict:
+    """Run one agent to completion; returns its CPU (children rusage minus trainer's own), peak RSS, stats."""
+    bucket = moto.bucket()
+    wd = tmp / f"wd-{bucket}"
+    env = {**os.environ, **moto.env, "PYTHONPATH": str(REPO)}
+    cmd = [*CTL, "agent", "run", "--run-id", RUN, "--store", f"s3://{bucket}/runs", "--endpoint-url", moto.endpoint,
+           "--workdir", str(wd), *extra, "--", *trainer]
+    cpu0, t0 = _children_cpu(), time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    mem, stop = {}, threading.Event()
+    sampler = threading.Thread(target=_hwm_sampler, args=(proc.pid, mem, stop), daemon=True)
+    sampler.start()
+    if on_start:
+        on_start(moto.run_store(bucket))
+    _, err = proc.communicate(timeout=900)
+    stop.set()
+    if proc.returncode != 0:
+        raise RuntimeError(f"agent failed ({proc.returncode}): {err.decode(errors='replace')[-2000:]}")
+    state = json.loads((wd / "agent_state.json").read_text())
+    return {"cpu_all": _children_cpu() - cpu0, "wall": time.perf_counter() - t0, "hwm_mb": mem.get("hwm_kb", 0) / 1024,
+            "stats": state.get("stats", {}), "log_bytes": (wd / "trainer.log").stat().st_size,
+            "rs": moto.run_store(bucket)}
+
+
+def _baseline_flood(script: Path, n: int, tmp: Path) -> dict:
+    out = tmp / "base.json"
+    with open(tmp / "base.log", "wb") as log:
+        subprocess.run([sys.executable, str(script), str(n), str(out), SETTLE_S], stdout=log, check=True,
+                       env={**os.environ, "PYTHONUNBUFFERED": "1"})  # the environment the agent gives a trainer
+    (tmp / "base.log").unlink()
+    return json.loads(out.read_text())
+
+
+def _overhead_and_cost(moto, tmp: Path, quick: bool) -> list[dict]:
+    n = 50_000 if quick else 200_000
+    script = tmp / "flood.py"
+    script.write_text(FLOOD)
+    base, under, runs = [], [], []
+    for i in range(5 if quick else 3):
+        base.append(_baseline_flood(script, n, tmp))
+        out = tmp / f"under{i}.json"
+        run = _run_agent(moto, tmp, [sys.executable, str(script), str(n), str(out), SETTLE_S])
+        run["trainer"] = json.loads(out.read_text())
+        under.append(run["trainer"])
+        runs.append(run)
+    idle_cpu = []
+    for i in range(3):
+        idle_out = tmp / f"idle{i}.json"
+        idle = _run_agent(moto, tmp, [sys.executable, str(script), "0", str(idle_out), SETTLE_S])
+        idle_cpu.append(idle["cpu_all"] - json.loads(idle_out.read_text())["cpu"])
+    idle_agent_cpu = statistics.median(idle_cpu)
+    b_wall, u_wall = statistics.median(x["wall"] for x in base), statistics.median(x["wall"] for x in under)
+    agent_cpu = statistics.median(r["cpu_all"] - r["trainer"]["cpu"] for r in runs)
+    trainer_cpu = statistics.median(x["cpu"] for x in under)
+    hwm = max(r["hwm_mb"] for r in runs)
+    return [
+        {"name": f"trainer flood wall, {n:,} lines, under agent vs alone", "value": u_wall, "baseline": b_wall,
+         "ratio": u_wall / b_wall, "target": "ratio <= 1.03", "unit": "s"},
+        {"name": "agent CPU / trainer CPU (flood, incl. agent start-up)", "value": agent_cpu, "baseline": trainer_cpu,
+         "ratio": agent_cpu / trainer_cpu, "target": "ratio <= 0.05", "unit": "cpu-s"},
+        {"name": "agent CPU / trainer CPU (flood, start-up excluded)", "value": agent_cpu - idle_agent_cpu,
+         "baseline": trainer_cpu, "ratio": (agent_cpu - idle_agent_cpu) / trainer_cpu, "target": "ratio <= 0.05",
+         "unit": "cpu-s"},
+        {"name": "agent start-up + finish CPU (silent trainer, same 1.5 s)", "value": idle_agent_cpu, "baseline": None,
+         "ratio": None, "target": "info", "unit": "cpu-s"},
+        {"name": "agent peak RSS", "value": hwm, "baseline": None, "ratio": None, "target": "<= 80", "unit": "MB"},
+    ]
+
+
+def _latency(moto, tmp: Path, rate: float, duration: float) -> tuple[float, float, int]:
+    script = tmp / "paced.py"
+    script.write_text(PACED)
+    lat: list[float] = []
+
+    def reader(rs):
+        def loop():
+            cursor, deadline = None, time.time() + duration + 30
+            while time.time() < deadline:
+                got = rs.read_logs(RUN, cursor)
+                now = time.time()
+                if got.chunks:
+                    cursor = got.cursor
+                    for line in got.data.split(b"\n"):
+                        if line:  # chunks end on line boundaries, so every line starts with its stamp
+                            lat.append(now - float(line.split(b" ", 1)[0]))
+                if rs.read_complete(RUN) and not got.chunks:
+                    return
+                time.sleep(0.05)
+
+        threading.Thread(target=loop, daemon=True).start()
+
+    _run_agent(moto, tmp, [sys.executable, str(script), str(rate), str(duration)], on_start=reader)
+    time.sleep(0.5)
+    q = statistics.quantiles(lat, n=100)
+    return q[49], q[94], len(lat)
+
+
+def _economy(moto, tmp: Path, quick: bool) -> list[dict]:
+    k = 120 if quick else 60  # simulated seconds per real second
+    real_s = 3600 / k
+    defaults = {"heartbeat-s": 30, "log-flush-s": 2, "latest-s": 10, "progress-s": 5, "stop-poll-s": 10}
+    extra = [a for name, v in defaults.items() for a in (f"--{name}", str(v / k))]
+    extra += ["--tick-s", str(min(0.25, 2 / k / 2))]
+    script = tmp / "paced.py"
+    script.write_text(PACED)
+    run = _run_agent(moto, tmp, [sys.executable, str(script), str(10 * k), str(real_s)], extra)
+    st = run["stats"]
+    chunk_bytes = st["bytes"].get("PutObject:chunk", 0)
+    return [
+        {"name": "PUT requests per simulated hour (10 lines/s, default intervals)", "value": float(st["puts"]),
+         "baseline": float(36000), "ratio": st["puts"] / 36000, "target": "well under 1 PUT per line (36,000/h)",
+         "unit": "PUT/h"},
+        {"name": "log chunk bytes uploaded / log bytes", "value": float(chunk_bytes),
+         "baseline": float(run["log_bytes"]), "ratio": chunk_bytes / run["log_bytes"], "target": "ratio <= 1.05",
+         "unit": "B"},
+        {"name": "all PUT bytes / log bytes (incl. latest-1000-lines file)", "value": float(st["put_bytes"]),
+         "baseline": float(run["log_bytes"]), "ratio": st["put_bytes"] / run["log_bytes"], "target": "info",
+         "unit": "B"},
+    ]
+
+
+def run(quick: bool = True) -> list[dict]:
+    """All agent figures; see the module docstring."""
+    moto = _Moto()
+    rows: list[dict] = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-agent-") as d:
+            tmp = Path(d)
+            rows += _overhead_and_cost(moto, tmp, quick)
+            for rate, dur in ((10.0, 10.0 if quick else 60.0), (10_000.0, 3.0 if quick else 20.0)):
+                p50, p95, n = _latency(moto, tmp, rate, dur)
+                for name, v in (("p50", p50), ("p95", p95)):
+                    rows.append({"name": f"log latency {name} at {rate:,.0f} lines/s ({n:,} lines)", "value": v,
+                                 "baseline": None, "ratio": None, "target": "p95 <= 3", "unit": "s"})
+            rows += _economy(moto, tmp, quick)
+    finally:
+        moto.stop()
+    return rows
+
+
+if __name__ == "__main__":
+    for row in run(quick="--full" not in sys.argv):
+        print(json.dumps(row))
