@@ -203,7 +203,7 @@ def _scale(moto, n_runs: int, n_active: int) -> list[dict]:
 
 
 def run(quick: bool = True) -> list[dict]:
-    """Rows for `make bench` (quick: 2,000 runs / 20 active; full: 10,000 / 100)."""
+    """Rows for `make bench` (quick: 1,000 runs / 10 active; full: 10,000 / 100)."""
     moto, slack = _servers()
     rows = []
     try:
@@ -215,7 +215,7 @@ def run(quick: bool = True) -> list[dict]:
                 rows.append({"name": f"detect {scenario} (hb {30 * FACTOR:g}s + grace {60 * FACTOR:g}s)",
                              "value": x, "baseline": None, "ratio": None, "target": target,
                              "unit": "x (heartbeat+grace)"})
-        n_runs, n_active = (2000, 20) if quick else (10000, 100)
+        n_runs, n_active = (1000, 10) if quick else (10000, 100)
         rows += _scale(moto, n_runs, n_active)
     finally:
         slack.stop()
