@@ -56,12 +56,15 @@ def agent_group():
 @_seconds("retry-max-s", 30.0, "TRAINCTL_RETRY_MAX_S", "Longest backoff between store attempts in an outage")
 @_seconds("finalize-timeout-s", 3600.0, "TRAINCTL_FINALIZE_TIMEOUT_S",
           "How long to keep trying to deliver the final log and marker")
+@_seconds("shutdown-timeout-s", 60.0, "TRAINCTL_SHUTDOWN_TIMEOUT_S",
+          "After SIGTERM to the agent, how long to keep trying to deliver the end of the run")
 @_seconds("partial-line-s", 10.0, "TRAINCTL_PARTIAL_LINE_S", "Seconds an unterminated line waits before shipping")
 @_seconds("tick-s", 0.25, "TRAINCTL_AGENT_TICK_S", "Main loop poll interval")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging to stderr.")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def run_cmd(run_id, store_url, endpoint_url, workdir, heartbeat_s, log_flush_s, stop_poll_s, latest_s, progress_s,
-            stop_grace_s, retry_max_s, finalize_timeout_s, partial_line_s, tick_s, verbose, command):
+            stop_grace_s, retry_max_s, finalize_timeout_s, shutdown_timeout_s, partial_line_s, tick_s, verbose,
+            command):
     """Run COMMAND as the trainer of RUN_ID and keep the store up to date until it ends.
 
     Example: ctl agent run --run-id mistral-20250804-171621 --store s3://bucket/training-runs
@@ -77,7 +80,8 @@ def run_cmd(run_id, store_url, endpoint_url, workdir, heartbeat_s, log_flush_s, 
     settings = AgentSettings(heartbeat_s=heartbeat_s, log_flush_s=log_flush_s, stop_poll_s=stop_poll_s,
                              latest_s=latest_s, progress_s=progress_s, stop_grace_s=stop_grace_s,
                              kill_grace_s=stop_grace_s, retry_max_s=retry_max_s,
-                             finalize_timeout_s=finalize_timeout_s, partial_line_s=partial_line_s, tick_s=tick_s)
+                             finalize_timeout_s=finalize_timeout_s, shutdown_timeout_s=shutdown_timeout_s,
+                             partial_line_s=partial_line_s, tick_s=tick_s)
     from agent.reqstats import RequestStats
 
     stats = RequestStats()

@@ -52,6 +52,7 @@ class Agent:
         self._stop_stage, self._stop_at = 0, 0.0
         self._next = {"hb": 0.0, "progress": 0.0, "history": 0.0, "stop": 0.0}
         self._metadata_dirty = True
+        self._md_trainer_pid: int | None = None
         self._synced = 0  # declared artifacts handled so far
         self.uploaded: dict[str, Uploaded] = {}
         self.artifact_errors: dict[str, str] = {}
@@ -189,6 +190,8 @@ class Agent:
             self._stop_stage = 3
 
     def _store_duties(self, now: float) -> None:
+        if self._md_trainer_pid is None and self.trainer.trainer_pid:
+            self._metadata_dirty = True  # the wrapper wrote trainer.pid after the first metadata write
         if self._metadata_dirty or self.progress.phase_changed:
             self._write_metadata(self.progress.phase or "running")
         if self.shipper.due(now):
@@ -233,7 +236,7 @@ class Agent:
             md = None
         md = md or p.Metadata(run_id=self.run_id, created=self.state.started_ts or time.time())
         md.phase, md.agent_pid, md.heartbeat_s, md.workdir = phase, os.getpid(), self.s.heartbeat_s, str(self.wd.root)
-        md.trainer_pid = self.trainer.trainer_pid if self.trainer else md.trainer_pid
+        md.trainer_pid = self._md_trainer_pid = self.trainer.trainer_pid if self.trainer else md.trainer_pid
         md.command = md.command or self.state.command
         md.host = md.host or hostfacts.host_stats(self.wd.root).get("hostname")
         self.rs.write_metadata(md)

@@ -67,7 +67,10 @@ def decide(agent, status: ExitStatus, facts: dict, duration: float | None):
 def finalize(agent, status: ExitStatus) -> int:
     """Deliver everything and the marker. 0 when a marker is in the store, 1 when the store never came back."""
     s = agent.s
-    deadline = time.monotonic() + s.finalize_timeout_s
+    # Told to shut down (reboot, systemctl stop): do not outstay the service manager's patience; a
+    # restarted agent recovers the exit status and delivers the rest.
+    timeout = min(s.finalize_timeout_s, s.shutdown_timeout_s) if agent.state.interrupted else s.finalize_timeout_s
+    deadline = time.monotonic() + timeout
     agent.progress.read_new()
     started = agent.state.started_ts
     duration = round(time.time() - started, 3) if started else None
@@ -91,10 +94,10 @@ def finalize(agent, status: ExitStatus) -> int:
             agent._write_metadata(terminal_phase(marker))
             _record_stats(agent)
             return 0
-        except StoreError as exc:
+        except (StoreError, OSError) as exc:  # OSError: e.g. the workdir volume is full for the state file
             if time.monotonic() >= deadline:
                 log.error("gave up delivering the end of run %s after %.0fs: %s (the spool in %s is intact; "
-                          "rerun the agent to finish)", agent.run_id, s.finalize_timeout_s, exc, agent.wd.root)
+                          "rerun the agent to finish)", agent.run_id, timeout, exc, agent.wd.root)
                 return 1
             delay = backoff.failed(now, str(exc))
             log.warning("store unreachable while finishing (retry in %.1fs): %s", delay, exc)

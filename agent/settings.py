@@ -20,5 +20,6 @@ class AgentSettings:
     partial_line_s: float = 10.0  # an unterminated line is shipped after waiting this long
     retry_max_s: float = 30.0  # longest backoff between store attempts during an outage
     finalize_timeout_s: float = 3600.0  # how long to keep trying to deliver the final logs and marker
+    shutdown_timeout_s: float = 60.0  # the same, when the agent itself was told to stop (SIGTERM)
     tick_s: float = 0.25  # main loop poll interval (trainer exit, signals)
     store_timeout_s: float = 10.0  # connect/read timeout of one store call

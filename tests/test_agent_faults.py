@@ -127,3 +127,17 @@ def test_restarted_agent_after_marker_does_nothing(agents, moto_server, tmp_path
     assert agents.wait(again) == 0
     assert "already has a terminal marker" in Agents.output(again)
     assert chunk_seqs(rs, RUN) == chunks and rs.read_error(RUN) is None
+
+
+def test_store_down_when_the_agent_starts(agents, private_moto, tmp_path):
+    rs, url = _s3(private_moto)
+    private_moto.stop()
+    wd = tmp_path / "wd"
+    proc = agents.start(RUN, url, wd, trainer_cmd("--lines", "150", "--interval", "0.02"),
+                        env=private_moto.env(), endpoint=private_moto.endpoint)
+    wait_for(lambda: _size(wd / "trainer.log") > 50 * 30, what="trainer writing while the store is down")
+    time.sleep(1.5)
+    private_moto.start()
+    assert agents.wait(proc, 60) == 0, Agents.output(proc)
+    assert rs.read_logs(RUN).data == b"".join(expected_lines(150))
+    assert rs.read_complete(RUN) is not None and rs.read_metadata(RUN).phase == "completed"

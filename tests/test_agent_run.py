@@ -65,7 +65,8 @@ def test_exit_0_with_adapter_completes_with_verified_artifacts(agents, s3, tmp_p
     latest = rs.read_latest_log(RUN).splitlines()
     assert latest[-1] == expected_lines(300)[-1].decode().rstrip("\n")
     wd = tmp_path / "wd"
-    assert json.loads((wd / "exit_status").read_text())["exit_code"] == 0
+    status = json.loads((wd / "exit_status").read_text())
+    assert status["exit_code"] == 0 and md.trainer_pid == status["pid"]
     assert not (wd / "agent.pid").exists()
 
 
@@ -210,3 +211,23 @@ def test_chunks_are_numbered_without_gaps(agents, s3, tmp_path):
     assert rc == 0, out
     seqs = chunk_seqs(s3["rs"], RUN)
     assert len(seqs) >= 2 and seqs == list(range(1, len(seqs) + 1))
+
+
+def test_local_folder_store_and_gpu_stats_in_heartbeat(agents, tmp_path):
+    # A stand-in nvidia-smi on PATH prints what the real one prints for these query flags.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    smi = bin_dir / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho '0, NVIDIA A10G, 97, 21034, 23028, 61'\n")
+    smi.chmod(0o755)
+    store = tmp_path / "store"
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    proc = agents.start(RUN, str(store), tmp_path / "wd", trainer_cmd("--lines", "30", "--adapter", "ok"), env=env)
+    assert agents.wait(proc) == 0, Agents.output(proc)
+    from agent.store_local import LocalStore
+
+    rs = RunStore(LocalStore(store))
+    assert rs.read_complete(RUN) is not None
+    assert rs.read_heartbeat(RUN).gpus == [{"index": 0, "name": "NVIDIA A10G", "util_percent": 97,
+                                            "mem_used_mib": 21034, "mem_total_mib": 23028, "temp_c": 61}]
+    assert rs.read_logs(RUN).data == b"".join(expected_lines(30))
