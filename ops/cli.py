@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 
 import click
@@ -57,16 +56,26 @@ def watch_cmd(store_url, endpoint_url, once, interval, slack_webhook, slack_toke
                       region=region)
     sink = w.notifier.sink.via
     click.echo(f"watching {w.rs.url} every {every:g}s; alerts to {sink}", err=True)
+    from agent.errors import StoreError
+
     try:
         while True:
-            rep = w.sweep(time.time())
+            try:
+                rep = w.sweep(time.time())
+            except StoreError as exc:
+                if once:
+                    raise
+                # A store outage must not end the watcher: say so and try again next interval.
+                click.echo(f"warning: sweep failed, retrying in {every:g}s: {exc}", err=True)
+                time.sleep(every)
+                continue
             states = ", ".join(f"{k} {v}" for k, v in sorted(rep.states.items())) or "none active"
             click.echo(f"sweep: {rep.runs} runs, {rep.active} active ({states}); sent {rep.sent}, "
                        f"pending {rep.pending}", err=True)
             for e in rep.errors:
                 click.echo(f"warning: {e}", err=True)
             if once:
-                sys.exit(1 if rep.errors and not rep.active else 0)
+                return
             time.sleep(every)
     except KeyboardInterrupt:
         click.echo("stopped", err=True)

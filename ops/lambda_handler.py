@@ -1,9 +1,12 @@
 """The same sweep as `ctl watch --once`, as an AWS Lambda handler on an EventBridge schedule.
 
-Configuration comes from the function's environment: TRAINCTL_STORE (required),
-SLACK_WEBHOOK_URL or SLACK_BOT_TOKEN + SLACK_CHANNEL, TRAINCTL_S3_ENDPOINT /
-TRAINCTL_EC2_ENDPOINT (tests), and the TRAINCTL_* timeouts of ops.config.ENV_SETTINGS. Alert
-state lives in the store's ledgers, so concurrent or retried invocations never double-send.
+Configuration comes from the function's environment: TRAINCTL_STORE (required); the webhook
+from SLACK_WEBHOOK_SSM_PARAMETER (a SecureString, read once per container, so the URL is in
+neither the function's environment nor Terraform state) or SLACK_WEBHOOK_URL, or
+SLACK_BOT_TOKEN + SLACK_CHANNEL; TRAINCTL_S3_ENDPOINT / TRAINCTL_EC2_ENDPOINT /
+TRAINCTL_SSM_ENDPOINT (tests); the TRAINCTL_* timeouts of ops.config.ENV_SETTINGS. Alert state
+lives in the store's ledgers, so overlapping or retried invocations never double-send. Only
+`agent`, `ops`, `slack_sdk` and the runtime's boto3 are imported here (the zip has nothing else).
 """
 
 from __future__ import annotations
@@ -13,19 +16,45 @@ import time
 
 from agent.errors import ConfigError
 
+_webhooks: dict[str, str] = {}  # SSM parameter name -> URL, for the container's lifetime
+
+
+def webhook_from_ssm(name: str, endpoint_url: str | None = None) -> str:
+    """The webhook URL stored (encrypted) in SSM Parameter Store under `name`."""
+    if name not in _webhooks:
+        import boto3
+        from botocore.config import Config
+
+        ssm = boto3.client("ssm", endpoint_url=endpoint_url, config=Config(retries={"mode": "standard"}))
+        try:
+            value = ssm.get_parameter(Name=name, WithDecryption=True)["Parameter"]["Value"]
+        except Exception as exc:  # noqa: BLE001 - missing parameter, no permission: say which
+            code = getattr(exc, "response", {}).get("Error", {}).get("Code", type(exc).__name__)
+            raise ConfigError(f"cannot read the Slack webhook from SSM parameter {name}: {code} "
+                              "(aws ssm put-parameter --type SecureString --overwrite ...)") from None
+        _webhooks[name] = value.strip()
+    return _webhooks[name]
+
 
 def handler(event, context):
     """Sweep once; return the sweep report (CloudWatch logs show it). `event["now"]` is for tests."""
     from ops.config import build_watcher, settings_from_env
 
-    store = os.environ.get("TRAINCTL_STORE")
+    env = os.environ
+    store = env.get("TRAINCTL_STORE")
     if not store:
         raise ConfigError("TRAINCTL_STORE is not set on the watcher function (e.g. s3://bucket/training-runs)")
-    w = build_watcher(store, os.environ.get("TRAINCTL_S3_ENDPOINT"), settings=settings_from_env(),
-                      webhook_url=os.environ.get("SLACK_WEBHOOK_URL"), token=os.environ.get("SLACK_BOT_TOKEN"),
-                      channel=os.environ.get("SLACK_CHANNEL"), api_url=os.environ.get("SLACK_API_URL"),
-                      ec2=os.environ.get("TRAINCTL_EC2", "1") != "0",
-                      ec2_endpoint_url=os.environ.get("TRAINCTL_EC2_ENDPOINT"))
+    webhook = env.get("SLACK_WEBHOOK_URL")
+    param = env.get("SLACK_WEBHOOK_SSM_PARAMETER")
+    if not webhook and param:
+        webhook = webhook_from_ssm(param, env.get("TRAINCTL_SSM_ENDPOINT"))
+    if webhook and not webhook.startswith(("https://", "http://")):
+        webhook = None  # the placeholder Terraform puts in the parameter: alerts go to the log until set
+        print(f"Slack webhook in {param} is not set yet; alerts go to this log")
+    w = build_watcher(store, env.get("TRAINCTL_S3_ENDPOINT"), settings=settings_from_env(),
+                      webhook_url=webhook, token=env.get("SLACK_BOT_TOKEN"), channel=env.get("SLACK_CHANNEL"),
+                      api_url=env.get("SLACK_API_URL"), ec2=env.get("TRAINCTL_EC2", "1") != "0",
+                      ec2_endpoint_url=env.get("TRAINCTL_EC2_ENDPOINT"))
     now = float((event or {}).get("now") or time.time())
     report = w.sweep(now).as_dict()
     print(report)

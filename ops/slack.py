@@ -43,26 +43,34 @@ def _retry_handlers(rate_limit_retries: int, connection_retries: int):
 
 
 class ConsoleSink:
-    """The embedded default: the same content, printed with rich."""
+    """The embedded default: the same content, printed with rich (plain text where rich is absent,
+    e.g. in the Lambda zip, where stdout goes to CloudWatch Logs)."""
 
     via = "console"
 
     def __init__(self, file=None):
-        from rich.console import Console
-
-        self.console = Console(file=file or sys.stdout, width=110, highlight=False)
+        self.file = file or sys.stdout
+        try:
+            from rich.console import Console
+        except ImportError:
+            self.console = None
+        else:
+            self.console = Console(file=self.file, width=110, highlight=False)
 
     def send(self, message: Message, thread_ts: str | None = None, channel: str | None = None) -> Delivery:
+        body = "\n".join(message.text.splitlines()[1:])
+        if self.console is None:
+            print(f"{message.header}\n{body}\n", file=self.file, flush=True)
+            return Delivery(True, self.via)
         from rich.markup import escape
         from rich.panel import Panel
 
-        body = "\n".join(message.text.splitlines()[1:])
         self.console.print(Panel(escape(body), title=escape(message.header), title_align="left"))
         return Delivery(True, self.via)
 
     def note(self, line: str) -> None:
         """A one-line operational notice (not an alert)."""
-        self.console.print(line, markup=False)
+        print(line, file=self.file, flush=True)
 
 
 class WebhookSink:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -93,3 +95,79 @@ def test_lambda_handler_without_store_says_what_to_set(monkeypatch):
     monkeypatch.delenv("TRAINCTL_STORE", raising=False)
     with pytest.raises(ConfigError, match="TRAINCTL_STORE is not set"):
         handler({}, None)
+
+
+LAMBDA_SANDBOX = """
+import json, sys
+sys.modules["rich"] = None   # the Lambda zip holds agent, ops and slack_sdk only (plus the runtime's boto3)
+sys.modules["click"] = None
+from ops.lambda_handler import handler
+print("REPORT " + json.dumps(handler({"now": float(sys.argv[1])}, None)))
+"""
+
+
+@pytest.mark.parametrize("stored,posts", [("webhook", 1), ("unset", 0)])
+def test_lambda_reads_webhook_from_ssm_without_rich_or_click(s3_store, slack, moto_server, stored, posts):
+    rs = RunStore(s3_store)
+    now = time.time()
+    rid = make_run(rs, now=now)
+    fail(rs, rid, now, "disk_full")
+    name = f"/trainctl/test/{rid}/{stored}"
+    moto_server.client("ssm").put_parameter(Name=name, Type="SecureString", Overwrite=True,
+                                            Value=slack.webhook_url if stored == "webhook" else "unset")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "TRAINCTL_"))}
+    env.update(moto_server.env(), TRAINCTL_STORE=s3_store.url, SLACK_WEBHOOK_SSM_PARAMETER=name,
+               TRAINCTL_SSM_ENDPOINT=moto_server.endpoint, TRAINCTL_EC2="0")
+    res = subprocess.run([sys.executable, "-c", LAMBDA_SANDBOX, str(now + 5)], capture_output=True, text=True,
+                         env=env, timeout=60, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert res.returncode == 0, res.stderr
+    report = json.loads(res.stdout.split("REPORT ", 1)[1])
+    assert report["sent"] == 1 and report["done"] == 1
+    assert len(slack.posts) == posts
+    if stored == "unset":
+        assert "Training FAILED: disk_full" in res.stdout and "is not set yet" in res.stdout
+    assert "testwebhooksecret0001" not in res.stdout + res.stderr
+
+
+def test_watch_once_on_missing_bucket_is_one_clean_error(moto_server):
+    res = ctl(["watch", "--once", "--no-ec2", "--store", "s3://no-such-bucket-trainctl/runs",
+               "--endpoint-url", moto_server.endpoint], moto_server.env())
+    assert res.returncode == 1 and res.stderr.splitlines()[-1].startswith("Error: S3 list")
+    assert "NoSuchBucket" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_watch_loop_survives_a_store_outage(private_moto, slack):
+    """The watcher keeps sweeping through an S3 outage and alerts once the store is back."""
+    bucket = private_moto.new_bucket()
+    store = open_store(f"s3://{bucket}/runs", endpoint_url=private_moto.endpoint)
+    env = {**private_moto.env(), "SLACK_WEBHOOK_URL": slack.webhook_url}
+    proc = subprocess.Popen([CTL, "watch", "--no-ec2", "--interval", "0.2", "--store", store.url], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True)
+    reader.start()
+    try:
+        assert _until(lambda: any(x.startswith("sweep:") for x in lines)), lines
+        private_moto.stop()
+        assert _until(lambda: any("sweep failed, retrying" in x for x in lines)), lines
+        private_moto.start()
+        rs = RunStore(store)
+        now = time.time()
+        rid = make_run(rs, now=now)
+        fail(rs, rid, now, "nccl_error")
+        assert _until(lambda: len(slack.posts) == 1), lines
+        assert proc.poll() is None  # still watching
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+    assert "nccl_error" in slack.posts[0]["body"]["text"]
+
+
+def _until(pred, limit: float = 60.0) -> bool:
+    """Poll for an event from another process (a bound on waiting, not a timing assertion)."""
+    end = time.monotonic() + limit
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return False
