@@ -113,3 +113,8 @@ main.add_command(train_group)
 from agent.autostop_cli import autostop_cmd  # noqa: E402
 
 main.add_command(autostop_cmd)
+
+from infra.cli import COMMANDS as _INFRA_COMMANDS  # noqa: E402
+
+for _cmd in _INFRA_COMMANDS:
+    main.add_command(_cmd)

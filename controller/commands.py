@@ -107,10 +107,11 @@ def tail_cmd(run_id, store_url, endpoint_url, lines, from_start, no_follow, poll
     rs = open_run_store(store_url, endpoint_url)
     rs.require_run(run_id)
     t = Tail(rs, run_id, poll_s=poll_s, stale_after_s=stale_after_s, show_status=sys.stdout.isatty())
-    if not from_start:
-        data, t.cursor = last_lines_cursor(rs, run_id, lines)
-        sys.stdout.write(data.decode("utf-8", "replace"))
     try:
+        if not from_start:
+            data, t.cursor = last_lines_cursor(rs, run_id, lines)
+            sys.stdout.write(data.decode("utf-8", "replace"))
+            sys.stdout.flush()
         code = t.run(follow=not no_follow)
     except KeyboardInterrupt:
         click.echo(f"\nstopped following {run_id}; the run goes on (`ctl tail {run_id}` to follow again, "

@@ -40,6 +40,7 @@ sys.exit(code)
 '''
 
 pytestmark = pytest.mark.xdist_group("controller-ssh")
+WHEEL = [""]  # set by the `wheel` fixture, which every config-writing test pulls in via trainer_script
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +50,21 @@ def ctl_home(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def trainer_script(tmp_path_factory):
+def wheel(ctl_home):
+    """One wheel for the module: others edit the shared tree meanwhile, and "nothing changed" must hold."""
+    from controller.wheel import build
+
+    old = os.environ.get("TRAINCTL_HOME")
+    os.environ["TRAINCTL_HOME"] = str(ctl_home)
+    try:
+        return build(say=lambda m: None).path
+    finally:
+        os.environ.pop("TRAINCTL_HOME") if old is None else os.environ.update(TRAINCTL_HOME=old)
+
+
+@pytest.fixture(scope="module")
+def trainer_script(tmp_path_factory, wheel):
+    WHEEL[0] = wheel
     p = tmp_path_factory.mktemp("trainer") / "fake_trainer.py"
     p.write_text(FAKE_TRAINER)
     return p
@@ -79,7 +94,7 @@ def new_instance(moto_server, sshd, instance_type="g5.2xlarge") -> str:
 
 
 def write_config(path: Path, bucket: str, endpoint: str, box_root: Path, trainer: Path, *, steps=4, code=0,
-                 pause=0.1, commands=()) -> Path:
+                 pause=0.1, commands=(), model="") -> Path:
     cmd = json.dumps([sys.executable, str(trainer), str(steps), str(code), str(pause)])
     path.write_text(f"""
 name = "e2e"
@@ -100,7 +115,10 @@ min_free_gb = 0.1
 [setup]
 python = "{sys.executable}"
 install_deps = false
+wheel = "{WHEEL[0]}"
 commands = {json.dumps(list(commands))}
+[stage]
+model = "{model}"
 [agent]
 heartbeat_s = 0.5
 log_flush_s = 0.2
@@ -165,7 +183,11 @@ def test_launch_stopped_instance_tail_complete_then_cached_relaunch_fails(
     wild = tmp_path / "ssh_config"
     wild.write_text(sshd.ssh_config.read_text() + sshd.host_block("*.*.*.*"))
     env = {**env, "TRAINCTL_SSH_CONFIG": str(wild)}
-    cfg = write_config(tmp_path / "run.toml", s3_bucket, moto_server.endpoint, box_root, trainer_script)
+    s3 = moto_server.client("s3")
+    for key, body in (("models/tiny/config.json", b"{}"), ("models/tiny/shard-1.bin", b"w" * 70000)):
+        s3.put_object(Bucket=s3_bucket, Key=key, Body=body)
+    model = f"s3://{s3_bucket}/models/tiny/"
+    cfg = write_config(tmp_path / "run.toml", s3_bucket, moto_server.endpoint, box_root, trainer_script, model=model)
     url = f"s3://{s3_bucket}/training-runs"
 
     r = ctl(["launch", "--existing", iid, "--config", str(cfg), "--no-start"], env, check=1)
@@ -180,6 +202,8 @@ def test_launch_stopped_instance_tail_complete_then_cached_relaunch_fails(
     assert f"ctl tail {rid}" in r.stdout
     installs = install_log_lines(box_root)
     assert len(installs) == 2  # one venv, one wheel install
+    assert "stage model: 2 files, 0 up to date, fetching 2" in r.stdout
+    assert (box_root / "models" / "tiny" / "shard-1.bin").stat().st_size == 70000
 
     t = ctl(["tail", rid, "--store", url, "--poll-s", "0.2", "--from-start"], env, check=0)
     assert "fake step 4/4" in t.stdout and "COMPLETED" in t.stdout
@@ -193,7 +217,7 @@ def test_launch_stopped_instance_tail_complete_then_cached_relaunch_fails(
     assert "AWS_SECRET_ACCESS_KEY" not in raw_md and "aws_secret" not in raw_md.lower()
 
     # Second launch, nothing changed but the trainer's exit code: every setup step is cached.
-    write_config(cfg, s3_bucket, moto_server.endpoint, box_root, trainer_script, code=1)
+    write_config(cfg, s3_bucket, moto_server.endpoint, box_root, trainer_script, code=1, model=model)
     rid2 = "e2e-20260101-000002"
     reap.append(rid2)
     r2 = ctl(["launch", "--existing", iid, "--config", str(cfg), "--run-id", rid2], env, check=0)
@@ -202,6 +226,7 @@ def test_launch_stopped_instance_tail_complete_then_cached_relaunch_fails(
     assert r2.stdout.count(": cached") == 3, r2.stdout
     assert "pinned host key" not in r2.stdout  # the pin matched
     assert install_log_lines(box_root) == installs  # nothing was reinstalled
+    assert "stage model: 2 files, 2 up to date, fetching 0" in r2.stdout
 
     t2 = ctl(["tail", rid2, "--store", url, "--poll-s", "0.2", "--lines", "3"], env, check=1)
     assert "FAILED" in t2.stdout and "fix:" in t2.stdout
@@ -302,3 +327,31 @@ def test_unusable_instances_are_clear_errors(moto_server, sshd, s3_bucket, env, 
     r = ctl(["launch", "--existing", iid, "--config", str(cfg)], env, check=1)
     assert want in r.stderr and "Traceback" not in r.stderr
     assert r.stderr.count("\n") == 1  # one clean line
+
+
+def test_host_launch_preflight_lists_every_problem(sshd, s3_bucket, moto_server, env, tmp_path, box_root,
+                                                   trainer_script):
+    cfg = write_config(tmp_path / "run.toml", s3_bucket, moto_server.endpoint, box_root, trainer_script)
+    r = ctl(["launch", "--host", f"{sshd.user}@127.0.0.1:{sshd.port}", "--ssh-key", str(sshd.user_key),
+             "--config", str(cfg), "--set", "box.require_gpu=true", "--set", "box.require_mount=true",
+             "--set", "box.min_python='3.99'", "--set", "box.volume_device='/dev/trainctl-none'"], env, check=1)
+    assert "preflight found 4 problem(s)" in r.stderr
+    assert "no GPU visible" in r.stderr and "no data volume is mounted" in r.stderr
+    assert "python3 on the box is" in r.stderr and "setup.python is Python" in r.stderr
+    assert r.stderr.count("fix: ") == 4 and "Traceback" not in r.stderr
+    assert f"pinned host key for 127.0.0.1:{sshd.port}" in r.stdout
+    assert not (box_root / "trainctl").exists()
+
+
+def test_local_launch_with_local_store(tmp_path, trainer_script, reap):
+    home = tmp_path / "home"
+    env = {**os.environ, "TRAINCTL_HOME": str(home), "PYTHONPATH": str(REPO)}
+    env.pop("TRAINCTL_STORE", None)
+    rid = "local-20260101-000001"
+    reap.append(rid)
+    r = ctl(["launch", "--local", "--run-id", rid, "--set", "agent.heartbeat_s=0.5", "--set", "agent.log_flush_s=0.2",
+             "--", sys.executable, str(trainer_script), "3", "0", "0.05"], env, check=0)
+    assert f"file://{home}/runs" in r.stdout
+    t = ctl(["tail", rid, "--poll-s", "0.2", "--from-start"], env, check=0)
+    assert "fake step 3/3" in t.stdout and "COMPLETED" in t.stdout
+    assert (home / "box" / "trainctl" / "runs" / rid / "trainer.log").exists()
