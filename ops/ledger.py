@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 
 from agent import protocol as p
+from agent.errors import StoreError
 from agent.runstore import RunStore
 
 LEDGER_VERSION = 1
@@ -100,7 +101,7 @@ def update(rs: RunStore, run_id: str, change: Callable[[Ledger], bool], first: L
         if write(rs, loaded, new):
             return new, True
         loaded = load(rs, run_id)
-    raise RuntimeError(f"ledger of {run_id}: lost {attempts} compare-and-set races in a row")
+    raise StoreError(f"ledger of {run_id}: lost {attempts} compare-and-set races in a row; will retry next sweep")
 
 
 def claim_outbox(ledger: Ledger, owner: str, now: float, lease_s: float) -> list[dict]:

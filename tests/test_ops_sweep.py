@@ -200,3 +200,27 @@ def test_store_marker_keys_are_protocol_names(s3_store):
     index.mark_done(rs, rid, "completed", T0)
     assert s3_store.exists(p.INDEX_DONE + rid) and rid not in rs.list_runs()[1:]
     assert index.active_runs(rs) == ([], 1)
+
+
+def test_watcher_that_died_after_claiming_is_taken_over_after_its_lease(s3_store, slack):
+    """A claim whose watcher died before posting is neither lost nor sent twice while the lease holds."""
+    from ops.policy import decide
+    from ops.state import RunState
+
+    rs = RunStore(s3_store)
+    rid = make_run(rs)
+    fail(rs, rid, T0 + 1, "missing_module")
+    s = Settings()
+
+    def dead_claim(led):
+        decide(led, RunState("failed", "missing_module happened", T0 + 1, cause="missing_module"), T0 + 2, s)
+        return bool(L.claim_outbox(led, "watcher-dead", T0 + 2, s.lease_s))
+
+    L.update(rs, rid, dead_claim)
+    w = watcher(rs, slack)
+    w.sweep(T0 + 2 + s.lease_s - 1)
+    assert slack.posts == []
+    w.sweep(T0 + 2 + s.lease_s + 1)
+    assert len(slack.posts) == 1 and "missing_module" in slack.posts[0]["body"]["text"]
+    w.sweep(T0 + 2 + s.lease_s + 60)
+    assert len(slack.posts) == 1
