@@ -224,3 +224,20 @@ def test_watcher_that_died_after_claiming_is_taken_over_after_its_lease(s3_store
     assert len(slack.posts) == 1 and "missing_module" in slack.posts[0]["body"]["text"]
     w.sweep(T0 + 2 + s.lease_s + 60)
     assert len(slack.posts) == 1
+
+
+def test_connection_refused_leaves_the_alert_pending(s3_store, slack):
+    from tests.fixtures.net import free_port
+
+    rs = RunStore(s3_store)
+    rid = make_run(rs)
+    complete(rs, rid, T0 + 1)
+    dead_url = f"http://127.0.0.1:{free_port()}/services/T000TEST/B000TEST/testwebhooksecret0001"
+    down = Watcher(rs, Notifier(WebhookSink(dead_url, connection_retries=1), ConsoleSink(io.StringIO())), Settings())
+    rep = down.sweep(T0 + 5)
+    assert rep.failed == 1 and rep.pending == 1 and rep.done == 0
+    pending = L.load(rs, rid).ledger.outbox[0]
+    assert "Connection refused" in pending["last_error"] or "URLError" in pending["last_error"]
+    assert_no_secret(pending)
+    watcher(rs, slack).sweep(T0 + 35)  # Slack reachable again (a restarted watcher, for good measure)
+    assert len(slack.posts) == 1 and rid in index.done_runs(rs)
