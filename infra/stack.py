@@ -1,0 +1,148 @@
+"""Provision and destroy one stack: the module copied into ctl's state folder, applied there.
+
+A stack's folder (`$TRAINCTL_HOME/infra/<stack>/`, default ~/.trainctl) holds the module, the
+local Terraform state, the watcher zip, `trainctl.auto.tfvars.json` (what ctl sets: zip path,
+endpoints, resources kept by an earlier destroy), `outputs.json` and `kept.json`. The user's own
+var files are passed with -var-file, which Terraform ranks above *.auto.tfvars, so they win.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent.errors import ConfigError, TrainctlError
+from infra.lambda_zip import build_zip
+from infra.tf import Terraform, plan_changes, summarize
+
+MODULE_DIR = Path(__file__).parent / "terraform"
+MODULE_FILES = ("*.tf", "user_data.sh")
+SERVICES = ("ec2", "s3", "iam", "sts", "lambda", "events", "ssm", "logs")
+GENERATED_VARS = "trainctl.auto.tfvars.json"
+OUTPUTS = "outputs.json"
+KEPT = "kept.json"
+RECORD = "provision.json"
+
+
+def state_home() -> Path:
+    """ctl's state folder: $TRAINCTL_HOME, else ~/.trainctl."""
+    return Path(os.environ.get("TRAINCTL_HOME") or Path.home() / ".trainctl")
+
+
+def stack_dir(stack: str = "default", workdir: str | os.PathLike | None = None) -> Path:
+    """Where a stack's module copy and state live."""
+    return Path(workdir) if workdir else state_home() / "infra" / stack
+
+
+def _read_json(path: Path, default):
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return default
+    except ValueError as exc:
+        raise ConfigError(f"{path} is not valid JSON ({exc}); fix or delete it") from None
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def load_outputs(stack: str = "default", workdir=None) -> dict | None:
+    """The outputs saved by the last `ctl provision` (instance_id, public_ip, store_url, ...)."""
+    return _read_json(stack_dir(stack, workdir) / OUTPUTS, None)
+
+
+@dataclass
+class Stack:
+    """One stack folder and the terraform that runs in it."""
+
+    workdir: Path
+    var_files: list[Path] = field(default_factory=list)
+    endpoint_url: str | None = None
+    terraform_bin: str = "terraform"
+    echo: Callable[[str], None] = print
+
+    def __post_init__(self):
+        self.workdir = Path(self.workdir).expanduser().resolve()
+        self.var_files = [Path(p).expanduser().resolve() for p in self.var_files]
+        for p in self.var_files:
+            if not p.is_file():
+                raise ConfigError(f"var file {p} does not exist (see infra/terraform/example.tfvars)")
+
+    def terraform(self) -> Terraform:
+        return Terraform(self.workdir, binary=self.terraform_bin, echo=self.echo, var_files=self.var_files)
+
+    def prepare(self) -> None:
+        """Copy the module in, build the watcher zip and write the variables ctl owns."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        for pattern in MODULE_FILES:  # all ours: drop files a newer module no longer has
+            for old in self.workdir.glob(pattern):
+                old.unlink()
+            for src in MODULE_DIR.glob(pattern):
+                shutil.copy2(src, self.workdir / src.name)
+        generated: dict = {"watcher_zip_path": str(build_zip(self.workdir / "watcher.zip"))}
+        if self.endpoint_url:
+            generated["endpoints"] = {svc: self.endpoint_url for svc in SERVICES}
+        for item in _read_json(self.workdir / KEPT, {}).values():
+            generated.update(item.get("reuse") or {})
+        _write_json(self.workdir / GENERATED_VARS, generated)
+
+    def provision(self, confirm: Callable[[str], bool] | None = None) -> dict:
+        """init, plan (summary to echo), confirm, apply; save and return the outputs."""
+        self.prepare()
+        tf = self.terraform()
+        tf.init()
+        changes = plan_changes(tf.plan("tfplan"))
+        self.echo(summarize(changes))
+        if changes:
+            if confirm is not None and not confirm("Apply this plan?"):
+                raise TrainctlError("provision cancelled: nothing was changed")
+            tf.apply("tfplan")
+        (self.workdir / "tfplan").unlink(missing_ok=True)
+        outputs = tf.outputs()
+        _write_json(self.workdir / OUTPUTS, outputs)
+        _write_json(self.workdir / RECORD, {"var_files": [str(p) for p in self.var_files],
+                                             "endpoint_url": self.endpoint_url})
+        return outputs
+
+    @classmethod
+    def existing(cls, workdir: Path, **kw) -> Stack:
+        """A provisioned stack, with the var files and endpoint it was provisioned with."""
+        workdir = Path(workdir).expanduser().resolve()
+        record = _read_json(workdir / RECORD, None)
+        if record is None:
+            raise TrainctlError(f"nothing provisioned in {workdir} (no {RECORD}); see `ctl provision --help`")
+        var_files = kw.pop("var_files", None) or record.get("var_files") or []
+        endpoint_url = kw.pop("endpoint_url", None) or record.get("endpoint_url")
+        return cls(workdir, var_files=var_files, endpoint_url=endpoint_url, **kw)
+
+    def destroy_plan(self, delete: set[str]) -> tuple[list[str], dict]:
+        """(addresses that would be destroyed, {name: kept item}) with `delete` naming kept items to drop."""
+        tf = self.terraform()
+        tf.init()
+        kept_out = tf.outputs().get("kept_on_destroy") or {}
+        unknown = delete - set(kept_out)
+        if unknown:
+            raise ConfigError(f"cannot delete {', '.join(sorted(unknown))}: this stack does not manage it "
+                              f"(it keeps: {', '.join(sorted(kept_out)) or 'nothing'})")
+        kept = {name: item for name, item in kept_out.items() if name not in delete}
+        keep_addrs = {a for item in kept.values() for a in item["addresses"]}
+        doomed = [a for a in tf.state_list() if not a.startswith("data.") and a not in keep_addrs]
+        return doomed, kept
+
+    def destroy(self, kept: dict, delete: set[str] = frozenset()) -> None:
+        """Forget the kept resources, remember how to re-adopt them, destroy the rest."""
+        tf = self.terraform()
+        record = {k: v for k, v in _read_json(self.workdir / KEPT, {}).items() if k not in delete}
+        record.update(kept)  # written first: a failed destroy still knows what it kept
+        _write_json(self.workdir / KEPT, record)
+        in_state = set(tf.state_list())
+        tf.state_rm([a for item in kept.values() for a in item["addresses"] if a in in_state])
+        tf.destroy()
+        (self.workdir / OUTPUTS).unlink(missing_ok=True)
