@@ -35,6 +35,8 @@ class FileWatch:
                     if event.src_path in outer._paths:
                         outer.wake.set()
 
+            # watchdog warns when an event races an unschedule; that is expected here.
+            logging.getLogger("watchdog").setLevel(logging.ERROR)
             self._handler = _Handler()
             self._observer = Observer()
             self._observer.start()

@@ -37,10 +37,12 @@ class ExitStatus:
 class Trainer:
     """A running (or finished) trainer process group."""
 
-    def __init__(self, wd: Workdir, pgid: int, popen: subprocess.Popen | None = None):
+    def __init__(self, wd: Workdir, pgid: int, popen: subprocess.Popen | None = None,
+                 create_time: float | None = None):
         self.wd = wd
         self.pgid = pgid
         self.popen = popen
+        self._create_time = create_time  # guards an adopted pid against reuse by another process
         self._done: ExitStatus | None = None
 
     @classmethod
@@ -65,10 +67,10 @@ class Trainer:
             if create_time and abs(proc.create_time() - create_time) > 1.0:
                 return None  # the pid was reused by something else
             if proc.status() == psutil.STATUS_ZOMBIE:
-                return cls(wd, pgid)  # ended; poll() reads the exit file
+                return cls(wd, pgid, create_time=create_time)  # ended; poll() reads the exit file
         except psutil.Error:
             return None
-        return cls(wd, pgid)
+        return cls(wd, pgid, create_time=create_time)
 
     def create_time(self) -> float | None:
         try:
@@ -91,7 +93,7 @@ class Trainer:
             code = self.popen.poll()
             if code is None:
                 return None
-        elif _running(self.pgid):
+        elif _running(self.pgid, self._create_time):
             return None
         else:
             code = None
@@ -139,8 +141,11 @@ def read_exit_status(wd: Workdir) -> ExitStatus | None:
     return ExitStatus(d.get("exit_code"), d.get("signal"))
 
 
-def _running(pid: int) -> bool:
+def _running(pid: int, create_time: float | None = None) -> bool:
     try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        proc = psutil.Process(pid)
+        if create_time and abs(proc.create_time() - create_time) > 1.0:
+            return False  # our process is gone and its pid was reused
+        return proc.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
