@@ -115,20 +115,20 @@ class ProgressTracker:
         """The `progress.json` record for the current state."""
         m = self.metrics
         return p.Progress(ts=self.last_progress_ts or now, step=m.get("step"), total_steps=m.get("total_steps"),
-                          epoch=m.get("epoch"), loss=_finite_or_str(m.get("loss")), lr=m.get("lr"),
+                          epoch=m.get("epoch"), loss=finite_or_str(m.get("loss")), lr=m.get("lr"),
                           tokens_per_s=m.get("tokens_per_s"), eta_s=self.eta_s(), phase=self.phase)
 
     def history_points(self) -> list[dict]:
-        return [{**h, "loss": _finite_or_str(h.get("loss"))} for h in self.history]
+        return [{**h, "loss": finite_or_str(h.get("loss"))} for h in self.history]
 
     def final_metrics(self) -> dict:
-        out = {k: _finite_or_str(v) for k, v in self.metrics.items()}
+        out = {k: finite_or_str(v) for k, v in self.metrics.items()}
         out["history_points"] = len(self.history)
         return out
 
 
-def _finite_or_str(v):
-    # JSON has no NaN: keep the fact visible as a string rather than writing invalid JSON.
+def finite_or_str(v):
+    """NaN/inf as a string (JSON has none), so the fact stays visible without writing invalid JSON."""
     if isinstance(v, float) and not math.isfinite(v):
         return str(v)
     return v
