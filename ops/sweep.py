@@ -89,11 +89,13 @@ class Watcher:
 
     @staticmethod
     def _guard(fn, *args):
-        """Run one run's step; a store error is that run's problem, not the sweep's."""
+        """Run one run's step; its failure is that run's problem (reported), not the whole sweep's."""
         try:
             return fn(*args)
         except StoreError as exc:
             return str(exc)
+        except Exception as exc:  # noqa: BLE001 - e.g. a record no message can be built from
+            return f"{type(exc).__name__}: {exc}"
 
     def _enrich(self, seen: list[F.Observed], rep: SweepReport) -> None:
         """One batched EC2 lookup for every run with a known instance and no terminal marker."""
