@@ -22,7 +22,9 @@ _SPECIAL = True
 
 def encode_with(tok, texts: list[str], eos: int | None, add_special_tokens: bool = True) -> list[list[int]]:
     """Token ids of each text (BOS per the tokenizer's post-processor), plus EOS when given."""
-    encs = tok.encode_batch(texts, add_special_tokens=add_special_tokens)
+    # encode_batch_fast skips character offsets, which packing never uses (same ids, less work).
+    fast = getattr(tok, "encode_batch_fast", None)
+    encs = (fast or tok.encode_batch)(texts, add_special_tokens=add_special_tokens)
     if eos is None:
         return [e.ids for e in encs]
     return [e.ids + [eos] for e in encs]
@@ -36,6 +38,46 @@ def _init_worker(tok, eos: int | None, add_special_tokens: bool) -> None:
 
 def _encode_in_worker(texts: list[str]) -> list[list[int]]:
     return encode_with(_TOK, texts, _EOS, _SPECIAL)
+
+
+def prefetch(items: Iterable, depth: int = 2) -> Iterator:
+    """Produce `items` in a background thread, at most `depth` ahead: reading and validating the
+    next batch overlaps tokenizing this one (the Rust tokenizer releases the GIL)."""
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def produce():
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put((done, None))
+        except BaseException as exc:  # handed to the consumer, raised there
+            q.put((done, exc))
+
+    t = threading.Thread(target=produce, name="prefetch", daemon=True)
+    t.start()
+    try:
+        while True:
+            item, exc = q.get()
+            if exc is not None:
+                raise exc
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        t.join(timeout=5)
 
 
 def encode_stream(tok, batches: Iterable[list[str]], *, eos: int | None, add_special_tokens: bool = True,

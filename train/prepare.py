@@ -16,7 +16,7 @@ from pathlib import Path
 
 from agent.errors import ConfigError, TrainctlError
 from train import progress
-from train.encode import encode_stream
+from train.encode import encode_stream, prefetch
 from train.pack import Packer, length_bucket
 from train.records import Deduper, SourceStats, content_hash, is_val, record_text
 from train.schemas import DataConfig
@@ -165,7 +165,8 @@ def prepare(cfg: DataConfig) -> dict:
     ticker = Ticker("preparing", enabled=cfg.prepare.progress)
     try:
         with open(tmp / "rejects.jsonl", "w", encoding="utf-8") as rejects, ticker:
-            batches = _batched(_accepted_texts(cfg, tok, stats, dedupe, rejects, ticker), cfg.prepare.batch_size)
+            batches = prefetch(_batched(_accepted_texts(cfg, tok, stats, dedupe, rejects, ticker),
+                                        cfg.prepare.batch_size))
             flags: list[list[bool]] = []
 
             def texts():  # the flags of each batch wait in a short queue until its ids come back

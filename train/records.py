@@ -63,7 +63,8 @@ class Deduper:
     """Exact-content dedupe across all sources, backed by SQLite on disk (bounded RAM)."""
 
     def __init__(self, path: Path):
-        self._db = sqlite3.connect(path, isolation_level=None)
+        # Used from the prefetch thread, closed from the main one after that thread has finished.
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=OFF")
         self._db.execute("PRAGMA synchronous=OFF")
         self._db.execute("PRAGMA cache_size=-16384")  # 16 MiB page cache, whatever the input size

@@ -4,6 +4,7 @@ seconds otherwise (the agent ships stdout/stderr as the run's log, where redraws
 from __future__ import annotations
 
 import sys
+import threading
 import time
 
 
@@ -18,6 +19,7 @@ class Ticker:
         self.counts: dict[str, int] = {}
         self._start = self._last = 0.0
         self._live = None
+        self._lock = threading.Lock()  # ticked from the prefetch thread and the main thread
 
     def __enter__(self):
         self._start = self._last = time.monotonic()
@@ -37,10 +39,13 @@ class Ticker:
         return False
 
     def tick(self, **amounts: int) -> None:
-        for k, v in amounts.items():
-            self.counts[k] = self.counts.get(k, 0) + v
-        if not self.enabled:
-            return
+        with self._lock:
+            for k, v in amounts.items():
+                self.counts[k] = self.counts.get(k, 0) + v
+            if self.enabled:
+                self._show()
+
+    def _show(self) -> None:
         now = time.monotonic()
         if self._live is not None:
             if now - self._last > 0.25:
