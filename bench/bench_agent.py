@@ -86,7 +86,16 @@ class _Moto:
         return RunStore(S3Store(bucket, "runs", endpoint_url=self.endpoint, region="us-east-1"))
 
     def stop(self):
+        inner = self.server._server
         self.server.stop()
+        if inner is not None:
+            inner.server_close()  # clients now get "connection refused": a real outage
+
+    def start(self):
+        from moto.server import ThreadedMotoServer
+
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self.server.start()
 
 
 def _children_cpu() -> float:
@@ -118,7 +127,7 @@ def _run_agent(moto: _Moto, tmp: Path, trainer: list[str], extra: list[str] = ()
     sampler = threading.Thread(target=_hwm_sampler, args=(proc.pid, mem, stop), daemon=True)
     sampler.start()
     if on_start:
-        on_start(moto.run_store(bucket))
+        on_start(moto.run_store(bucket), wd)
     _, err = proc.communicate(timeout=900)
     stop.set()
     if proc.returncode != 0:
@@ -179,7 +188,7 @@ def _latency(moto, tmp: Path, rate: float, duration: float) -> tuple[float, floa
     script.write_text(PACED)
     lat: list[float] = []
 
-    def reader(rs):
+    def reader(rs, _wd):
         def loop():
             cursor, deadline = None, time.time() + duration + 30
             while time.time() < deadline:
@@ -226,6 +235,44 @@ def _economy(moto, tmp: Path, quick: bool) -> list[dict]:
     ]
 
 
+def _outage(moto, tmp: Path, outage_s: float) -> list[dict]:
+    """Stop S3 mid-run for `outage_s`; how long until the store has every line again, and is it exact."""
+    script = tmp / "paced.py"
+    script.write_text(PACED)
+    marks: dict = {}
+
+    def chaos(rs, wd):
+        def go():
+            deadline = time.time() + 30
+            while time.time() < deadline and not list(rs.list_log_chunks(RUN)):
+                time.sleep(0.1)
+            moto.stop()
+            time.sleep(outage_s)
+            moto.start()
+            marks["back"] = time.time()
+            spooled = (wd / "trainer.log").stat().st_size  # everything written during the outage
+            got, cursor = 0, None
+            while time.time() < marks["back"] + 60 and got < spooled:
+                part = rs.read_logs(RUN, cursor)
+                got, cursor = got + len(part.data), part.cursor or cursor
+                time.sleep(0.05)
+            marks["caught_up"] = time.time()
+            marks["backlog"] = spooled
+
+        marks["thread"] = threading.Thread(target=go, daemon=True)
+        marks["thread"].start()
+
+    run_ = _run_agent(moto, tmp, [sys.executable, str(script), "200", str(outage_s + 6)], on_start=chaos)
+    marks["thread"].join(5)
+    wd_log = run_["log_bytes"]
+    shipped = run_["rs"].read_logs(RUN).data
+    if len(shipped) != wd_log:
+        raise RuntimeError(f"outage lost data: {len(shipped)} of {wd_log} bytes in the store")
+    return [{"name": f"catch-up after a {outage_s:.0f} s S3 outage ({marks['backlog']:,} B spooled), lossless",
+             "value": marks["caught_up"] - marks["back"], "baseline": None, "ratio": None,
+             "target": "<= retry_max_s + log_flush_s", "unit": "s"}]
+
+
 def run(quick: bool = True) -> list[dict]:
     """All agent figures; see the module docstring."""
     moto = _Moto()
@@ -240,6 +287,7 @@ def run(quick: bool = True) -> list[dict]:
                     rows.append({"name": f"log latency {name} at {rate:,.0f} lines/s ({n:,} lines)", "value": v,
                                  "baseline": None, "ratio": None, "target": "p95 <= 3", "unit": "s"})
             rows += _economy(moto, tmp, quick)
+            rows += _outage(moto, tmp, 8.0 if quick else 20.0)
     finally:
         moto.stop()
     return rows
