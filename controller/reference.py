@@ -1,0 +1,109 @@
+"""The config reference in the docs, generated from the schemas so it cannot drift.
+
+`python -m controller.reference > docs/config-reference.md`; a test fails when the file and
+the schemas disagree. Help texts come from field metadata (run.toml) or the trailing comment
+on the field's line (data.toml, train.toml).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import re
+import sys
+
+_COMMENT = re.compile(r"^\s+(\w+)\s*:[^#]*#\s*(.+)$")
+
+
+def _comments(cls) -> dict[str, str]:
+    try:
+        lines = inspect.getsourcelines(cls)[0]
+    except (OSError, TypeError):
+        return {}
+    return {m.group(1): m.group(2).strip() for line in lines if (m := _COMMENT.match(line))}
+
+
+def _type_name(t) -> str:
+    return str(t).replace("typing.", "").replace("<class '", "").replace("'>", "")
+
+
+def _default(f: dataclasses.Field):
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
+
+
+def _fmt_default(v) -> str:
+    if isinstance(v, str):
+        return f'`"{v}"`'
+    if isinstance(v, bool):
+        return f"`{str(v).lower()}`"
+    if isinstance(v, list | tuple):
+        return "`[" + ", ".join(f'"{x}"' if isinstance(x, str) else str(x) for x in v) + "]`"
+    if isinstance(v, dict):
+        return "`{}`" if not v else f"`{v}`"
+    return f"`{v}`"
+
+
+def rows(cls, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(key, type, default, help) for every leaf key of a config dataclass, tables flattened."""
+    out, comments = [], _comments(cls)
+    for f in dataclasses.fields(cls):
+        default = _default(f)
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(default):
+            out.extend(rows(type(default), key + "."))
+            continue
+        if isinstance(default, list) and not default and "list[" in str(f.type) and \
+                not str(f.type).endswith("[str]"):
+            item = _item_class(cls, f)
+            if item is not None:
+                out.extend(rows(item, f"[[{key}]]."))
+                continue
+        meta = f.metadata or {}
+        help_text = meta.get("help") or comments.get(f.name, "")
+        extra = []
+        if meta.get("choices"):
+            extra.append("one of " + ", ".join(f"`{c}`" for c in meta["choices"]))
+        if meta.get("min") is not None or meta.get("max") is not None:
+            extra.append(f"range {meta.get('min', '')}..{meta.get('max', '')}")
+        desc = "; ".join(x for x in [help_text, *extra] if x)
+        out.append((key, _type_name(f.type), _fmt_default(default), desc))
+    return out
+
+
+def _item_class(cls, f):
+    hints = inspect.get_annotations(cls, eval_str=True)
+    args = getattr(hints.get(f.name), "__args__", ())
+    return args[0] if args and dataclasses.is_dataclass(args[0]) else None
+
+
+def table(title: str, intro: str, cls) -> str:
+    lines = [f"## {title}", "", intro, "", "| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+    lines += [f"| `{k}` | {t} | {d} | {h.replace('|', '/')} |" for k, t, d, h in rows(cls)]
+    return "\n".join(lines) + "\n"
+
+
+def render() -> str:
+    """The whole reference page."""
+    from controller.config import RunConfig
+    from train.schemas import DataConfig, TrainConfig
+
+    parts = [
+        "# Config reference\n\nGenerated from the schemas by `python -m controller.reference`; "
+        "do not edit by hand. Unknown keys, wrong types and out-of-range values are refused with one "
+        "line each before anything runs.\n",
+        table("run.toml (`ctl launch`)", "Flags override the file (`--set section.key=value`); the resolved "
+              "config is recorded in the run's `metadata.json`.", RunConfig),
+        table("data.toml (`ctl train prepare`)", "Sources are read in the order listed: the last is loaded "
+              "last.", DataConfig),
+        table("train.toml (`ctl train sft`)", "`--set key=value` overrides the file; the resolved config is "
+              "printed at start and saved beside the adapter.", TrainConfig),
+    ]
+    return "\n".join(parts)
+
+
+if __name__ == "__main__":
+    sys.stdout.write(render())

@@ -1,0 +1,22 @@
+"""Docs that are generated must match what generates them."""
+
+from pathlib import Path
+
+from controller.reference import render, rows
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_config_reference_is_current():
+    on_disk = (ROOT / "docs" / "config-reference.md").read_text()
+    assert on_disk == render(), "docs/config-reference.md is stale: run `.venv/bin/python -m controller.reference > docs/config-reference.md`"
+
+
+def test_reference_covers_every_key():
+    from controller.config import RunConfig
+    from train.schemas import TrainConfig
+
+    keys = {k for k, *_ in rows(RunConfig)}
+    assert {"instance.id", "ssh.user", "box.data_root", "store.url", "agent.heartbeat_s"} <= keys
+    tkeys = {k for k, *_ in rows(TrainConfig)}
+    assert {"lora.r", "train.learning_rate", "quant.quant_type", "debug.inject_nan_at_step"} <= tkeys
