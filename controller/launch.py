@@ -227,8 +227,15 @@ def _report(res: dict, rs: RunStore, run_id: str, box: Box, timings: dict) -> La
         rs.store.delete(rs.k(run_id, p.METADATA))  # ours, written a moment ago; the run never started
         raise TrainctlError(f"{box.name} became busy with run {res.get('run_id')} while launching: one run per box")
     if status == "failed":
-        out = "\n    ".join(res.get("output") or [])
-        raise TrainctlError(f"the agent for {run_id} exited at once (code {res.get('exit_code')}):\n    {out}")
+        tail = res.get("output") or []
+        # Record it where `ctl runs`, the watcher and Slack look, not only on this terminal.
+        rs.write_error(run_id, p.ErrorMarker(
+            ts=time.time(), cause="the agent did not start", exit_code=res.get("exit_code"), phase="launching",
+            remediation="read the agent output below (bad trainer command or flag?), fix it, and launch a new run id",
+            summary=f"ctl agent run exited at once with code {res.get('exit_code')}", log_tail=tail))
+        out = "\n    ".join(tail)
+        raise TrainctlError(f"the agent for {run_id} exited at once (code {res.get('exit_code')}); recorded as "
+                            f"_error:\n    {out}")
     console = rs.store.console_url(run_id)
     say(f"\nrun {run_id} started on {box.name} (agent pid {res.get('pid')}, {res.get('via')}) "
         f"in {sum(timings.values()):.1f}s")

@@ -73,12 +73,18 @@ def _start_setsid(spec: dict, env: dict) -> subprocess.Popen:
         out.close()
 
 
+def _priv(argv: list[str]) -> list[str]:
+    """`argv` with sudo when this login user is not root (the box-side twin of Box.priv)."""
+    return argv if os.getuid() == 0 else ["sudo", "-n", *argv]
+
+
 def _start_systemd(spec: dict) -> int:
     name = unit_name(spec["run_id"])
     unit = render_unit(spec["run_id"], spec["argv"], spec["user"], spec["workdir"], spec["env_file"])
-    Path(f"/etc/systemd/system/{name}.service").write_text(unit)
-    subprocess.run(["systemctl", "daemon-reload"], check=True)
-    subprocess.run(["systemctl", "start", name], check=True)
+    subprocess.run(_priv(["tee", f"/etc/systemd/system/{name}.service"]), input=unit.encode(), check=True,
+                   stdout=subprocess.DEVNULL)
+    subprocess.run(_priv(["systemctl", "daemon-reload"]), check=True)
+    subprocess.run(_priv(["systemctl", "start", name]), check=True)
     out = subprocess.run(["systemctl", "show", "-p", "MainPID", "--value", name], capture_output=True, text=True)
     return int(out.stdout.strip() or 0)
 

@@ -95,3 +95,12 @@ def test_cli_invalid_toml_and_bad_set_flag(tmp_path):
     assert r.exit_code == 2 and "agent.heartbeat_s: expected a number, got 'fast'" in r.output
     r = CliRunner().invoke(main, ["launch", "--local", "--host", "a@b", "--", "true"])
     assert r.exit_code == 2 and "choose one of" in r.output
+
+
+def test_example_run_toml_is_valid():
+    from pathlib import Path
+
+    import controller
+
+    cfg = c.load(Path(controller.__file__).parent / "run.example.toml")
+    assert cfg.setup.python.endswith("pytorch/bin/python") and cfg.stage.workers == 8

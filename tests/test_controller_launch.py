@@ -75,6 +75,12 @@ def box_root(tmp_path):
     return tmp_path / "box"
 
 
+@pytest.fixture(scope="module")
+def shared_box(tmp_path_factory):
+    """A box folder kept across tests, as a real box is: its venv is built once."""
+    return tmp_path_factory.mktemp("shared-box")
+
+
 @pytest.fixture
 def env(moto_server, sshd, ctl_home):
     e = {**os.environ, **moto_server.env(), "TRAINCTL_HOME": str(ctl_home),
@@ -164,6 +170,9 @@ def reap():
                 os.killpg(pid, signal.SIGTERM)
             except OSError:
                 pass
+        deadline = time.monotonic() + 20  # gone before the next test launches on the same box
+        while agent_pids(rid) and time.monotonic() < deadline:
+            time.sleep(0.1)
 
 
 def store_for(moto_server, bucket):
@@ -176,7 +185,7 @@ def install_log_lines(box_root: Path) -> list[str]:
 
 
 def test_launch_stopped_instance_tail_complete_then_cached_relaunch_fails(
-        moto_server, sshd, s3_bucket, env, tmp_path, box_root, trainer_script, reap):
+        moto_server, sshd, s3_bucket, env, tmp_path, shared_box, trainer_script, reap):
     iid = new_instance(moto_server, sshd)
     moto_server.client("ec2").stop_instances(InstanceIds=[iid])
     # Starting gives the instance a new public IP (as on AWS): route every IP to the box.
@@ -187,7 +196,7 @@ def test_launch_stopped_instance_tail_complete_then_cached_relaunch_fails(
     for key, body in (("models/tiny/config.json", b"{}"), ("models/tiny/shard-1.bin", b"w" * 70000)):
         s3.put_object(Bucket=s3_bucket, Key=key, Body=body)
     model = f"s3://{s3_bucket}/models/tiny/"
-    cfg = write_config(tmp_path / "run.toml", s3_bucket, moto_server.endpoint, box_root, trainer_script, model=model)
+    cfg = write_config(tmp_path / "run.toml", s3_bucket, moto_server.endpoint, shared_box, trainer_script, model=model)
     url = f"s3://{s3_bucket}/training-runs"
 
     r = ctl(["launch", "--existing", iid, "--config", str(cfg), "--no-start"], env, check=1)
@@ -195,15 +204,16 @@ def test_launch_stopped_instance_tail_complete_then_cached_relaunch_fails(
 
     rid = "e2e-20260101-000001"
     reap.append(rid)
+    before = install_log_lines(shared_box)
     r = ctl(["launch", "--existing", iid, "--config", str(cfg), "--run-id", rid], env, check=0)
     assert f"starting stopped instance {iid}" in r.stdout
     assert f"pinned host key for {iid}" in r.stdout
     assert "create venv" in r.stdout and "install trainctl" in r.stdout
     assert f"ctl tail {rid}" in r.stdout
-    installs = install_log_lines(box_root)
-    assert len(installs) == 2  # one venv, one wheel install
+    installs = install_log_lines(shared_box)
+    assert len(installs) - len(before) in (0, 2)  # a venv and a wheel install, unless a test before made them
     assert "stage model: 2 files, 0 up to date, fetching 2" in r.stdout
-    assert (box_root / "models" / "tiny" / "shard-1.bin").stat().st_size == 70000
+    assert (shared_box / "models" / "tiny" / "shard-1.bin").stat().st_size == 70000
 
     t = ctl(["tail", rid, "--store", url, "--poll-s", "0.2", "--from-start"], env, check=0)
     assert "fake step 4/4" in t.stdout and "COMPLETED" in t.stdout
@@ -211,13 +221,13 @@ def test_launch_stopped_instance_tail_complete_then_cached_relaunch_fails(
     rs = store_for(moto_server, s3_bucket)
     md = rs.read_metadata(rid)
     assert md.instance_id == iid and md.instance_type == "g5.2xlarge"
-    assert md.config["box"]["data_root"] == str(box_root)  # the resolved config is what was recorded
+    assert md.config["box"]["data_root"] == str(shared_box)  # the resolved config is what was recorded
     assert md.config["instance"]["id"] == iid
     raw_md = rs.store.get(rs.k(rid, "metadata.json")).decode()
     assert "AWS_SECRET_ACCESS_KEY" not in raw_md and "aws_secret" not in raw_md.lower()
 
     # Second launch, nothing changed but the trainer's exit code: every setup step is cached.
-    write_config(cfg, s3_bucket, moto_server.endpoint, box_root, trainer_script, code=1, model=model)
+    write_config(cfg, s3_bucket, moto_server.endpoint, shared_box, trainer_script, code=1, model=model)
     rid2 = "e2e-20260101-000002"
     reap.append(rid2)
     r2 = ctl(["launch", "--existing", iid, "--config", str(cfg), "--run-id", rid2], env, check=0)
@@ -225,17 +235,17 @@ def test_launch_stopped_instance_tail_complete_then_cached_relaunch_fails(
     assert "create venv" in r2.stdout and "install trainctl" in r2.stdout
     assert r2.stdout.count(": cached") == 3, r2.stdout
     assert "pinned host key" not in r2.stdout  # the pin matched
-    assert install_log_lines(box_root) == installs  # nothing was reinstalled
+    assert install_log_lines(shared_box) == installs  # nothing was reinstalled
     assert "stage model: 2 files, 2 up to date, fetching 0" in r2.stdout
 
     t2 = ctl(["tail", rid2, "--store", url, "--poll-s", "0.2", "--lines", "3"], env, check=1)
     assert "FAILED" in t2.stdout and "fix:" in t2.stdout
 
 
-def test_second_launch_refused_while_active_then_stop(moto_server, sshd, s3_bucket, env, tmp_path, box_root,
+def test_second_launch_refused_while_active_then_stop(moto_server, sshd, s3_bucket, env, tmp_path, shared_box,
                                                        trainer_script, reap):
     iid = new_instance(moto_server, sshd)
-    cfg = write_config(tmp_path / "run.toml", s3_bucket, moto_server.endpoint, box_root, trainer_script,
+    cfg = write_config(tmp_path / "run.toml", s3_bucket, moto_server.endpoint, shared_box, trainer_script,
                        steps=600, pause=0.1)
     url = f"s3://{s3_bucket}/training-runs"
     rid = "busy-20260101-000001"
@@ -355,3 +365,17 @@ def test_local_launch_with_local_store(tmp_path, trainer_script, reap):
     t = ctl(["tail", rid, "--poll-s", "0.2", "--from-start"], env, check=0)
     assert "fake step 3/3" in t.stdout and "COMPLETED" in t.stdout
     assert (home / "box" / "trainctl" / "runs" / rid / "trainer.log").exists()
+
+
+def test_agent_that_cannot_start_is_reported_and_recorded(tmp_path, trainer_script):
+    home = tmp_path / "home"
+    env = {**os.environ, "TRAINCTL_HOME": str(home), "PYTHONPATH": str(REPO)}
+    env.pop("TRAINCTL_STORE", None)
+    rid = "nostart-20260101-000001"
+    r = ctl(["launch", "--local", "--run-id", rid, "--set", "trainer.env.TRAINCTL_AGENT_TICK_S='-1'",
+             "--", sys.executable, str(trainer_script), "1", "0", "0"], env, check=1)
+    assert "exited at once (code 2)" in r.stderr and "--tick-s" in r.stderr and "Traceback" not in r.stderr
+    from agent.store_local import LocalStore
+
+    err = RunStore(LocalStore(home / "runs")).read_error(rid)
+    assert err.cause == "the agent did not start" and err.exit_code == 2
