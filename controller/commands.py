@@ -75,7 +75,7 @@ def launch_cmd(instance_id, host, local, config_path, run_id, store_url, endpoin
         k, v = c.parse_override(item)
         flags[k] = v
     cfg = c.resolve(raw, flags, config_path or "defaults")
-    if cfg.trainer.config and not Path(cfg.trainer.config).is_file():
+    if cfg.trainer.config and not Path(cfg.trainer.config).expanduser().is_file():
         raise ConfigError(f"trainer.config {cfg.trainer.config!r} does not exist")
     if local:
         target = Target("local")

@@ -218,11 +218,25 @@ def load_raw(path: str | Path | None) -> dict:
         return {}
     p = Path(path)
     try:
-        return tomllib.loads(p.read_text())
+        return anchor_paths(tomllib.loads(p.read_text()), p.resolve().parent)
     except FileNotFoundError:
         raise ConfigError(f"config file {p} does not exist") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+
+
+# Local files named in run.toml are relative to the file, as users expect; flags stay cwd-relative.
+LOCAL_PATH_KEYS = (("ssh", "key"), ("ssh", "config"), ("setup", "wheel"), ("trainer", "config"))
+
+
+def anchor_paths(raw: dict, base: Path) -> dict:
+    """A copy of `raw` with relative local-file paths made relative to `base` (the run.toml folder)."""
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
+    for section, key in LOCAL_PATH_KEYS:
+        val = out.get(section, {}).get(key) if isinstance(out.get(section), dict) else None
+        if isinstance(val, str) and val and not val.startswith(("/", "~")):
+            out[section][key] = str(base / val)
+    return out
 
 
 def resolve(raw: dict, overrides: dict[str, Any] | None = None, source: str = "run.toml") -> RunConfig:

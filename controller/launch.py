@@ -195,7 +195,7 @@ def launch(cfg: RunConfig, target: Target, run_id: str | None = None) -> LaunchR
         env_file = f"{workdir}/agent.env"
         box.put_bytes(_env_lines(cfg, region, targets), env_file, 0o600)
         if cfg.trainer.config:
-            box.put_file(cfg.trainer.config, f"{workdir}/train.toml")
+            box.put_file(os.path.expanduser(cfg.trainer.config), f"{workdir}/train.toml")
         if targets:
             spec = {"targets": targets, "endpoint_url": cfg.store.endpoint_url, "region": region,
                     "workers": cfg.stage.workers, "env_file": env_file}

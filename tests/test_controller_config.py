@@ -104,3 +104,13 @@ def test_example_run_toml_is_valid():
 
     cfg = c.load(Path(controller.__file__).parent / "run.example.toml")
     assert cfg.setup.python.endswith("pytorch/bin/python") and cfg.stage.workers == 8
+
+
+def test_file_paths_in_run_toml_are_relative_to_it(tmp_path):
+    (tmp_path / "cfg").mkdir()
+    f = tmp_path / "cfg" / "run.toml"
+    f.write_text('[trainer]\nconfig = "train.toml"\n[ssh]\nkey = "~/.ssh/k.pem"\nconfig = "/etc/ssh/ssh_config"\n')
+    cfg = c.load(f, {"setup.wheel": "dist/x.whl"})
+    assert cfg.trainer.config == str(tmp_path / "cfg" / "train.toml")
+    assert cfg.ssh.key == "~/.ssh/k.pem" and cfg.ssh.config == "/etc/ssh/ssh_config"
+    assert cfg.setup.wheel == "dist/x.whl"  # flags stay relative to where ctl runs

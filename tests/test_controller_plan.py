@@ -175,3 +175,22 @@ def test_stage_manifest_compare(manifest, sizes, expect):
 def test_stage_targets():
     t = stage_targets("s3://b/models/mistral-7b/", "", "/mnt/training")
     assert t == [{"name": "model", "src": "s3://b/models/mistral-7b/", "dest": "/mnt/training/models/mistral-7b"}]
+
+
+def test_built_commands_parse_with_the_real_agent_and_trainer_clis():
+    """The seeds' monitor was started with a flag it did not take: parse ours with the real parsers."""
+    from controller.cli import main
+
+    c = cfg(agent={"heartbeat_s": 15}, trainer={"config": "t.toml", "set": ["train.learning_rate=1e-4"]})
+    lay = layout(c)
+    argv = plan.agent_argv(c, lay, "m-20250101-000000", "s3://b/runs", "http://127.0.0.1:5000")
+    run = main.commands["agent"].commands["run"]
+    ctx = run.make_context("run", argv[3:])
+    assert ctx.params["run_id"] == "m-20250101-000000" and ctx.params["heartbeat_s"] == 15.0
+    assert ctx.params["endpoint_url"] == "http://127.0.0.1:5000"
+    trainer = list(ctx.params["command"])
+    assert trainer == plan.trainer_argv(c, lay, lay.workdir("m-20250101-000000"))
+    sft = main.commands["train"].commands["sft"]
+    tctx = sft.make_context("sft", trainer[3:])
+    assert tctx.params["config_path"].endswith("/train.toml")
+    assert list(tctx.params["overrides"]) == ["train.learning_rate=1e-4"]
