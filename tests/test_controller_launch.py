@@ -379,3 +379,17 @@ def test_agent_that_cannot_start_is_reported_and_recorded(tmp_path, trainer_scri
 
     err = RunStore(LocalStore(home / "runs")).read_error(rid)
     assert err.cause == "the agent did not start" and err.exit_code == 2
+
+
+def test_host_behind_a_bastion_from_ssh_config(sshd, s3_bucket, moto_server, env, tmp_path, box_root, trainer_script):
+    """ProxyJump in the user's ssh_config is honoured: two logins, the second tunnelled through the first."""
+    cfg_file = tmp_path / "ssh_config"
+    cfg_file.write_text(sshd.host_block("bastion") + sshd.host_block("private-box").replace(
+        "  LogLevel ERROR\n", "  LogLevel ERROR\n  ProxyJump bastion\n"))
+    cfg = write_config(tmp_path / "run.toml", s3_bucket, moto_server.endpoint, box_root, trainer_script)
+    before = sshd.log.read_text(errors="replace").count("Accepted publickey")
+    r = ctl(["launch", "--host", "private-box", "--config", str(cfg), "--ssh-config", str(cfg_file),
+             "--set", "box.require_gpu=true"], env, check=1)
+    assert "preflight found 1 problem(s)" in r.stderr and "no GPU visible" in r.stderr
+    after = sshd.log.read_text(errors="replace").count("Accepted publickey")
+    assert after - before == 2
