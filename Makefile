@@ -27,8 +27,23 @@ sysdeps:
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq openssh-server openssh-client >/dev/null; \
 	fi
+	@if ! command -v shellcheck >/dev/null; then \
+		echo "installing shellcheck (lints the instance user-data script)"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq shellcheck >/dev/null; \
+	fi
 
-install: $(STAMP) sysdeps
+# checkov pins its own boto3, pydantic and friends: it gets a venv of its own (tests run it on infra/).
+CHECKOV_VENV := .venv-checkov
+CHECKOV_SPEC ?= checkov==3.3.30
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed-$(subst ==,-,$(CHECKOV_SPEC))
+
+$(CHECKOV_STAMP):
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install -q $(CHECKOV_SPEC)
+	touch $(CHECKOV_STAMP)
+
+install: $(STAMP) sysdeps $(CHECKOV_STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -44,4 +59,4 @@ bench: install
 	$(PY) -m bench $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(CHECKOV_VENV) build *.egg-info .pytest_cache .ruff_cache

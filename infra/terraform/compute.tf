@@ -92,7 +92,6 @@ resource "aws_vpc_security_group_egress_rule" "all" {
 
 resource "aws_ebs_volume" "data" {
   #checkov:skip=CKV_AWS_189:Encrypted with the account's AWS-managed EBS key; a customer key is the user's choice (set it as the account's EBS default).
-  #checkov:skip=CKV2_AWS_9:Training data is reproducible from S3 and runs stream to the store; a backup plan would cost more than it saves.
   count             = var.data_volume_id == null ? 1 : 0
   availability_zone = local.availability_zone
   size              = var.data_volume_size

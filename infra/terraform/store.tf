@@ -88,6 +88,13 @@ resource "aws_s3_bucket_lifecycle_configuration" "store" {
     noncurrent_version_expiration {
       noncurrent_days = var.noncurrent_version_expiry_days
     }
+  }
+
+  # Anywhere in the bucket (model and dataset uploads too): a dead upload's parts cost money.
+  rule {
+    id     = "abort-incomplete-uploads"
+    status = "Enabled"
+    filter {}
     abort_incomplete_multipart_upload {
       days_after_initiation = 7
     }
