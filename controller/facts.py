@@ -37,11 +37,23 @@ while not os.path.exists(probe):
 st = os.statvfs(probe)
 f["free_bytes"] = st.f_bavail * st.f_frsize
 f["data_root_writable"] = os.access(probe, os.W_OK) or os.getuid() == 0
-rc, out = sh(["lsblk", "-J", "-b", "-o", "NAME,PATH,TYPE,FSTYPE,MOUNTPOINT,SIZE"]) if shutil.which("lsblk") else (-1, "")
+rc, out = sh(["lsblk", "-J", "-b", "-o", "NAME,PATH,TYPE,FSTYPE,PTTYPE,MOUNTPOINT,SIZE"]) if shutil.which("lsblk") else (-1, "")
 try:
     f["block_devices"] = json.loads(out).get("blockdevices", []) if rc == 0 else []
 except ValueError:
     f["block_devices"] = []
+# A disk with no filesystem is "blank" only if it is readable and blkid finds no signature at all;
+# an unreadable disk is never taken for blank (blkid exits 2 for both).
+pre = [] if os.getuid() == 0 else ["sudo", "-n"]
+for d in f["block_devices"]:
+    if d.get("type") != "disk" or d.get("children") or d.get("mountpoint") or d.get("fstype") or d.get("pttype"):
+        continue
+    path = d.get("path") or "/dev/" + d.get("name", "")
+    if sh(pre + ["dd", "if=" + path, "of=/dev/null", "bs=4096", "count=1", "status=none"])[0] != 0:
+        d["probe"] = "unreadable"
+    elif shutil.which("blkid"):
+        rc, out = sh(pre + ["blkid", "-p", "-o", "export", path])
+        d["probe"] = "blank" if rc == 2 else ("filesystem" if "TYPE=" in out else "signature")
 seed = a.get("seed_python") or "python3"
 rc, out = sh([seed, "-c", "import json,sys,site;print(json.dumps({'version':list(sys.version_info[:3]),"
               "'prefix':sys.prefix,'base_prefix':sys.base_prefix,'site':site.getsitepackages(),"

@@ -114,12 +114,17 @@ def _version(text: str) -> tuple[int, ...]:
     return tuple(int(x) for x in text.split("."))
 
 
+_NOT_VOLUMES = ("zram", "ram", "loop", "nbd", "sr")
+
+
 def _mount_candidates(facts: Facts, device: str) -> list[dict]:
     """Attached disks with nothing mounted from them (and no partitions): the data volume."""
     out = []
     for d in facts.block_devices:
         if device and device not in (d.get("path"), d.get("name"), f"/dev/{d.get('name')}"):
             continue
+        if str(d.get("name", "")).startswith(_NOT_VOLUMES) or not d.get("size"):
+            continue  # compressed swap, ramdisks, loop/nbd images, empty slots: never the data volume
         if d.get("type") == "disk" and not d.get("children") and not d.get("mountpoint"):
             out.append(d)
     return out
@@ -153,11 +158,18 @@ def preflight(facts: Facts, cfg: RunConfig, box_needs_sudo: bool) -> tuple[list[
     if b.require_mount and not facts.data_root_mounted:
         cands = _mount_candidates(facts, b.volume_device)
         if len(cands) == 1:
-            dev = cands[0].get("path") or f"/dev/{cands[0]['name']}"
-            mounting = True
-            if not cands[0].get("fstype"):
-                steps.append(Step(f"format empty volume {dev} (ext4)", f"{sudo}mkfs.ext4 -q -L trainctl-data {q(dev)}"))
-            steps.append(Step(f"mount {dev} at {root}", f"{sudo}mkdir -p {q(root)} && {sudo}mount {q(dev)} {q(root)}"))
+            d = cands[0]
+            dev = d.get("path") or f"/dev/{d['name']}"
+            if not d.get("fstype") and (d.get("pttype") or d.get("probe") != "blank"):
+                why = f"partition table {d['pttype']}" if d.get("pttype") else (d.get("probe") or "not probed")
+                problems.append(Problem(f"{dev} has no filesystem but is not blank ({why}); refusing to format it",
+                                        "check the volume by hand (sudo blkid -p " + dev + "), or set "
+                                        "box.volume_device to the right disk"))
+            else:
+                mounting = True
+                if not d.get("fstype"):
+                    steps.append(Step(f"format blank volume {dev} (ext4)", f"{sudo}mkfs.ext4 -q -L trainctl-data {q(dev)}"))
+                steps.append(Step(f"mount {dev} at {root}", f"{sudo}mkdir -p {q(root)} && {sudo}mount {q(dev)} {q(root)}"))
         elif not cands:
             problems.append(Problem(f"no data volume is mounted at {root} and no unmounted volume is attached",
                                     "attach the data volume (infra/ does), or set box.require_mount = false "

@@ -17,7 +17,10 @@ GPU_BOX = dict(uid=1000, user="ubuntu", python=[3, 11, 9], gpus=["NVIDIA A10G, 2
                      "base_prefix": "/opt/conda/envs/pytorch"},
                block_devices=[{"name": "nvme0n1", "path": "/dev/nvme0n1", "type": "disk",
                                "children": [{"name": "nvme0n1p1", "mountpoint": "/"}]}])
-DATA_DISK = {"name": "nvme1n1", "path": "/dev/nvme1n1", "type": "disk", "fstype": "ext4", "mountpoint": None}
+DATA_DISK = {"name": "nvme1n1", "path": "/dev/nvme1n1", "type": "disk", "fstype": "ext4", "mountpoint": None,
+             "size": 300 * 2**30}
+ZRAM = {"name": "zram0", "path": "/dev/zram0", "type": "disk", "fstype": None, "mountpoint": None, "size": 0,
+        "probe": "blank"}
 
 
 def cfg(**sections):
@@ -45,10 +48,18 @@ def whats(problems):
     ({"free_bytes": 10 * 10**9}, {}, ["only 10.0 GB free under /mnt/training, the run needs 50 GB"], []),
     ({"store_reachable": False, "store_error": "timed out"}, {},
      ["the run store is not reachable from the box (timed out)"], []),
-    ({"data_root_mounted": False, "block_devices": GPU_BOX["block_devices"] + [DATA_DISK]}, {}, [],
+    ({"data_root_mounted": False, "block_devices": GPU_BOX["block_devices"] + [DATA_DISK, ZRAM]}, {}, [],
      ["mount /dev/nvme1n1 at /mnt/training"]),
-    ({"data_root_mounted": False, "block_devices": [{**DATA_DISK, "fstype": None}]}, {}, [],
-     ["format empty volume /dev/nvme1n1 (ext4)", "mount /dev/nvme1n1 at /mnt/training"]),
+    ({"data_root_mounted": False, "block_devices": [{**DATA_DISK, "fstype": None, "probe": "blank"}]}, {}, [],
+     ["format blank volume /dev/nvme1n1 (ext4)", "mount /dev/nvme1n1 at /mnt/training"]),
+    ({"data_root_mounted": False, "block_devices": [{**DATA_DISK, "fstype": None, "probe": "unreadable"}]}, {},
+     ["/dev/nvme1n1 has no filesystem but is not blank (unreadable); refusing to format it"], []),
+    ({"data_root_mounted": False, "block_devices": [{**DATA_DISK, "fstype": None, "probe": "signature"}]}, {},
+     ["/dev/nvme1n1 has no filesystem but is not blank (signature); refusing to format it"], []),
+    ({"data_root_mounted": False, "block_devices": [{**DATA_DISK, "fstype": None, "pttype": "gpt"}]}, {},
+     ["/dev/nvme1n1 has no filesystem but is not blank (partition table gpt); refusing to format it"], []),
+    ({"data_root_mounted": False, "block_devices": [{**DATA_DISK, "fstype": None}]}, {},
+     ["/dev/nvme1n1 has no filesystem but is not blank (not probed); refusing to format it"], []),
     ({"data_root_mounted": False, "block_devices": GPU_BOX["block_devices"]}, {},
      ["no data volume is mounted at /mnt/training and no unmounted volume is attached"], []),
     ({"data_root_mounted": False, "block_devices": [DATA_DISK, {**DATA_DISK, "name": "xvdf", "path": "/dev/xvdf"}]},
@@ -74,7 +85,7 @@ def test_preflight_lists_every_failure_in_one_pass():
 
 
 def test_mount_steps_as_root_have_no_sudo():
-    f = facts(uid=0, data_root_mounted=False, block_devices=[{**DATA_DISK, "fstype": None}])
+    f = facts(uid=0, data_root_mounted=False, block_devices=[{**DATA_DISK, "fstype": None, "probe": "blank"}])
     _, steps = plan.preflight(f, cfg(), box_needs_sudo=False)
     assert steps[0].script == "mkfs.ext4 -q -L trainctl-data /dev/nvme1n1"
     assert "sudo" not in steps[1].script
