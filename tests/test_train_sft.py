@@ -51,7 +51,9 @@ def run(tmp_path, tiny_model, packed):
     def start(*overrides: str):
         progress = tmp_path / "progress.jsonl"
         env = {**os.environ, "TRAINCTL_RUN_ID": "t-20260101-000000", "TRAINCTL_PROGRESS_FILE": str(progress),
-               "TRAINCTL_OUTPUT_DIR": str(tmp_path / "out"), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+               "TRAINCTL_OUTPUT_DIR": str(tmp_path / "out"), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+               # two test workers share two cores: spinning OpenMP threads would starve each other
+               "OMP_NUM_THREADS": "1"}
         argv = [CTL, "train", "sft", "--config", str(cfg)] + [a for o in overrides for a in ("--set", o)]
         p = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                              start_new_session=True)
