@@ -87,7 +87,8 @@ class LogShipper:
             self._save()
             self._feed(clean.decode("utf-8", "replace"))
             sent += 1
-        if sent:
+            # Lines that arrived during that upload wait for the next flush, unless a whole chunk is
+            # ready (catching up after an outage): one PUT per flush interval in steady state.
             self.last_ship = now
         return sent
 
