@@ -55,9 +55,10 @@ for d in f["block_devices"]:
         rc, out = sh(pre + ["blkid", "-p", "-o", "export", path])
         d["probe"] = "blank" if rc == 2 else ("filesystem" if "TYPE=" in out else "signature")
 seed = a.get("seed_python") or "python3"
-rc, out = sh([seed, "-c", "import json,sys,site;print(json.dumps({'version':list(sys.version_info[:3]),"
+rc, out = sh([seed, "-c", "import json,sys,site,importlib.util as u;print(json.dumps({'version':list(sys.version_info[:3]),"
               "'prefix':sys.prefix,'base_prefix':sys.base_prefix,'site':site.getsitepackages(),"
-              "'executable':sys.executable}))"]) if shutil.which(seed) or os.path.exists(seed) else (-1, "")
+              "'executable':sys.executable,'pip':__import__('pip').__version__ if u.find_spec('pip') else None}))"]
+             ) if shutil.which(seed) or os.path.exists(seed) else (-1, "")
 try:
     f["seed"] = json.loads(out) if rc == 0 else None
 except ValueError:

@@ -205,3 +205,16 @@ def test_built_commands_parse_with_the_real_agent_and_trainer_clis():
     tctx = sft.make_context("sft", trainer[3:])
     assert tctx.params["config_path"].endswith("/train.toml")
     assert list(tctx.params["overrides"]) == ["train.learning_rate=1e-4"]
+
+
+@pytest.mark.parametrize("pip, fast", [("24.0", True), ("22.3.1", True), ("21.2.4", False), (None, False)])
+def test_venv_without_pip_when_the_seed_pip_can_target_it(pip, fast):
+    c = cfg()
+    lay = layout(c)
+    f = facts(seed={**GPU_BOX["seed"], "pip": pip})
+    steps = plan.setup_steps(f, c, lay, WHEEL, "ubuntu", False)
+    venv, wheel = steps[2].script, steps[3].script
+    assert ("--without-pip" in venv) is fast
+    target = "python3 -m pip --python " + lay.venv + "/bin/python install" if fast else \
+        lay.venv + "/bin/python -m pip install"
+    assert target in venv and target in wheel
