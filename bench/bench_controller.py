@@ -103,7 +103,7 @@ command = {json.dumps([sys.executable, "-c", TRAINER])}
         first = _timed([*launch, "bench-20260101-000000"], env)
         _wait_done(env, "bench-20260101-000000", url)
         times = []
-        for i in range(1 if quick else 3):
+        for i in range(2 if quick else 5):
             rid = f"bench-20260101-00000{i + 1}"
             times.append(_timed([*launch, rid], env))
             _wait_done(env, rid, url)
