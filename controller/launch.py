@@ -200,6 +200,7 @@ def launch(cfg: RunConfig, target: Target, run_id: str | None = None) -> LaunchR
             spec = {"targets": targets, "endpoint_url": cfg.store.endpoint_url, "region": region,
                     "workers": cfg.stage.workers, "env_file": env_file}
             _boxside(box, lay, "stage", spec, "staging model/data", cfg.ssh.command_timeout_s, stream=True)
+        check_memory(box, plan.estimate_argv(cfg, lay, workdir, facts.gpus))
         lap("stage")
         argv = plan.agent_argv(cfg, lay, run_id, rs.url, cfg.store.endpoint_url)
         rs.write_metadata(p.Metadata(
@@ -246,6 +247,28 @@ def _report(res: dict, rs: RunStore, run_id: str, box: Box, timings: dict) -> La
     if console:
         say(f"  S3 console: {console}")
     return LaunchResult(run_id, "started", rs.url, box.name, timings, console)
+
+
+def check_memory(box: Box, argv: list[str] | None, say=say) -> None:
+    """Refuse a run the trainer's own estimate says cannot fit the box's GPU (seconds, not an OOM later)."""
+    if argv is None:
+        return
+    r = box.run(" ".join(shlex.quote(a) for a in argv), timeout=120)
+    start = r.stdout.find("{")
+    try:
+        est = json.loads(r.stdout[start:]) if start >= 0 else None
+    except ValueError:
+        est = None
+    if est is None:
+        why = (r.stderr.strip() or r.stdout.strip() or f"exit {r.exited}").splitlines()[-1]
+        say(f"memory estimate skipped: {why}")
+        return
+    gib = 1024**3
+    verdict = f"{est['total'] / gib:.1f} GiB of {est['budget'] / gib:.1f} GiB per GPU"
+    if not est.get("fits"):
+        advice = "\n  ".join(est.get("advice") or ["lower per_device_batch_size or max_seq_length"])
+        raise TrainctlError(f"the run does not fit the GPU: {verdict}. Change one of:\n  {advice}")
+    say(f"memory estimate: fits, {verdict}")
 
 
 def plan_stage(cfg: RunConfig) -> list[dict]:

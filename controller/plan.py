@@ -296,3 +296,24 @@ def agent_argv(cfg: RunConfig, lay: Layout, run_id: str, store_url: str, endpoin
     if endpoint_url:
         argv += ["--endpoint-url", endpoint_url]
     return [*argv, "--", *trainer_argv(cfg, lay, wd)]
+
+
+def gpu_mem_arg(gpus: list[str]) -> str | None:
+    """`23028MiB` from nvidia-smi's `NAME, 23028 MiB` lines: the smallest GPU bounds the run."""
+    sizes = []
+    for line in gpus:
+        amount = line.rsplit(",", 1)[-1].split()
+        if len(amount) == 2 and amount[0].isdigit() and amount[1] == "MiB":
+            sizes.append(int(amount[0]))
+    return f"{min(sizes)}MiB" if sizes else None
+
+
+def estimate_argv(cfg: RunConfig, lay: Layout, workdir: str, gpus: list[str]) -> list[str] | None:
+    """`ctl train estimate ... --json` for the default trainer on a GPU box, else None (nothing to check)."""
+    mem = gpu_mem_arg(gpus)
+    if cfg.trainer.command or not cfg.trainer.config or mem is None:
+        return None
+    argv = [*lay.ctl, "train", "estimate", "--config", f"{workdir}/train.toml", "--gpu-mem", mem, "--json"]
+    for item in cfg.trainer.set:
+        argv += ["--set", item]
+    return argv

@@ -218,3 +218,37 @@ def test_venv_without_pip_when_the_seed_pip_can_target_it(pip, fast):
     target = "python3 -m pip --python " + lay.venv + "/bin/python install" if fast else \
         lay.venv + "/bin/python -m pip install"
     assert target in venv and target in wheel
+
+
+def test_memory_estimate_command_for_the_default_trainer_on_a_gpu_box():
+    c = cfg(trainer={"config": "t.toml", "set": ["train.per_device_batch_size=2"]})
+    lay = layout(c)
+    gpus = ["NVIDIA A10G, 23028 MiB", "NVIDIA A10G, 22000 MiB"]
+    argv = plan.estimate_argv(c, lay, "/w", gpus)
+    assert argv[1:] == ["train", "estimate", "--config", "/w/train.toml", "--gpu-mem", "22000MiB", "--json",
+                        "--set", "train.per_device_batch_size=2"]
+    assert plan.estimate_argv(c, lay, "/w", []) is None  # no GPU: nothing to estimate against
+    assert plan.estimate_argv(cfg(trainer={"command": ["python", "t.py"]}), lay, "/w", gpus) is None
+    from controller.cli import main
+
+    ctx = main.commands["train"].commands["estimate"].make_context("estimate", argv[3:])
+    assert ctx.params["gpu_mem"] == "22000MiB" and ctx.params["as_json"]
+
+
+def test_check_memory_runs_the_real_estimate(tmp_path):
+    import sys
+
+    from agent.errors import TrainctlError
+    from controller.launch import check_memory
+    from controller.remote import LocalBox
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "report.json").write_text('{"max_seq_length": 512}')
+    (tmp_path / "train.toml").write_text(f'[model]\npath = "mistral-7b"\n[data]\npath = "{tmp_path / "data"}"\n')
+    c = cfg(trainer={"config": str(tmp_path / "train.toml")})
+    lay = plan.Layout("/unused", "h", mode="current", python=sys.executable)
+    said = []
+    check_memory(LocalBox(), plan.estimate_argv(c, lay, str(tmp_path), ["NVIDIA A10G, 23028 MiB"]), said.append)
+    assert said and said[0].startswith("memory estimate: fits")
+    with pytest.raises(TrainctlError, match="does not fit the GPU"):
+        check_memory(LocalBox(), plan.estimate_argv(c, lay, str(tmp_path), ["Tiny GPU, 2000 MiB"]), said.append)
