@@ -171,7 +171,9 @@ def launch(cfg: RunConfig, target: Target, run_id: str | None = None) -> LaunchR
                              "store_host": host, "store_port": port})
         box.needs_sudo = facts.uid != 0 and target.kind != "local"
         lap("facts")
-        decision = plan.start_decision(facts.active_run, run_id)
+        other = (facts.active_run or {}).get("run_id")
+        other_done = bool(other and other != run_id and facts.active_run.get("alive") and _finished(rs, other))
+        decision = plan.start_decision(facts.active_run, run_id, other_done)
         if decision == "already_running":
             say(f"run {run_id} is already running on {box.name} (agent pid {facts.active_run.get('pid')})")
             return LaunchResult(run_id, "already_running", rs.url, box.name, timings)
@@ -212,11 +214,19 @@ def launch(cfg: RunConfig, target: Target, run_id: str | None = None) -> LaunchR
         res = _boxside(box, lay, "start", {
             "run_id": run_id, "argv": argv, "workdir": workdir, "env_file": env_file, "user": user,
             "lock_file": lay.lock_file, "active_file": lay.active_file, "systemd": facts.systemd,
+            "finished_run": other if other_done else None,
             "grace_s": min(1.0, cfg.agent.heartbeat_s)}, "starting the agent", 120)
         lap("start")
     finally:
         box.close()
     return _report(res, rs, run_id, box, timings)
+
+
+def _finished(rs: RunStore, run_id: str) -> bool:
+    try:
+        return rs.store.exists(rs.k(run_id, p.COMPLETE)) or rs.store.exists(rs.k(run_id, p.ERROR))
+    except Exception:  # an unreadable or foreign run id: treat it as running, the safe side
+        return False
 
 
 def _report(res: dict, rs: RunStore, run_id: str, box: Box, timings: dict) -> LaunchResult:

@@ -269,11 +269,17 @@ def setup_steps(facts: Facts, cfg: RunConfig, lay: Layout, wheel: Wheel | None, 
     return steps
 
 
-def start_decision(active: dict | None, run_id: str) -> str:
-    """start | already_running | busy, from the box's active-run record."""
+def start_decision(active: dict | None, run_id: str, active_finished: bool = False) -> str:
+    """start | already_running | busy, from the box's active-run record.
+
+    An agent whose run already has its marker is only finishing up (its trainer has ended), so
+    it does not hold the box: "tail to the end, launch the next" must not race it.
+    """
     if not active or not active.get("alive"):
         return "start"
-    return "already_running" if active.get("run_id") == run_id else "busy"
+    if active.get("run_id") == run_id:
+        return "already_running"
+    return "start" if active_finished else "busy"
 
 
 def trainer_argv(cfg: RunConfig, lay: Layout, workdir: str) -> list[str]:

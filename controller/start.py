@@ -96,7 +96,7 @@ def start_agent(spec: dict) -> dict:
     with open(spec["lock_file"], "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         active = _active(spec["active_file"])
-        if active and active["alive"]:
+        if active and active["alive"] and active.get("run_id") != spec.get("finished_run"):
             status = "already_running" if active.get("run_id") == spec["run_id"] else "busy"
             return {"status": status, "run_id": active.get("run_id"), "pid": active.get("pid")}
         Path(spec["workdir"]).mkdir(parents=True, exist_ok=True)

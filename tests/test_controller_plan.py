@@ -147,6 +147,13 @@ def test_start_decision(active, decision):
     assert plan.start_decision(active, "a-20250101-000000") == decision
 
 
+def test_an_agent_finishing_a_marked_run_does_not_hold_the_box():
+    active = {"run_id": "b-20250101-000000", "pid": 5, "alive": True}
+    assert plan.start_decision(active, "a-20250101-000000", active_finished=True) == "start"
+    same = {"run_id": "a-20250101-000000", "pid": 5, "alive": True}
+    assert plan.start_decision(same, "a-20250101-000000", active_finished=True) == "already_running"
+
+
 def test_agent_argv_follows_the_agent_contract():
     c = cfg(agent={"heartbeat_s": 15, "log_flush_s": 1}, trainer={"config": "t.toml", "set": ["lr=1e-4"]})
     lay = layout(c)
