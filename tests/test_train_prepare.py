@@ -143,3 +143,39 @@ def test_rejects_over_the_threshold_fail_with_the_reason_and_keep_the_rejects(tm
         prepare(cfg)
     assert not (tmp_path / "prepared").exists()
     assert len((tmp_path / "prepared.rejects.jsonl").read_text().splitlines()) == 6
+
+
+def test_chat_records_are_rendered_by_the_template_and_bad_ones_rejected(tmp_path, tiny_model):
+    from datasets import load_from_disk
+    from transformers import AutoTokenizer
+
+    good = [{"messages": [{"role": "user", "content": f"status of line {i}?"},
+                          {"role": "assistant", "content": "stable since the fix"}]} for i in range(4)]
+    write_jsonl(tmp_path / "chat" / "c.jsonl", good + [{"messages": "not a list"}, {"messages": [{"role": "user"}]},
+                                                       {"text": "no messages"}])
+    cfg = load_config(DataConfig, None, [f"output_dir={tmp_path / 'out'!s}", f"tokenizer.path={tiny_model!s}",
+                                         "validation.format=chat", "validation.max_reject_fraction=0.5",
+                                         "split.val_fraction=0.0", "prepare.progress=false",
+                                         f"sources=[{{path='{tmp_path / 'chat'}'}}]"])
+    report = prepare(cfg)
+    assert report["accepted"] == 4
+    assert report["rejects_by_reason"] == {"bad_messages": 2, "missing_field": 1}
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    rendered = tok.apply_chat_template(good[0]["messages"], tokenize=False).strip()
+    ids = tok(rendered, add_special_tokens=False).input_ids + [tok.eos_token_id]
+    first = load_from_disk(str(tmp_path / "out" / "train"))[0]["input_ids"]
+    assert first[: len(ids)] == ids and ids[0] == tok.bos_token_id  # the template's <s>, not a second one
+
+
+def test_pdf_without_pypdf_is_a_reject_that_says_what_to_install(tmp_path):
+    from train.sources import read_items
+
+    pdf = tmp_path / "doc.pdf"
+    pdf.write_bytes(b"%PDF-1.4\n%%EOF\n")
+    (item,) = read_items("doc.pdf", str(pdf), 5)
+    try:
+        import pypdf  # noqa: F401
+    except ImportError:
+        assert (item.reason, item.excerpt) == ("pdf_needs_pypdf", "pip install pypdf to read PDF sources")
+    else:
+        assert item.reason == "pdf_unreadable"  # a truncated PDF is rejected, not fatal

@@ -8,7 +8,6 @@ and the same trainer runs fine by hand.
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 
@@ -19,24 +18,14 @@ def _is_rank0() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-def _clean(value):
-    # JSON has no NaN/inf: a diverged loss is written as null with "nonfinite" naming the field.
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def emit(**fields) -> None:
-    """Append one progress object (adds `ts`); non-finite floats become null + `nonfinite`."""
+    """Append one progress object (adds `ts`). A diverged loss is written as the bare token NaN
+    (Python's json reads it back as float nan), which the agent's nan_loss classifier looks for."""
     path = os.environ.get("TRAINCTL_PROGRESS_FILE")
     if not path or not _is_rank0():
         return
-    bad = [k for k, v in fields.items() if isinstance(v, float) and not math.isfinite(v)]
-    record = {k: _clean(v) for k, v in fields.items()}
-    if bad:
-        record["nonfinite"] = bad
-    record["ts"] = round(time.time(), 3)
-    line = json.dumps(record, separators=(",", ":")) + "\n"
+    record = {**fields, "ts": round(time.time(), 3)}
+    line = json.dumps(record, separators=(",", ":"), allow_nan=True) + "\n"
     with open(path, "a", encoding="utf-8") as fh:
         fh.write(line)
         fh.flush()

@@ -179,6 +179,6 @@ def run_sft(cfg: TrainConfig) -> Path:
 def _report_eval(eval_loss: float | None, step: int) -> None:
     if eval_loss is None:
         return
-    progress.emit(step=step, eval_loss=eval_loss)
+    progress.emit(eval_loss=eval_loss, eval_at_step=step)  # no "step" key: not a training step
     if os.environ.get("RANK", "0") == "0":
         print(f"eval loss {eval_loss:.4f} at step {step}", flush=True)
