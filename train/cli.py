@@ -81,16 +81,22 @@ def sft_cmd(config_path, overrides):
 @config_option
 @set_option
 @click.option("--gpu-mem", default="24GiB", show_default=True, help="Memory of one GPU, e.g. 24GiB (A10G), 80GB.")
+@click.option("--seq-len", type=click.IntRange(min=1), default=None,
+              help="Block length; default: max_seq_length from data.path/report.json.")
+@click.option("--arch", default=None, help="Model preset when model.path is not on this machine "
+              "(mistral-7b, mistral-7b-v0.1, llama-3-8b, qwen2.5-7b).")
 @click.option("--json", "as_json", is_flag=True, help="Print the estimate as JSON (for the controller's preflight).")
-def estimate_cmd(config_path, overrides, gpu_mem, as_json):
+def estimate_cmd(config_path, overrides, gpu_mem, seq_len, arch, as_json):
     """Estimate GPU memory for a train config: fits or not, and what to change. Exits 1 when it does not fit."""
-    from agent.errors import TrainctlError
+    from agent.errors import ConfigError, TrainctlError
     from train.config import load_config
-    from train.estimate import estimate, parse_bytes
+    from train.estimate import PRESETS, estimate, parse_bytes
     from train.schemas import TrainConfig
 
+    if arch is not None and arch not in PRESETS:
+        raise ConfigError(f"--arch {arch!r}: choose one of {', '.join(PRESETS)}")
     cfg = load_config(TrainConfig, config_path, overrides, validate=False)
-    est = estimate(cfg, parse_bytes(gpu_mem))
+    est = estimate(cfg, parse_bytes(gpu_mem), arch=PRESETS.get(arch) if arch else None, seq=seq_len)
     click.echo(json.dumps(est.as_dict(), indent=2) if as_json else est.render())
     if not est.fits:
         raise TrainctlError(f"the run does not fit in {gpu_mem}: {est.advice[0] if est.advice else ''}")

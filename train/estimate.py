@@ -137,7 +137,7 @@ def estimate(cfg: TrainConfig, gpu_mem: int, arch: Arch | None = None, seq: int 
         elif cfg.model.path in PRESETS or not cfg.model.path:
             arch = PRESETS.get(cfg.model.path, PRESETS["mistral-7b"])
         else:
-            raise ConfigError(f"model.path {cfg.model.path!r} has no config.json here; stage it, or name a preset "
+            raise ConfigError(f"model.path {cfg.model.path!r} has no config.json here; stage it, or pass --arch "
                               f"({', '.join(PRESETS)})")
     if seq is None:
         report = Path(cfg.data.path) / "report.json"
