@@ -17,7 +17,7 @@ from pathlib import Path
 
 from agent.errors import ConfigError, TrainctlError
 from infra.lambda_zip import build_zip
-from infra.tf import Terraform, plan_changes, summarize
+from infra.tf import Terraform, summarize
 
 MODULE_DIR = Path(__file__).parent / "terraform"
 MODULE_FILES = ("*.tf", "user_data.sh")
@@ -98,7 +98,7 @@ class Stack:
         self.prepare()
         tf = self.terraform()
         tf.init()
-        changes = plan_changes(tf.plan("tfplan"))
+        changes = tf.plan("tfplan")
         self.echo(summarize(changes))
         if changes:
             if confirm is not None and not confirm("Apply this plan?"):

@@ -59,7 +59,7 @@ class Terraform:
         env["TF_INPUT"] = "0"
         return env
 
-    def run(self, *args: str, stream: bool = False) -> str:
+    def run(self, *args: str, stream: bool = False, json_out: bool = False) -> str:
         """Run `terraform <args>` in the workdir; return stdout, or raise TerraformError with stderr."""
         cmd = [self.binary, *args]
         try:
@@ -77,7 +77,7 @@ class Terraform:
                 proc.communicate()
                 raise TerraformError(f"terraform {args[0]} did not finish within {self.timeout_s:.0f}s") from None
         if proc.returncode != 0:
-            detail = _clean(err) or _clean(out) or "(no output)"
+            detail = (diagnostics(out) if json_out else "") or _clean(err) or _clean(out) or "(no output)"
             raise TerraformError(f"terraform {args[0]} failed (exit {proc.returncode}):\n{detail}")
         return out
 
@@ -101,13 +101,16 @@ class Terraform:
         """`terraform init`: providers and backend (quiet unless it fails)."""
         self.run("init", "-input=false", "-no-color")
 
-    def plan(self, plan_file: str = "tfplan", destroy: bool = False) -> dict:
-        """Write a plan file and return its JSON form (`terraform show -json`)."""
-        args = ["plan", "-input=false", "-no-color", f"-out={plan_file}", *self._var_args()]
+    def plan(self, plan_file: str = "tfplan", destroy: bool = False) -> list[tuple[str, str]]:
+        """Write a plan file; return (action, address) per resource it changes.
+
+        `plan -json` streams machine-readable events, which spares a `show -json` (whose schema
+        load costs ~10 s with the aws provider).
+        """
+        args = ["plan", "-input=false", "-no-color", "-json", f"-out={plan_file}", *self._var_args()]
         if destroy:
             args.append("-destroy")
-        self.run(*args)
-        return json.loads(self.run("show", "-json", "-no-color", plan_file))
+        return plan_changes(self.run(*args, json_out=True))
 
     def apply(self, plan_file: str = "tfplan") -> None:
         """Apply a saved plan, streaming terraform's progress lines to `echo`."""
@@ -132,16 +135,39 @@ class Terraform:
             self.run("state", "rm", "-no-color", *addresses)
 
 
-def plan_changes(plan_json: dict) -> list[tuple[str, str]]:
-    """(action, address) for every resource the plan touches: create, update, replace, delete."""
+def _events(json_lines: str):
+    for line in json_lines.splitlines():
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                yield json.loads(line)
+            except ValueError:
+                continue
+
+
+def plan_changes(json_lines: str) -> list[tuple[str, str]]:
+    """(action, address) from `plan -json` output: create, update, replace or delete."""
     out = []
-    for rc in plan_json.get("resource_changes") or []:
-        actions = rc.get("change", {}).get("actions") or []
-        if actions in (["no-op"], ["read"]) or not actions:
+    for ev in _events(json_lines):
+        if ev.get("type") != "planned_change":
             continue
-        action = "replace" if set(actions) == {"create", "delete"} else actions[0]
-        out.append((action, rc["address"]))
+        change = ev.get("change") or {}
+        action = change.get("action")
+        if action in ("create", "update", "replace", "delete"):
+            out.append((action, change.get("resource", {}).get("addr", "?")))
     return out
+
+
+def diagnostics(text: str) -> str:
+    """Terraform's error diagnostics in `-json` output, as it would print them ("" when none)."""
+    blocks = []
+    for ev in _events(text):
+        d = ev.get("diagnostic")
+        if ev.get("type") == "diagnostic" and d and d.get("severity") == "error":
+            where = d.get("range", {}).get("filename")
+            head = f"Error: {d.get('summary', '').strip()}" + (f" ({where})" if where else "")
+            blocks.append("\n".join(x for x in (head, (d.get("detail") or "").strip()) if x))
+    return "\n\n".join(blocks)
 
 
 def summarize(changes: list[tuple[str, str]]) -> str:

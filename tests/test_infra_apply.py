@@ -1,0 +1,214 @@
+"""`ctl provision` against moto's server with real terraform and the real aws provider, checked with
+boto3, then `ctl destroy`, which keeps the data volume.
+
+One stack for the whole module (an apply costs about a minute); the tests run in file order on one
+worker (xdist group) and the last one destroys it. The moto server is this module's own, so no
+other test sees these instances.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.moto_server import FAKE_CREDS, MotoServer
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("infra-apply")]
+
+CIDR = "203.0.113.7/32"
+WRITE_ACTIONS = ("s3:Put", "s3:Delete", "s3:Abort", "s3:Restore", "s3:Replicate", "s3:Create")
+
+
+def ctl(args, env, timeout=600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "controller", *args], env=env, capture_output=True,
+                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+class Stack:
+    def __init__(self, moto, env, home, name, proc):
+        self.moto, self.env, self.home, self.name, self.proc = moto, env, home, name, proc
+        self.outputs = json.loads((home / "infra" / "default" / "outputs.json").read_text())
+
+    def client(self, svc):
+        return self.moto.client(svc)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, terraform_env):
+    moto = MotoServer()
+    moto.start()
+    try:
+        tmp = tmp_path_factory.mktemp("stack")
+        home = tmp / "home"
+        name = f"t{uuid.uuid4().hex[:8]}"
+        key = tmp / "id_ed25519"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+        ami = moto.client("ec2").describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+        var_file = tmp / "stack.tfvars.json"
+        var_file.write_text(json.dumps({
+            "name": name, "ami_id": ami, "ssh_public_key": (tmp / "id_ed25519.pub").read_text().strip(),
+            "allowed_ssh_cidrs": [CIDR], "slack_webhook_parameter": f"/{name}/slack-webhook"}))
+        env = {**terraform_env, **FAKE_CREDS, "TRAINCTL_HOME": str(home)}
+        env.pop("AWS_PROFILE", None)
+        proc = ctl(["provision", "--var-file", str(var_file), "--auto-approve", "--endpoint-url", moto.endpoint], env)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
+        yield Stack(moto, env, home, name, proc)
+    finally:
+        moto.stop()
+
+
+def test_provision_prints_plan_and_next_command_and_saves_outputs(stack):
+    out = stack.outputs
+    assert out["instance_id"].startswith("i-") and out["data_volume_id"].startswith("vol-")
+    assert out["public_ip"] and out["public_dns"] and out["ssh_user"] == "ubuntu"
+    assert out["store_url"] == f"s3://{stack.name}-123456789012-us-east-1/training-runs"
+    assert "to add, 0 to change, 0 to destroy" in stack.proc.stdout
+    assert f"ctl launch --existing {out['instance_id']} --store {out['store_url']}" in stack.proc.stdout
+
+
+def test_instance_is_g5_with_imdsv2_encrypted_root_and_the_key_pair(stack):
+    ec2 = stack.client("ec2")
+    inst = ec2.describe_instances(InstanceIds=[stack.outputs["instance_id"]])["Reservations"][0]["Instances"][0]
+    assert inst["InstanceType"] == "g5.2xlarge"
+    assert inst["MetadataOptions"]["HttpTokens"] == "required"
+    assert inst["KeyName"].startswith(f"{stack.name}-")
+    assert inst["IamInstanceProfile"]["Arn"].split("/")[-1].startswith(f"{stack.name}-box-")
+    root = [m for m in inst["BlockDeviceMappings"] if m["DeviceName"] == inst["RootDeviceName"]][0]
+    vol = ec2.describe_volumes(VolumeIds=[root["Ebs"]["VolumeId"]])["Volumes"][0]
+    assert vol["Encrypted"] is True
+
+
+def test_data_volume_is_300gb_gp3_encrypted_and_attached(stack):
+    ec2 = stack.client("ec2")
+    vol = ec2.describe_volumes(VolumeIds=[stack.outputs["data_volume_id"]])["Volumes"][0]
+    assert (vol["Size"], vol["VolumeType"], vol["Encrypted"]) == (300, "gp3", True)
+    assert (vol["Iops"], vol["Throughput"]) == (3000, 250)
+    assert [(a["InstanceId"], a["Device"]) for a in vol["Attachments"]] == [(stack.outputs["instance_id"], "/dev/sdf")]
+    user_data = ec2.describe_instance_attribute(InstanceId=stack.outputs["instance_id"], Attribute="userData")
+    script = base64.b64decode(user_data["UserData"]["Value"]).decode()
+    assert f"TRAINCTL_DATA_VOLUME_ID='{vol['VolumeId']}'" in script and "TRAINCTL_MOUNT_POINT='/mnt/training'" in script
+
+
+def test_security_group_admits_only_the_given_cidr_on_ssh(stack):
+    ec2 = stack.client("ec2")
+    inst = ec2.describe_instances(InstanceIds=[stack.outputs["instance_id"]])["Reservations"][0]["Instances"][0]
+    sgs = ec2.describe_security_groups(GroupIds=[g["GroupId"] for g in inst["SecurityGroups"]])["SecurityGroups"]
+    ingress = [p for sg in sgs for p in sg["IpPermissions"]]
+    assert [(p["IpProtocol"], p["FromPort"], p["ToPort"]) for p in ingress] == [("tcp", 22, 22)]
+    assert [r["CidrIp"] for r in ingress[0]["IpRanges"]] == [CIDR]
+    assert not ingress[0].get("Ipv6Ranges") and not ingress[0].get("UserIdGroupPairs")
+
+
+def _role_statements(iam, role_name):
+    stmts = []
+    for pol in iam.list_role_policies(RoleName=role_name)["PolicyNames"]:
+        doc = iam.get_role_policy(RoleName=role_name, PolicyName=pol)["PolicyDocument"]
+        doc = json.loads(doc) if isinstance(doc, str) else doc
+        stmts += doc["Statement"]
+    assert not iam.list_attached_role_policies(RoleName=role_name)["AttachedPolicies"]
+    return stmts
+
+
+def _as_list(v):
+    return v if isinstance(v, list) else [v]
+
+
+def test_instance_role_writes_only_under_the_runs_prefix_and_has_no_wildcard_action(stack):
+    iam = stack.client("iam")
+    profile = stack.client("ec2").describe_instances(InstanceIds=[stack.outputs["instance_id"]])[
+        "Reservations"][0]["Instances"][0]["IamInstanceProfile"]["Arn"].split("/")[-1]
+    role = iam.get_instance_profile(InstanceProfileName=profile)["InstanceProfile"]["Roles"][0]["RoleName"]
+    stmts = _role_statements(iam, role)
+    bucket = stack.outputs["store_url"].split("/")[2]
+    runs = f"arn:aws:s3:::{bucket}/training-runs/*"
+    writes = set()
+    for st in stmts:
+        assert st["Effect"] == "Allow"
+        actions = _as_list(st["Action"])
+        assert all("*" not in a for a in actions), actions
+        for a in actions:
+            if a.startswith(WRITE_ACTIONS):
+                writes.add(a)
+                assert _as_list(st["Resource"]) == [runs], st
+            else:
+                assert a in ("s3:GetObject", "s3:ListBucket", "s3:ListMultipartUploadParts"), a
+    assert "s3:PutObject" in writes
+    reads = {r for st in stmts if "s3:GetObject" in _as_list(st["Action"]) for r in _as_list(st["Resource"])}
+    assert reads == {f"arn:aws:s3:::{bucket}/models/*", f"arn:aws:s3:::{bucket}/datasets/*", runs}
+
+
+def test_bucket_blocks_public_access_and_is_encrypted_versioned_with_lifecycle(stack):
+    s3 = stack.client("s3")
+    bucket = stack.outputs["store_url"].split("/")[2]
+    pab = s3.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"]
+    assert all(pab[k] for k in ("BlockPublicAcls", "IgnorePublicAcls", "BlockPublicPolicy", "RestrictPublicBuckets"))
+    enc = s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]["Rules"][0]
+    assert enc["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "aws:kms"
+    assert s3.get_bucket_versioning(Bucket=bucket)["Status"] == "Enabled"
+    rules = {r["ID"]: r for r in s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]}
+    chunk = rules["expire-old-log-chunks"]
+    assert chunk["Filter"]["Tag"] == {"Key": "trainctl-kind", "Value": "log-chunk"} and chunk["Expiration"]["Days"] == 90
+    assert rules["expire-overwritten-versions"]["NoncurrentVersionExpiration"]["NoncurrentDays"] == 7
+
+
+def test_watcher_lambda_runs_the_ops_handler_every_minute_with_a_narrow_role(stack):
+    fn = stack.client("lambda").get_function(FunctionName=stack.outputs["watcher_function"])["Configuration"]
+    assert fn["Handler"] == "ops.lambda_handler.handler" and fn["Runtime"].startswith("python3")
+    env = fn["Environment"]["Variables"]
+    assert env["TRAINCTL_STORE"] == stack.outputs["store_url"]
+    assert env["SLACK_WEBHOOK_SSM_PARAMETER"] == f"/{stack.name}/slack-webhook"
+    assert not any("hooks.slack.com" in v for v in env.values())  # the secret stays in SSM
+    param = stack.client("ssm").describe_parameters(
+        ParameterFilters=[{"Key": "Name", "Values": [f"/{stack.name}/slack-webhook"]}])["Parameters"]
+    assert [p["Type"] for p in param] == ["SecureString"]
+
+    events = stack.client("events")
+    rule = events.describe_rule(Name=f"{stack.name}-watcher-schedule")
+    assert rule["ScheduleExpression"] == "rate(1 minute)" and rule["State"] == "ENABLED"
+    targets = events.list_targets_by_rule(Rule=rule["Name"])["Targets"]
+    assert [t["Arn"] for t in targets] == [fn["FunctionArn"]]
+
+    iam = stack.client("iam")
+    stmts = _role_statements(iam, fn["Role"].split("/")[-1])
+    bucket = stack.outputs["store_url"].split("/")[2]
+    by_action = {a: _as_list(st["Resource"]) for st in stmts for a in _as_list(st["Action"])}
+    assert all("*" not in a for a in by_action)
+    assert sorted(by_action["s3:PutObject"]) == [f"arn:aws:s3:::{bucket}/training-runs/*/_alerts.json",
+                                                 f"arn:aws:s3:::{bucket}/training-runs/_index/*"]
+    assert by_action["s3:GetObject"] == [f"arn:aws:s3:::{bucket}/training-runs/*"]
+    assert by_action["ec2:DescribeInstances"] == ["*"]
+    assert by_action["ssm:GetParameter"] == [f"arn:aws:ssm:us-east-1:123456789012:parameter/{stack.name}/slack-webhook"]
+    writes = [a for a in by_action if a.startswith(WRITE_ACTIONS) or a.split(":")[1].startswith(("Put", "Delete"))]
+    assert sorted(writes) == ["logs:PutLogEvents", "s3:PutObject"]
+
+
+def test_destroy_keeps_the_data_volume_and_says_so(stack):
+    ec2 = stack.client("ec2")
+    out = stack.outputs
+    r = ctl(["destroy", "--yes"], stack.env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr
+    assert f"data volume {out['data_volume_id']}" in r.stdout and "Destroyed. Kept:" in r.stdout
+
+    vol = ec2.describe_volumes(VolumeIds=[out["data_volume_id"]])["Volumes"][0]
+    assert vol["State"] == "available" and vol["Size"] == 300  # detached, data intact
+    inst = ec2.describe_instances(InstanceIds=[out["instance_id"]])["Reservations"][0]["Instances"][0]
+    assert inst["State"]["Name"] == "terminated"
+    stack.client("s3").head_bucket(Bucket=out["store_url"].split("/")[2])  # the store is kept too
+    fns = [f["FunctionName"] for f in stack.client("lambda").list_functions()["Functions"]]
+    assert out["watcher_function"] not in fns
+
+    # The next provision of this stack re-attaches the kept volume instead of creating a new one.
+    from infra.stack import GENERATED_VARS, Stack
+
+    workdir = Path(stack.home) / "infra" / "default"
+    assert not (workdir / "outputs.json").exists()
+    Stack(workdir).prepare()
+    generated = json.loads((workdir / GENERATED_VARS).read_text())
+    assert generated["data_volume_id"] == out["data_volume_id"]
+    assert generated["create_bucket"] is False and generated["bucket_name"] == out["store_url"].split("/")[2]
