@@ -4,7 +4,7 @@ Every step is the `ctl` command a user would type, printed before it runs:
 1. write a tiny Mistral-architecture model and prepare the bundled notes into Arrow blocks;
 2. `ctl launch --local` a real 4-bit QLoRA run, then `ctl tail` it to `_complete` (exit 0);
 3. launch a run with a NaN injected at step 5, and `ctl tail` it to `_error` (exit 1, cause and fix);
-4. `ctl runs` lists both.
+4. `ctl status` shows the failed run on one screen.
 State lives under demo-out/ (TRAINCTL_HOME defaults to demo-out/trainctl), so a second demo is quick.
 """
 
@@ -48,7 +48,7 @@ def main() -> int:
     ctl("tail", good, "--lines", "5", "--poll-s", "1", env=env, expect=0)
     ctl("launch", "--local", "--run-id", bad, *common, "--train-set", "debug.inject_nan_at_step=5", env=env)
     ctl("tail", bad, "--lines", "5", "--poll-s", "1", env=env, expect=1)
-    ctl("runs", "--limit", "5", env=env)
+    ctl("status", bad, "--no-instance", env=env)
     print(f"\ndemo done: {good} completed, {bad} failed as intended (store {env['TRAINCTL_HOME']}/runs)")
     return 0
 

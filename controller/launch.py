@@ -140,7 +140,7 @@ def launch(cfg: RunConfig, target: Target, run_id: str | None = None) -> LaunchR
     timings: dict[str, float] = {}
 
     def lap(name: str) -> None:
-        timings[name] = round(time.monotonic() - t0 - sum(timings.values()), 3)
+        timings[name] = max(0.0, round(time.monotonic() - t0 - sum(timings.values()), 3))
 
     store_url = cfg.store.url or default_store_url()
     if target.kind != "local" and not store_url.startswith("s3://"):

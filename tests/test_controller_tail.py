@@ -84,6 +84,18 @@ def test_error_marker_exits_1_with_cause_and_fix(rs):
     assert "fix: lower per_device_batch_size" in out.getvalue()
 
 
+def test_diverged_run_with_nan_strings_renders(rs):
+    make_run(rs, ["step 4\n"])
+    rs.write_progress(RID, p.Progress(ts=time.time(), step=5, total_steps=40, loss="nan", phase="training"))
+    rs.write_error(RID, p.ErrorMarker(ts=time.time(), cause="training diverged", remediation="lower the lr",
+                                      last_step=5, last_loss="nan"))
+    out = io.StringIO()
+    assert Tail(rs, RID, out=out).run() == 1
+    assert "last step: 5, loss nan" in out.getvalue()
+    assert "loss nan" in render(collect(rs, RID, time.time()), time.time())
+    assert "loss nan" in status_line(rs.read_progress(RID), None, time.time())
+
+
 def test_stale_heartbeat_exits_3(rs):
     make_run(rs, ["x\n"], hb_age=500)
     out = io.StringIO()
