@@ -124,27 +124,33 @@ def test_loss_halves_then_the_adapter_is_saved_declared_and_reloads(run, tiny_mo
     assert gen.shape[1] == 3 + 6
 
 
-def test_sigterm_checkpoints_and_a_restart_resumes_at_the_saved_step(run):
-    p, progress, out = run("train.max_steps=60", "train.save_steps=4")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+def test_killed_after_a_checkpoint_a_restart_resumes_at_the_saved_step(run, sig):
+    """SIGTERM (spot notice): a checkpoint at the current step, exit 143. SIGKILL: nothing more is
+    written, the last periodic checkpoint is what a restart finds."""
+    args = ("train.max_steps=100", "train.save_steps=4")
+    p, progress, out = run(*args)
     deadline = time.monotonic() + 240
     while not any(r.get("artifact") == "checkpoint-4" for r in lines(progress)):
         assert p.poll() is None and time.monotonic() < deadline, p.communicate()[0]
         time.sleep(0.05)
-    os.kill(p.pid, signal.SIGTERM)
+    os.kill(p.pid, sig)
     output, _ = p.communicate(timeout=120)
-    assert p.returncode == 128 + signal.SIGTERM, output
+    assert p.returncode == (128 + signal.SIGTERM if sig == signal.SIGTERM else -signal.SIGKILL), output
     ckpts = [r for r in lines(progress) if str(r.get("artifact", "")).startswith("checkpoint-")]
     saved = int(ckpts[-1]["artifact"].split("-")[1])
     assert saved >= 4 and ckpts[-1]["final"] is False and (out / f"checkpoint-{saved}" / "trainer_state.pt").is_file()
+    if sig == signal.SIGTERM:
+        assert f"received signal {int(sig)}" in output
     assert not any(r.get("artifact") == "adapter" for r in lines(progress)) and not (out / "adapter").exists()
 
     before = len(lines(progress))
-    p2, _, _ = run("train.max_steps=60", "train.save_steps=4")
+    p2, _, _ = run(*args)
     output2, _ = p2.communicate(timeout=300)
     assert p2.returncode == 0, output2
-    assert f"resuming from {out / f'checkpoint-{saved}'} at step {saved}/60" in output2
+    assert f"resuming from {out / f'checkpoint-{saved}'} at step {saved}/100" in output2
     resumed = [r["step"] for r in lines(progress)[before:] if "loss" in r]
-    assert resumed == list(range(saved + 1, 61))
+    assert resumed == list(range(saved + 1, 101))
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
 
 
