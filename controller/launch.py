@@ -21,13 +21,12 @@ from agent.errors import ConfigError, TrainctlError
 from agent.runid import new_run_id, validate_run_id
 from agent.runstore import RunStore
 from agent.store import default_store_url, open_store
-from controller import plan
+from controller import plan, preflight
 from controller.boxside import parse_result
 from controller.config import RunConfig
 from controller.facts import gather
 from controller.remote import Box, LocalBox, SshBox
-
-_SECRETISH = ("TOKEN", "SECRET", "PASSWORD", "PASSWD", "KEY", "CREDENTIAL")
+from controller.runenv import check_memory, env_file_bytes, recorded_config
 
 
 @dataclass
@@ -69,37 +68,6 @@ def _git_sha() -> str | None:
         return None
     r = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True)
     return r.stdout.strip() or None if r.returncode == 0 else None
-
-
-def recorded_config(cfg: RunConfig) -> dict:
-    """The resolved config as recorded in metadata.json, with secret-looking env values masked."""
-    d = cfg.to_dict()
-    d["trainer"]["env"] = {k: ("[REDACTED]" if any(s in k.upper() for s in _SECRETISH) else v)
-                           for k, v in d["trainer"]["env"].items()}
-    return d
-
-
-def _env_lines(cfg: RunConfig, region: str, targets: list[dict]) -> bytes:
-    env = dict(cfg.trainer.env)
-    for t in targets:
-        env[f"TRAINCTL_{t['name'].upper()}_DIR"] = t["dest"]
-    if region:
-        env["AWS_DEFAULT_REGION"] = region
-    if cfg.store.forward_aws_credentials:
-        import boto3
-
-        creds = boto3.session.Session().get_credentials()
-        if creds is None:
-            raise ConfigError("store.forward_aws_credentials is set but this shell has no AWS credentials")
-        frozen = creds.get_frozen_credentials()
-        env["AWS_ACCESS_KEY_ID"] = frozen.access_key
-        env["AWS_SECRET_ACCESS_KEY"] = frozen.secret_key
-        if frozen.token:
-            env["AWS_SESSION_TOKEN"] = frozen.token
-    bad = [k for k, v in env.items() if "\n" in v or "\n" in k]
-    if bad:
-        raise ConfigError(f"trainer.env: values must be single lines ({', '.join(bad)})")
-    return "".join(f"{k}={v}\n" for k, v in env.items()).encode()
 
 
 def _connect(cfg: RunConfig, target: Target) -> tuple[Box, dict]:
@@ -181,7 +149,7 @@ def launch(cfg: RunConfig, target: Target, run_id: str | None = None) -> LaunchR
             other = facts.active_run.get("run_id")
             raise TrainctlError(f"{box.name} is busy with run {other}: one run per box. Wait for it "
                                 f"(ctl tail {other}), or stop it (ctl stop {other} --wait), then launch again")
-        problems, mount_steps = plan.preflight(facts, cfg, box.needs_sudo)
+        problems, mount_steps = preflight.preflight(facts, cfg, box.needs_sudo)
         if problems:
             lines = "\n  ".join(str(x) for x in problems)
             raise TrainctlError(f"preflight found {len(problems)} problem(s) on {box.name}:\n  {lines}")
@@ -195,14 +163,14 @@ def launch(cfg: RunConfig, target: Target, run_id: str | None = None) -> LaunchR
         targets = plan_stage(cfg)
         box.check(f"mkdir -p {shlex.quote(workdir)}", "creating the run folder")
         env_file = f"{workdir}/agent.env"
-        box.put_bytes(_env_lines(cfg, region, targets), env_file, 0o600)
+        box.put_bytes(env_file_bytes(cfg, region, targets), env_file, 0o600)
         if cfg.trainer.config:
             box.put_file(os.path.expanduser(cfg.trainer.config), f"{workdir}/train.toml")
         if targets:
             spec = {"targets": targets, "endpoint_url": cfg.store.endpoint_url, "region": region,
                     "workers": cfg.stage.workers, "env_file": env_file}
             _boxside(box, lay, "stage", spec, "staging model/data", cfg.ssh.command_timeout_s, stream=True)
-        check_memory(box, plan.estimate_argv(cfg, lay, workdir, facts.gpus))
+        check_memory(box, plan.estimate_argv(cfg, lay, workdir, facts.gpus), say)
         lap("stage")
         argv = plan.agent_argv(cfg, lay, run_id, rs.url, cfg.store.endpoint_url)
         rs.write_metadata(p.Metadata(
@@ -257,28 +225,6 @@ def _report(res: dict, rs: RunStore, run_id: str, box: Box, timings: dict) -> La
     if console:
         say(f"  S3 console: {console}")
     return LaunchResult(run_id, "started", rs.url, box.name, timings, console)
-
-
-def check_memory(box: Box, argv: list[str] | None, say=say) -> None:
-    """Refuse a run the trainer's own estimate says cannot fit the box's GPU (seconds, not an OOM later)."""
-    if argv is None:
-        return
-    r = box.run(" ".join(shlex.quote(a) for a in argv), timeout=120)
-    start = r.stdout.find("{")
-    try:
-        est = json.loads(r.stdout[start:]) if start >= 0 else None
-    except ValueError:
-        est = None
-    if est is None:
-        why = (r.stderr.strip() or r.stdout.strip() or f"exit {r.exited}").splitlines()[-1]
-        say(f"memory estimate skipped: {why}")
-        return
-    gib = 1024**3
-    verdict = f"{est['total'] / gib:.1f} GiB of {est['budget'] / gib:.1f} GiB per GPU"
-    if not est.get("fits"):
-        advice = "\n  ".join(est.get("advice") or ["lower per_device_batch_size or max_seq_length"])
-        raise TrainctlError(f"the run does not fit the GPU: {verdict}. Change one of:\n  {advice}")
-    say(f"memory estimate: fits, {verdict}")
 
 
 def plan_stage(cfg: RunConfig) -> list[dict]:

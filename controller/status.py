@@ -58,7 +58,7 @@ def render(d: dict, now: float) -> str:
         f"phase      {d['phase'] or '-'}",
         f"step       {step}" + (f"   loss {fmt_num(d['loss'])}" if d["loss"] is not None else "")
         + (f"   {fmt_num(d['tokens_per_s'], ',.0f')} tok/s" if d["tokens_per_s"] else "")
-        + (f"   ETA {fmt_duration(d['eta_s'])}" if d["eta_s"] is not None else ""),
+        + (f"   ETA {fmt_duration(d['eta_s'])}" if d["eta_s"] is not None and d["outcome"] == "running" else ""),
         f"heartbeat  {fmt_age(d['heartbeat_age_s'])} ago" + (f" (every {d['heartbeat_s']:g}s)" if d["heartbeat_s"] else "")
         + (f", agent pid {d['agent_pid']}" if d["agent_pid"] else "")
         + ("" if d["trainer_alive"] is None else (", trainer alive" if d["trainer_alive"] else ", trainer NOT running")),

@@ -114,3 +114,17 @@ def test_file_paths_in_run_toml_are_relative_to_it(tmp_path):
     assert cfg.trainer.config == str(tmp_path / "cfg" / "train.toml")
     assert cfg.ssh.key == "~/.ssh/k.pem" and cfg.ssh.config == "/etc/ssh/ssh_config"
     assert cfg.setup.wheel == "dist/x.whl"  # flags stay relative to where ctl runs
+
+
+def test_secrets_go_to_the_env_file_never_to_metadata(monkeypatch):
+    from controller.runenv import env_file_bytes, recorded_config
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAIOSFODNN7EXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")
+    cfg = c.resolve({**GOOD, "trainer": {"command": ["t"], "env": {"HF_TOKEN": "hf_x", "MODE": "fast"}},
+                     "store": {"forward_aws_credentials": True}})
+    recorded = str(recorded_config(cfg))
+    assert "hf_x" not in recorded and "fast" in recorded and "EXAMPLEKEY" not in recorded
+    env = env_file_bytes(cfg, "eu-west-1", [{"name": "model", "dest": "/mnt/training/models/m"}]).decode()
+    assert "HF_TOKEN=hf_x\n" in env and "AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY\n" in env
+    assert "TRAINCTL_MODEL_DIR=/mnt/training/models/m\n" in env and "AWS_DEFAULT_REGION=eu-west-1\n" in env

@@ -7,6 +7,7 @@ import pytest
 from controller import plan
 from controller.config import resolve
 from controller.facts import Facts
+from controller.preflight import preflight
 from controller.stage import stage_targets, to_fetch
 from controller.start import render_unit
 
@@ -69,7 +70,7 @@ def whats(problems):
     ({"data_root_mounted": False}, {"box": {"require_mount": False}}, [], []),
 ])
 def test_preflight_table(over, cfg_over, expect_problems, expect_steps):
-    problems, steps = plan.preflight(facts(**over), cfg(**cfg_over), box_needs_sudo=True)
+    problems, steps = preflight(facts(**over), cfg(**cfg_over), box_needs_sudo=True)
     assert whats(problems) == expect_problems
     assert [s.name for s in steps] == expect_steps
     for p in problems:
@@ -80,13 +81,13 @@ def test_preflight_table(over, cfg_over, expect_problems, expect_steps):
 
 def test_preflight_lists_every_failure_in_one_pass():
     f = facts(gpus=[], python=[3, 9, 0], free_bytes=0, store_reachable=False, has_flock=False)
-    problems, _ = plan.preflight(f, cfg(), box_needs_sudo=False)
+    problems, _ = preflight(f, cfg(), box_needs_sudo=False)
     assert len(problems) == 5
 
 
 def test_mount_steps_as_root_have_no_sudo():
     f = facts(uid=0, data_root_mounted=False, block_devices=[{**DATA_DISK, "fstype": None, "probe": "blank"}])
-    _, steps = plan.preflight(f, cfg(), box_needs_sudo=False)
+    _, steps = preflight(f, cfg(), box_needs_sudo=False)
     assert steps[0].script == "mkfs.ext4 -q -L trainctl-data /dev/nvme1n1"
     assert "sudo" not in steps[1].script
 
@@ -246,8 +247,8 @@ def test_check_memory_runs_the_real_estimate(tmp_path):
     import sys
 
     from agent.errors import TrainctlError
-    from controller.launch import check_memory
     from controller.remote import LocalBox
+    from controller.runenv import check_memory
 
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "report.json").write_text('{"max_seq_length": 512}')
