@@ -179,3 +179,12 @@ def test_pdf_without_pypdf_is_a_reject_that_says_what_to_install(tmp_path):
         assert (item.reason, item.excerpt) == ("pdf_needs_pypdf", "pip install pypdf to read PDF sources")
     else:
         assert item.reason == "pdf_unreadable"  # a truncated PDF is rejected, not fatal
+
+
+def test_an_unreadable_s3_source_is_one_clear_error(tmp_path, tiny_model, moto_server, monkeypatch):
+    monkeypatch.setenv("TRAINCTL_S3_ENDPOINT", moto_server.endpoint)
+    cfg = load_config(DataConfig, None, [f"output_dir={tmp_path / 'out'!s}", f"tokenizer.path={tiny_model!s}",
+                                         "sources=[{name='gone', path='s3://no-such-bucket-here/data/'}]"])
+    with pytest.raises(TrainctlError, match=r"source 'gone': cannot list s3://no-such-bucket-here/data/: .*NoSuchBucket"):
+        prepare(cfg)
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.*"))

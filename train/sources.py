@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from agent.errors import ConfigError
+from agent.errors import ConfigError, TrainctlError
 from train.schemas import SourceConfig
 
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".txt": "txt", ".pdf": "pdf"}
@@ -83,12 +83,17 @@ def split_s3(url: str) -> tuple[str, str]:
 def list_files(src: SourceConfig) -> Iterator[tuple[str, str]]:
     """(relative path, locator) for every file under the source, in sorted order."""
     if src.path.startswith("s3://"):
+        from botocore.exceptions import BotoCoreError, ClientError
+
         bucket, prefix = split_s3(src.path)
-        pages = s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-        for page in pages:  # S3 lists keys in UTF-8 binary order already
-            for obj in page.get("Contents", []):
-                if not obj["Key"].endswith("/"):
-                    yield obj["Key"][len(prefix):].lstrip("/"), f"s3://{bucket}/{obj['Key']}"
+        try:
+            pages = s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+            for page in pages:  # S3 lists keys in UTF-8 binary order already
+                for obj in page.get("Contents", []):
+                    if not obj["Key"].endswith("/"):
+                        yield obj["Key"][len(prefix):].lstrip("/"), f"s3://{bucket}/{obj['Key']}"
+        except (ClientError, BotoCoreError) as exc:  # the code (AccessDenied, NoSuchBucket...) is the useful part
+            raise TrainctlError(f"source {src.name!r}: cannot list {src.path}: {exc}") from None
         return
     root = Path(src.path).expanduser()
     if root.is_file():
