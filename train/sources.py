@@ -134,7 +134,12 @@ def read_items(rel: str, locator: str, pdf_max_pages: int) -> Iterator[Item]:
     if kind == "pdf":
         yield from _read_pdf(rel, locator, pdf_max_pages)
         return
-    with _open_bytes(locator) as fh:
+    try:
+        fh = _open_bytes(locator)
+    except Exception as exc:  # noqa: BLE001 - a vanished or forbidden object is one rejected file, not a crash
+        yield Item(rel, 0, reason="unreadable", excerpt=str(exc)[:200])
+        return
+    with fh:
         if kind == "jsonl":
             for n, raw in enumerate(fh, 1):
                 if not raw.strip():
