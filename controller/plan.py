@@ -17,6 +17,7 @@ from controller.config import RunConfig
 from controller.facts import Facts
 
 q = shlex.quote
+SETUP_LOCK_WAIT_S = 1800  # a launch killed mid-setup leaves its step running on the box; wait for it
 
 
 @dataclass
@@ -154,7 +155,9 @@ def _locked(lay: Layout, lines: list[str], done_test: str) -> str:
     SIGHUP); the lock makes the relaunch wait for it instead of racing it.
     """
     body = " && ".join(lines)
-    return (f"set -e; exec 9>>{q(lay.home + '/setup.lock')}; flock 9; "
+    held = "another launch is still setting up this box (its setup.lock is held); try again when it is done"
+    return (f"set -e; exec 9>>{q(lay.home + '/setup.lock')}; "
+            f"flock -w {SETUP_LOCK_WAIT_S} 9 || {{ echo {q(held)} >&2; exit 75; }}; "
             f"if {done_test}; then echo cached; else {body}; fi")
 
 

@@ -111,6 +111,8 @@ class SshBox(Box):
         while True:
             try:
                 self.conn.open()
+                # Long quiet steps (pip, staging) must not be dropped by a NAT or bastion idle timeout.
+                self.conn.transport.set_keepalive(30)
                 return
             except HostKeyChanged:
                 self.conn.close()

@@ -119,7 +119,7 @@ def test_venv_script_reuses_seed_packages_and_is_locked():
     c = cfg(setup={"python": "/opt/conda/envs/pytorch/bin/python", "commands": ["pip install flash-attn"]})
     lay = layout(c)
     venv = plan.setup_steps(facts(), c, lay, WHEEL, "ubuntu", False)[2].script
-    assert "flock 9" in venv and f"[ -e {lay.venv}/.trainctl-ready ]" in venv
+    assert "flock -w 1800 9" in venv and f"[ -e {lay.venv}/.trainctl-ready ]" in venv
     assert "-m venv --system-site-packages" in venv
     assert "trainctl[agent,train] @ file:///mnt/training/trainctl/wheels/abc123/" in venv
     assert "pip install flash-attn" in venv
