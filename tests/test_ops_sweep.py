@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import threading
 
+import pytest
+
 from agent import protocol as p
 from agent.runstore import RunStore
 from ops import index
@@ -110,24 +112,25 @@ def test_server_errors_for_three_sweeps_delivered_on_the_fourth(s3_store, slack)
     assert L.load(rs, rid).ledger.outbox == []
 
 
-def test_permanent_error_reported_once_then_alerts_go_to_console(s3_store, slack):
+@pytest.mark.parametrize("status,body", [(404, "no_service"), (410, "channel_is_archived"), (403, "invalid_token")])
+def test_permanent_error_reported_once_then_alerts_go_to_console(s3_store, slack, status, body):
     rs = RunStore(s3_store)
     rids = [make_run(rs, f"run{i}") for i in range(3)]
     for rid in rids:
         fail(rs, rid, T0 + 1, "disk_full")
-    slack.fail_next(404, 1)
+    slack.fail_next(status, 1, body=body)
     out = io.StringIO()
     w = watcher(rs, slack, console=out)
     w.sweep(T0 + 5)
     w.sweep(T0 + 35)
     text = out.getvalue()
-    assert text.count("Slack rejected alerts permanently") == 1 and "HTTP 404 no_service" in text
+    assert text.count("Slack rejected alerts permanently") == 1 and f"HTTP {status} {body}" in text
     assert text.count("Training FAILED: disk_full") == 3
     assert len(slack.attempts) == 1 and slack.posts == []  # not retried
     assert "testwebhooksecret0001" not in text
     for rid in rids:
         sent = L.load(rs, rid).ledger.sent[-1]
-        assert sent["via"] == "console" and "404" in sent["slack_error"]
+        assert sent["via"] == "console" and str(status) in sent["slack_error"]
         assert_no_secret(sent)
 
 
@@ -241,3 +244,18 @@ def test_connection_refused_leaves_the_alert_pending(s3_store, slack):
     assert_no_secret(pending)
     watcher(rs, slack).sweep(T0 + 35)  # Slack reachable again (a restarted watcher, for good measure)
     assert len(slack.posts) == 1 and rid in index.done_runs(rs)
+
+
+def test_web_api_invalid_auth_is_permanent_and_token_never_shown(s3_store, slack):
+    rs = RunStore(s3_store)
+    rid = make_run(rs)
+    fail(rs, rid, T0 + 1, "s3_access_denied")
+    slack.fail_next(200, 1, body='{"ok": false, "error": "invalid_auth"}')
+    out = io.StringIO()
+    sink = ApiSink("xoxb-123456789012-abcdefghijkl", "#training", base_url=slack.api_url)
+    Watcher(rs, Notifier(sink, ConsoleSink(out))).sweep(T0 + 5)
+    text = out.getvalue()
+    assert "Slack rejected alerts permanently (HTTP 200 invalid_auth)" in text
+    assert "Training FAILED: s3_access_denied" in text and len(slack.attempts) == 1
+    assert_no_secret(text)
+    assert_no_secret(L.load(rs, rid).ledger.sent)
