@@ -132,6 +132,13 @@ def launch(cfg: RunConfig, target: Target, run_id: str | None = None) -> LaunchR
     box, info = _connect(cfg, target)
     try:
         lap("connect")
+        prior = rs.read_metadata(run_id)
+        if prior is not None:
+            # An instance keeps its id across stop/start (its IP does not); other boxes are known by address.
+            theirs, ours = (prior.instance_id, info.get("instance_id")) if prior.instance_id else (prior.host, box.name)
+            if theirs and theirs != ours:
+                raise ConfigError(f"run {run_id} was launched on {theirs}, not {ours or box.name}: two boxes must "
+                                  f"not write one run; omit --run-id for a new one")
         region = cfg.store.region or info.get("region") or os.environ.get("AWS_DEFAULT_REGION", "")
         host, port = _store_probe(store_url, cfg.store.endpoint_url, region)
         facts = gather(box, {"data_root": cfg.box.data_root, "seed_python": cfg.setup.python, "venv": lay.venv,

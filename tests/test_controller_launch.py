@@ -393,3 +393,15 @@ def test_host_behind_a_bastion_from_ssh_config(sshd, s3_bucket, moto_server, env
     assert "preflight found 1 problem(s)" in r.stderr and "no GPU visible" in r.stderr
     after = sshd.log.read_text(errors="replace").count("Accepted publickey")
     assert after - before == 2
+
+
+def test_a_run_id_from_another_box_is_refused(sshd, s3_bucket, moto_server, env, tmp_path, box_root, trainer_script):
+    from agent import protocol as p
+
+    rid = "elsewhere-20260101-000001"
+    store_for(moto_server, s3_bucket).write_metadata(p.Metadata(run_id=rid, created=time.time(),
+                                                                host="ubuntu@10.9.8.7:22"))
+    cfg = write_config(tmp_path / "run.toml", s3_bucket, moto_server.endpoint, box_root, trainer_script)
+    r = ctl(["launch", "--host", "sshd-fixture", "--config", str(cfg), "--run-id", rid], env, check=2)
+    assert "was launched on ubuntu@10.9.8.7:22" in r.stderr
+    assert not (box_root / "trainctl").exists()
