@@ -95,7 +95,8 @@ def launch_cmd(instance_id, host, local, config_path, run_id, store_url, endpoin
 @click.option("--lines", "-n", type=click.IntRange(min=0), default=20, show_default=True, help="Lines of history.")
 @click.option("--from-start", is_flag=True, help="Print the whole log from the first chunk.")
 @click.option("--no-follow", is_flag=True, help="Print what is there and exit.")
-@click.option("--poll-s", type=click.FloatRange(min=0.05), default=2.0, show_default=True)
+@click.option("--poll-s", type=click.FloatRange(min=0.05), default=2.0, show_default=True,
+              help="Seconds between looks at the store.")
 @click.option("--stale-after-s", type=click.FloatRange(min=0.1), default=None,
               help="Heartbeat age that counts as stale (default 3 heartbeats + 30s).")
 def tail_cmd(run_id, store_url, endpoint_url, lines, from_start, no_follow, poll_s, stale_after_s):
@@ -145,9 +146,11 @@ def status_cmd(run_id, store_url, endpoint_url, as_json, no_instance):
 @store_option
 @endpoint_option
 @click.option("--wait", is_flag=True, help="Wait until the agent has stopped the trainer.")
-@click.option("--timeout-s", type=click.FloatRange(min=0.1), default=600, show_default=True)
-@click.option("--poll-s", type=click.FloatRange(min=0.05), default=2.0, show_default=True)
-@click.option("--reason", default="stopped by user", show_default=True)
+@click.option("--timeout-s", type=click.FloatRange(min=0.1), default=600, show_default=True,
+              help="With --wait: give up (exit 3) after this many seconds.")
+@click.option("--poll-s", type=click.FloatRange(min=0.05), default=2.0, show_default=True,
+              help="With --wait: seconds between looks at the store.")
+@click.option("--reason", default="stopped by user", show_default=True, help="Recorded in control/stop.")
 def stop_cmd(run_id, store_url, endpoint_url, wait, timeout_s, poll_s, reason):
     """Ask the agent to stop the trainer gracefully (writes control/stop)."""
     from agent.runid import validate_run_id
