@@ -194,7 +194,7 @@ def launch(cfg: RunConfig, target: Target, run_id: str | None = None) -> LaunchR
         lap("start")
     finally:
         box.close()
-    return _report(res, rs, run_id, box, timings)
+    return _report(res, rs, run_id, box, timings, wrote_metadata=prior is None)
 
 
 def _finished(rs: RunStore, run_id: str) -> bool:
@@ -204,13 +204,14 @@ def _finished(rs: RunStore, run_id: str) -> bool:
         return False
 
 
-def _report(res: dict, rs: RunStore, run_id: str, box: Box, timings: dict) -> LaunchResult:
+def _report(res: dict, rs: RunStore, run_id: str, box: Box, timings: dict, wrote_metadata: bool) -> LaunchResult:
     status = res.get("status")
     if status == "already_running":
         say(f"run {run_id} is already running on {box.name} (agent pid {res.get('pid')})")
         return LaunchResult(run_id, status, rs.url, box.name, timings)
     if status == "busy":
-        rs.store.delete(rs.k(run_id, p.METADATA))  # ours, written a moment ago; the run never started
+        if wrote_metadata:  # ours, written a moment ago for a run that never started
+            rs.store.delete(rs.k(run_id, p.METADATA))
         raise TrainctlError(f"{box.name} became busy with run {res.get('run_id')} while launching: one run per box")
     if status == "failed":
         tail = res.get("output") or []
