@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from controller.reference import render, rows
+from controller.reference import CAUSE_MEANING, render, render_runbook, rows
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,3 +20,11 @@ def test_reference_covers_every_key():
     assert {"instance.id", "ssh.user", "box.data_root", "store.url", "agent.heartbeat_s"} <= keys
     tkeys = {k for k, *_ in rows(TrainConfig)}
     assert {"lora.r", "train.learning_rate", "quant.quant_type", "debug.inject_nan_at_step"} <= tkeys
+
+
+def test_runbook_is_current_and_complete():
+    from agent.classify import REMEDIATION
+
+    on_disk = (ROOT / "docs" / "runbook.md").read_text()
+    assert on_disk == render_runbook(), "docs/runbook.md is stale: run `.venv/bin/python -m controller.reference runbook > docs/runbook.md`"
+    assert set(CAUSE_MEANING) == set(REMEDIATION), "every classifier cause needs a meaning in the runbook"
