@@ -35,8 +35,10 @@ def _confirmer(auto_approve: bool):
 def next_command(outputs: dict) -> str:
     """The launch command for a freshly provisioned box."""
     parts = ["ctl", "launch", "--existing", outputs["instance_id"], "--store", outputs["store_url"],
-             "--region", outputs["region"], "--user", outputs["ssh_user"], "--config", "run.toml"]
-    return shlex.join(parts)
+             "--region", outputs["region"]]
+    if outputs.get("ssh_user") not in (None, "ubuntu"):  # ubuntu is launch's default
+        parts += ["--user", outputs["ssh_user"]]
+    return shlex.join([*parts, "--config", "run.toml"])
 
 
 @click.command("provision")

@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import shlex
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -188,6 +192,62 @@ def test_watcher_lambda_runs_the_ops_handler_every_minute_with_a_narrow_role(sta
     assert sorted(writes) == ["logs:PutLogEvents", "s3:PutObject"]
 
 
+@pytest.fixture
+def reap_agents():
+    """Run ids whose agents (started on "the box", which is this machine) are ended by pid at teardown."""
+    from tests.test_controller_launch import agent_pids
+
+    ids: list[str] = []
+    yield ids
+    for rid in ids:
+        for pid in agent_pids(rid):
+            try:
+                os.killpg(pid, signal.SIGTERM)
+            except OSError:
+                pass
+
+
+def test_ctl_launch_existing_on_the_provisioned_box(stack, sshd, tmp_path, reap_agents):
+    """The command `ctl provision` printed works: its public IP maps to the sshd fixture, the
+    run goes to the store it created, and the agent's fake trainer completes."""
+    from agent.runstore import RunStore
+    from agent.store_s3 import S3Store
+    from controller.wheel import build
+    from tests import test_controller_launch as launch
+
+    out = stack.outputs
+    sshd.map_ip(out["public_ip"])
+    env = {**stack.env, "TRAINCTL_SSH_CONFIG": str(sshd.ssh_config), "TRAINCTL_EC2_ENDPOINT": stack.moto.endpoint,
+           "TRAINCTL_S3_ENDPOINT": stack.moto.endpoint, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env.pop("TRAINCTL_STORE", None)
+    old_home = os.environ.get("TRAINCTL_HOME")
+    os.environ["TRAINCTL_HOME"] = str(stack.home)  # the wheel cache lives in ctl's home
+    try:
+        launch.WHEEL[0] = build(say=lambda m: None).path
+    finally:
+        os.environ.pop("TRAINCTL_HOME") if old_home is None else os.environ.update(TRAINCTL_HOME=old_home)
+    trainer = tmp_path / "fake_trainer.py"
+    trainer.write_text(launch.FAKE_TRAINER)
+    bucket = out["store_url"].split("/")[2]
+    cfg = launch.write_config(tmp_path / "run.toml", bucket, stack.moto.endpoint, tmp_path / "box", trainer, steps=3)
+
+    line = next(ln for ln in stack.proc.stdout.splitlines() if ln.strip().startswith("ctl launch --existing"))
+    args = shlex.split(line.strip())[1:]
+    args[args.index("--config") + 1] = str(cfg)
+    rid = "infra-20260101-000001"
+    reap_agents.append(rid)
+    r = ctl([*args, "--run-id", rid], env, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr
+
+    rs = RunStore(S3Store(bucket, "training-runs", endpoint_url=stack.moto.endpoint, region="us-east-1"))
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not rs.store.exists(rs.k(rid, "_complete")):
+        time.sleep(0.5)
+    assert rs.store.exists(rs.k(rid, "_complete")), rs.store.get(rs.k(rid, "_error"))
+    md = rs.read_metadata(rid)
+    assert md.instance_id == out["instance_id"] and md.instance_type == "g5.2xlarge"
+
+
 def test_destroy_keeps_the_data_volume_and_says_so(stack):
     ec2 = stack.client("ec2")
     out = stack.outputs
@@ -203,12 +263,23 @@ def test_destroy_keeps_the_data_volume_and_says_so(stack):
     fns = [f["FunctionName"] for f in stack.client("lambda").list_functions()["Functions"]]
     assert out["watcher_function"] not in fns
 
-    # The next provision of this stack re-attaches the kept volume instead of creating a new one.
+
+def test_next_provision_plans_to_reattach_the_kept_volume_and_reuse_the_bucket(stack, monkeypatch):
     from infra.stack import GENERATED_VARS, Stack
 
+    out = stack.outputs
     workdir = Path(stack.home) / "infra" / "default"
-    assert not (workdir / "outputs.json").exists()
-    Stack(workdir).prepare()
+    assert not (workdir / "outputs.json").exists()  # destroyed by the previous test
+    for k in ("TF_CLI_CONFIG_FILE", *FAKE_CREDS):
+        monkeypatch.setenv(k, stack.env[k])
+    st = Stack.existing(workdir, echo=lambda line: None)
+    st.prepare()
     generated = json.loads((workdir / GENERATED_VARS).read_text())
     assert generated["data_volume_id"] == out["data_volume_id"]
     assert generated["create_bucket"] is False and generated["bucket_name"] == out["store_url"].split("/")[2]
+
+    changes = dict((addr, action) for action, addr in st.terraform().plan("tfplan"))
+    assert changes["aws_instance.gpu"] == "create" and changes["aws_volume_attachment.data"] == "create"
+    assert "aws_ebs_volume.data[0]" not in changes and "aws_s3_bucket.store[0]" not in changes
+    assert changes["aws_s3_bucket_public_access_block.store[0]"] == "create"  # settings managed again
+    assert "aws_ssm_parameter.slack_webhook[0]" not in changes  # the webhook already there is kept
