@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.errors import StoreError
 from agent.runstore import RunStore
 
 # boto3's managed transfer defaults: files from 8 MiB up go multipart in 8 MiB parts.
@@ -93,12 +94,18 @@ def sync_artifact(rs: RunStore, run_id: str, output_dir: Path, name: str, relpat
     total = sent = 0
     for rel, path in files:
         key = rs.artifact_key(run_id, f"{name}/{rel}")
-        if not _matches(rs, key, path):
-            rs.store.upload_file(key, path)
-            sent += 1
+        try:
             if not _matches(rs, key, path):
-                raise ArtifactError(f"artifact {name}: {rel} in the store does not match the local file "
-                                    "(size or checksum differs after upload)")
-        total += path.stat().st_size
+                rs.store.upload_file(key, path)
+                sent += 1
+                if not _matches(rs, key, path):
+                    raise ArtifactError(f"artifact {name}: {rel} in the store does not match the local file "
+                                        "(size or checksum differs after upload)")
+            total += path.stat().st_size
+        except (OSError, StoreError) as exc:
+            if path.exists():
+                raise  # the store's fault (or a transient one): the caller retries
+            # The trainer deleted it meanwhile (e.g. checkpoint rotation by save_total_limit).
+            raise ArtifactError(f"artifact {name}: {path} vanished during upload", missing=True) from exc
     uri = rs.store.location(rs.artifact_key(run_id, f"{name}/"))
     return Uploaded(name, uri, total, len(files), final, sent)

@@ -60,10 +60,12 @@ def agent_group():
           "After SIGTERM to the agent, how long to keep trying to deliver the end of the run")
 @_seconds("partial-line-s", 10.0, "TRAINCTL_PARTIAL_LINE_S", "Seconds an unterminated line waits before shipping")
 @_seconds("tick-s", 0.25, "TRAINCTL_AGENT_TICK_S", "Main loop poll interval")
+@click.option("--nice", type=click.IntRange(0, 19), default=10, show_default=True, envvar="TRAINCTL_AGENT_NICE",
+              help="Nice increment the agent takes after starting the trainer (env TRAINCTL_AGENT_NICE).")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging to stderr.")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def run_cmd(run_id, store_url, endpoint_url, workdir, heartbeat_s, log_flush_s, stop_poll_s, latest_s, progress_s,
-            stop_grace_s, retry_max_s, finalize_timeout_s, shutdown_timeout_s, partial_line_s, tick_s, verbose,
+            stop_grace_s, retry_max_s, finalize_timeout_s, shutdown_timeout_s, partial_line_s, tick_s, nice, verbose,
             command):
     """Run COMMAND as the trainer of RUN_ID and keep the store up to date until it ends.
 
@@ -81,7 +83,7 @@ def run_cmd(run_id, store_url, endpoint_url, workdir, heartbeat_s, log_flush_s, 
                              latest_s=latest_s, progress_s=progress_s, stop_grace_s=stop_grace_s,
                              kill_grace_s=stop_grace_s, retry_max_s=retry_max_s,
                              finalize_timeout_s=finalize_timeout_s, shutdown_timeout_s=shutdown_timeout_s,
-                             partial_line_s=partial_line_s, tick_s=tick_s)
+                             partial_line_s=partial_line_s, tick_s=tick_s, nice=nice)
     from agent.reqstats import RequestStats
 
     stats = RequestStats()

@@ -13,6 +13,7 @@ import os
 import signal
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import psutil
 
@@ -55,6 +56,8 @@ class Agent:
         self._md_trainer_pid: int | None = None
         self._synced = 0  # declared artifacts handled so far
         self.uploaded: dict[str, Uploaded] = {}
+        self._uploader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="artifact-upload")
+        self._artifact_job: Future | None = None
         self.artifact_errors: dict[str, str] = {}
 
     # -- startup -------------------------------------------------------------------------------
@@ -68,6 +71,7 @@ class Agent:
                 log.info("run %s already has a terminal marker; nothing to do", self.run_id)
                 return 0
             status = self._start_or_adopt()
+            self._lower_priority()
             self.watch = self._watch()
             try:
                 if status is None:
@@ -76,6 +80,7 @@ class Agent:
                 self.watch.close()
             return self._finalize(status)
         finally:
+            self._uploader.shutdown(wait=False, cancel_futures=True)
             self.wd.agent_pid.unlink(missing_ok=True)
 
     def _claim_pidfile(self) -> None:
@@ -124,6 +129,15 @@ class Agent:
             log.info("resumed: trainer group %s still running, shipping from byte %d", self.trainer.pgid,
                      state.log.offset)
         return None
+
+    def _lower_priority(self) -> None:
+        """Yield the CPU to the trainer (it was started before this, at normal priority). Threads
+        started from here on (file watch, uploads) inherit the lower priority."""
+        if self.s.nice > 0:
+            try:
+                os.nice(self.s.nice)
+            except OSError as exc:
+                log.debug("could not lower the agent's priority: %s", exc)
 
     def _trainer_env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -216,18 +230,39 @@ class Agent:
         self._sync_declared()
 
     def _sync_declared(self) -> None:
-        """Upload artifacts the trainer declared since the last call (StoreError propagates: retry later)."""
-        while self._synced < len(self.progress.declared):
+        """Upload declared artifacts one at a time on a worker thread, so a multi-GB checkpoint does not
+        stall heartbeats and log shipping. A store error is re-raised here (loop backoff) and retried."""
+        fut = self._artifact_job
+        if fut is not None:
+            if not fut.done():
+                return
+            self._artifact_job = None
             d = self.progress.declared[self._synced]
             try:
-                up = sync_artifact(self.rs, self.run_id, self.wd.output, d.name, d.path, d.final)
+                up = fut.result()
                 self.uploaded[d.name] = up
                 self.artifact_errors.pop(d.name, None)
                 log.info("artifact %s verified in the store (%d files, %d bytes)", d.name, up.files, up.size)
             except ArtifactError as exc:
                 self.artifact_errors[d.name] = str(exc)
                 log.warning("%s", exc)
-            self._synced += 1
+            self._synced += 1  # a StoreError above skips this: the same declaration is tried again
+        if self._synced < len(self.progress.declared):
+            d = self.progress.declared[self._synced]
+            self._artifact_job = self._uploader.submit(sync_artifact, self.rs, self.run_id, self.wd.output,
+                                                       d.name, d.path, d.final)
+
+    def wait_artifacts(self, timeout: float) -> None:
+        """Finish declared uploads (heartbeating meanwhile); store errors propagate to the caller."""
+        deadline = time.monotonic() + timeout
+        while self._synced < len(self.progress.declared) and time.monotonic() < deadline:
+            self._sync_declared()
+            if self._artifact_job is not None:
+                now = time.monotonic()
+                if now >= self._next["hb"]:
+                    self._heartbeat(alive=False)
+                    self._next["hb"] = now + self.s.heartbeat_s
+                time.sleep(min(0.2, self.s.tick_s))
 
     def _write_metadata(self, phase: str) -> None:
         try:

@@ -65,7 +65,7 @@ def gather_facts(agent, status: ExitStatus) -> dict:
             facts["oom_kill_delta"] = count - st.oom_kill_base
         pids = {x for x in (st.wrapper_pid, agent.trainer.trainer_pid if agent.trainer else None,
                             agent.wd.read_pid(agent.wd.trainer_pid)) if x}
-        facts["kernel_oom_lines"] = hostfacts.kernel_oom_lines(pids)
+        facts["kernel_oom_lines"] = hostfacts.kernel_oom_lines(pids, since=st.started_ts)
     return facts
 
 
@@ -117,7 +117,7 @@ def finalize(agent, status: ExitStatus) -> int:
                 agent.rs.write_history(agent.run_id, agent.progress.history_points())
             agent._heartbeat(alive=False)
             if marker is None:
-                agent._sync_declared()  # non-final artifacts declared at the very end
+                agent.wait_artifacts(max(0.0, deadline - time.monotonic()))  # incl. ones declared at the end
                 marker = decide(agent, status, facts, duration)
             _write_marker(agent, marker)
             agent._write_metadata(terminal_phase(marker))

@@ -16,6 +16,7 @@ from pathlib import Path
 import psutil
 
 _GPU_QUERY = "index,name,utilization.gpu,memory.used,memory.total,temperature.gpu"
+_DMESG_TS = re.compile(r"^\[\s*(\d+\.\d+)\]")
 _OOM_LINE = re.compile(r"Out of memory: Killed process|oom-kill:|Memory cgroup out of memory|oom_reaper", re.I)
 
 
@@ -115,19 +116,39 @@ def oom_kill_count() -> int | None:
     return None
 
 
-def kernel_oom_lines(pids: set[int], timeout: float = 5.0) -> list[str]:
-    """Kernel log lines that say the OOM killer took one of `pids` (empty if the log is unreadable)."""
-    for cmd in (["dmesg", "--notime"], ["journalctl", "-k", "-q", "--no-pager", "-n", "2000"]):
+def kernel_oom_lines(pids: set[int], since: float | None = None, timeout: float = 5.0) -> list[str]:
+    """Kernel log lines, from `since` (unix time) on, saying the OOM killer took one of `pids`.
+
+    Empty when the kernel log is unreadable (containers often lack CAP_SYSLOG): the cgroup counter
+    is the other witness.
+    """
+    boot = psutil.boot_time()
+    cmds = [["dmesg"], ["journalctl", "-k", "-q", "--no-pager", "-o", "short-unix"]
+            + (["--since", f"@{int(since)}"] if since else ["-n", "2000"])]
+    for cmd in cmds:
         if not shutil.which(cmd[0]):
             continue
         try:
             out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout).stdout
         except (OSError, subprocess.SubprocessError):
             continue
-        hits = [ln for ln in out.splitlines() if _OOM_LINE.search(ln) and _mentions_pid(ln, pids)]
         if out:
-            return hits[-5:]
+            return oom_lines_for(out, pids, since, boot if cmd[0] == "dmesg" else None)
     return []
+
+
+def oom_lines_for(kernel_log: str, pids: set[int], since: float | None, boot: float | None) -> list[str]:
+    """The OOM-killer lines of `kernel_log` that name one of `pids` (and, with `boot`, are not older
+    than `since`: dmesg stamps are seconds since boot)."""
+    hits = []
+    for ln in kernel_log.splitlines():
+        if not (_OOM_LINE.search(ln) and _mentions_pid(ln, pids)):
+            continue
+        m = _DMESG_TS.match(ln)
+        if since and boot and m and boot + float(m.group(1)) < since - 5:
+            continue  # an older OOM kill of a process that had the same pid
+        hits.append(ln)
+    return hits[-5:]
 
 
 def _mentions_pid(line: str, pids: set[int]) -> bool:

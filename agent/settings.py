@@ -23,3 +23,4 @@ class AgentSettings:
     shutdown_timeout_s: float = 60.0  # the same, when the agent itself was told to stop (SIGTERM)
     tick_s: float = 0.25  # main loop poll interval (trainer exit, signals)
     store_timeout_s: float = 10.0  # connect/read timeout of one store call
+    nice: int = 10  # the agent's CPU priority once the trainer runs: the trainer wins any contention

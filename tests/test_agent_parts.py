@@ -218,3 +218,20 @@ def test_backoff_grows_to_cap_and_resets():
     assert not b.ready(0.0) and b.down
     b.succeeded()
     assert b.ready(0.0) and not b.down
+
+
+def test_kernel_oom_lines_name_the_trainer_and_are_recent():
+    from agent.hostfacts import oom_lines_for
+
+    log = "\n".join([
+        "[  100.000001] python invoked oom-killer: gfp_mask=0x140cca(GFP_HIGHUSER_MOVABLE|__GFP_COMP), order=0",
+        "[  100.000300] oom-kill:constraint=CONSTRAINT_NONE,nodemask=(null),cpuset=/,mems_allowed=0,global_oom,"
+        "task_memcg=/user.slice,task=python,pid=4242,uid=1000",
+        "[  100.000400] Out of memory: Killed process 4242 (python) total-vm:70123456kB, anon-rss:63543210kB",
+        "[   50.000000] Out of memory: Killed process 4343 (python) total-vm:1kB",
+        "[  100.000500] Out of memory: Killed process 999 (other) total-vm:1kB",
+    ])
+    boot = 1_000_000.0
+    hits = oom_lines_for(log, {4242, 4343}, since=boot + 90, boot=boot)
+    assert len(hits) == 2 and all("4242" in h for h in hits)
+    assert len(oom_lines_for(log, {4343}, since=None, boot=None)) == 1

@@ -231,3 +231,11 @@ def test_local_folder_store_and_gpu_stats_in_heartbeat(agents, tmp_path):
     assert rs.read_heartbeat(RUN).gpus == [{"index": 0, "name": "NVIDIA A10G", "util_percent": 97,
                                             "mem_used_mib": 21034, "mem_total_mib": 23028, "temp_c": 61}]
     assert rs.read_logs(RUN).data == b"".join(expected_lines(30))
+
+
+def test_vanished_checkpoint_does_not_block_completion(agents, s3, tmp_path):
+    rc, out = run_agent(agents, s3, tmp_path, "--lines", "10", "--rotated-checkpoint", "--adapter", "ok")
+    done = s3["rs"].read_complete(RUN)
+    assert rc == 0 and done is not None, out
+    assert [a["name"] for a in done.artifacts] == ["adapter"]
+    assert "checkpoint-1" in out and "does not exist" in out

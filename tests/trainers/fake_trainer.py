@@ -37,6 +37,8 @@ def main() -> int:
     ap.add_argument("--tail", default="", help="text printed (to stderr) just before the end")
     ap.add_argument("--nan", action="store_true", help="report a NaN loss as the last step")
     ap.add_argument("--ready-file", default="", help="touched once all lines are printed")
+    ap.add_argument("--rotated-checkpoint", action="store_true",
+                    help="declare a checkpoint, then delete it (save_total_limit rotation) before it can ship")
     args = ap.parse_args()
 
     out = sys.stdout.buffer
@@ -52,6 +54,8 @@ def main() -> int:
     if args.nan:
         _progress({"step": args.lines, "total_steps": args.lines, "loss": float("nan")})
     odir = os.environ["TRAINCTL_OUTPUT_DIR"]
+    if args.rotated_checkpoint:
+        _progress({"artifact": "checkpoint-1", "path": "checkpoint-1/", "final": False})  # already gone
     if args.adapter in ("ok", "dangling"):
         os.makedirs(f"{odir}/adapter", exist_ok=True)
         with open(f"{odir}/adapter/adapter_model.safetensors", "wb") as fh:
