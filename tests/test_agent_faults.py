@@ -141,3 +141,22 @@ def test_store_down_when_the_agent_starts(agents, private_moto, tmp_path):
     assert agents.wait(proc, 60) == 0, Agents.output(proc)
     assert rs.read_logs(RUN).data == b"".join(expected_lines(150))
     assert rs.read_complete(RUN) is not None and rs.read_metadata(RUN).phase == "completed"
+
+
+def test_repeated_agent_kills_lose_and_duplicate_nothing(agents, moto_server, tmp_path):
+    rs, url = _s3(moto_server)
+    wd = tmp_path / "wd"
+    n = 700
+    cmd = trainer_cmd("--lines", str(n), "--interval", "0.01", "--adapter", "ok")
+    for delay in (0.9, 1.3, 0.6):  # kills land at different points of the ship/commit cycle
+        proc = agents.start(RUN, url, wd, cmd, env=moto_server.env(), endpoint=moto_server.endpoint)
+        wait_for(lambda: (wd / "trainer.pid").exists(), what="trainer started")
+        time.sleep(delay)
+        proc.kill()
+        proc.wait(10)
+    last = agents.start(RUN, url, wd, cmd, env=moto_server.env(), endpoint=moto_server.endpoint)
+    assert agents.wait(last, 60) == 0, Agents.output(last)
+    assert rs.read_logs(RUN).data == b"".join(expected_lines(n))
+    seqs = chunk_seqs(rs, RUN)
+    assert seqs == list(range(1, len(seqs) + 1))
+    assert rs.read_complete(RUN) is not None
