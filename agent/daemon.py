@@ -62,7 +62,11 @@ class Agent:
 
     # -- startup -------------------------------------------------------------------------------
     def run(self) -> int:
-        self.wd.create()
+        try:
+            self.wd.create()
+        except OSError as exc:
+            raise ConfigError(f"cannot use workdir {self.wd.root}: {exc.strerror or exc}; pass --workdir (or set "
+                              "TRAINCTL_WORKDIR_ROOT) to a writable folder") from None
         self._claim_pidfile()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)

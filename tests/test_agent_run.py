@@ -239,3 +239,17 @@ def test_vanished_checkpoint_does_not_block_completion(agents, s3, tmp_path):
     assert rc == 0 and done is not None, out
     assert [a["name"] for a in done.artifacts] == ["adapter"]
     assert "checkpoint-1" in out and "does not exist" in out
+
+
+@pytest.mark.parametrize("args,expect", [
+    (["--store", "ftp://nowhere/x"], "unsupported store URL"),
+    (["--store", "s3://"], "has no bucket"),
+    (["--workdir", "/proc/definitely/not/writable"], "cannot use workdir"),
+])
+def test_bad_settings_are_one_clean_line(tmp_path, args, expect):
+    base = {"--store": str(tmp_path / "s"), "--workdir": str(tmp_path / "wd")}
+    base.update(dict(zip(args[::2], args[1::2], strict=True)))
+    flat = [x for kv in base.items() for x in kv]
+    r = subprocess.run([*CTL, "agent", "run", "--run-id", RUN, *flat, "--", "true"], capture_output=True, text=True)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith("Error: ") and expect in r.stderr and "Traceback" not in r.stderr
