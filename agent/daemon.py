@@ -278,6 +278,7 @@ class Agent:
         md.trainer_pid = self._md_trainer_pid = self.trainer.trainer_pid if self.trainer else md.trainer_pid
         md.command = md.command or self.state.command
         md.host = md.host or hostfacts.host_stats(self.wd.root).get("hostname")
+        md.trainctl_version = md.trainctl_version or _version()
         self.rs.write_metadata(md)
         self._metadata_dirty = self.progress.phase_changed = False
 
@@ -298,3 +299,12 @@ class Agent:
         from agent.finalize import finalize
 
         return finalize(self, status)
+
+
+def _version() -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("trainctl")
+    except PackageNotFoundError:
+        return None

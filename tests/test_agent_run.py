@@ -253,3 +253,11 @@ def test_bad_settings_are_one_clean_line(tmp_path, args, expect):
     r = subprocess.run([*CTL, "agent", "run", "--run-id", RUN, *flat, "--", "true"], capture_output=True, text=True)
     assert r.returncode == 2, r.stderr
     assert r.stderr.startswith("Error: ") and expect in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cli_keeps_the_interface_the_controller_builds_against():
+    r = subprocess.run([*CTL, "agent", "run", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0
+    for opt in ("--run-id", "--store", "--endpoint-url", "--workdir", "--heartbeat-s", "--log-flush-s",
+                "--stop-poll-s", "--stop-grace-s", "--finalize-timeout-s"):
+        assert opt in r.stdout, opt
