@@ -89,6 +89,10 @@ class Stack:
         generated: dict = {"watcher_zip_path": str(build_zip(self.workdir / "watcher.zip"))}
         if self.endpoint_url:
             generated["endpoints"] = {svc: self.endpoint_url for svc in SERVICES}
+            if self.endpoint_url.startswith("http://"):
+                # A plain-HTTP emulator can never satisfy aws:SecureTransport: the TLS-only policy
+                # would lock every caller out of the bucket.
+                generated["store_require_tls"] = False
         for item in _read_json(self.workdir / KEPT, {}).values():
             generated.update(item.get("reuse") or {})
         _write_json(self.workdir / GENERATED_VARS, generated)

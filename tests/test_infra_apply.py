@@ -207,7 +207,7 @@ def reap_agents():
                 pass
 
 
-def test_ctl_launch_existing_on_the_provisioned_box(stack, sshd, tmp_path, reap_agents):
+def test_ctl_launch_existing_on_the_provisioned_box(stack, sshd, tmp_path, reap_agents, monkeypatch):
     """The command `ctl provision` printed works: its public IP maps to the sshd fixture, the
     run goes to the store it created, and the agent's fake trainer completes."""
     from agent.runstore import RunStore
@@ -239,6 +239,8 @@ def test_ctl_launch_existing_on_the_provisioned_box(stack, sshd, tmp_path, reap_
     r = ctl([*args, "--run-id", rid], env, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr
 
+    for k, v in FAKE_CREDS.items():
+        monkeypatch.setenv(k, v)
     rs = RunStore(S3Store(bucket, "training-runs", endpoint_url=stack.moto.endpoint, region="us-east-1"))
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not rs.store.exists(rs.k(rid, "_complete")):

@@ -10,6 +10,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 from infra.lambda_zip import HANDLER, build_zip, sha256_b64
 from infra.tf import diagnostics, plan_changes, summarize
 from tests.fixtures.moto_server import FAKE_CREDS
@@ -131,3 +133,20 @@ def test_lambda_zip_runs_the_handler_with_only_what_the_runtime_provides(tmp_pat
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout.split("REPORT ", 1)[1])
     assert isinstance(report, dict)
+
+
+@pytest.mark.parametrize("endpoint, tls", [(None, None), ("https://emulator.internal:4566", None),
+                                           ("http://127.0.0.1:5000", False)])
+def test_generated_variables_keep_the_module_normal_unless_an_endpoint_is_given(tmp_path, endpoint, tls):
+    from infra.stack import GENERATED_VARS, Stack
+
+    Stack(tmp_path / "w", endpoint_url=endpoint).prepare()
+    generated = json.loads((tmp_path / "w" / GENERATED_VARS).read_text())
+    assert Path(generated["watcher_zip_path"]).is_file()
+    assert sorted(p.name for p in (tmp_path / "w").glob("*.tf")) == sorted(
+        p.name for p in (Path(__file__).resolve().parents[1] / "infra" / "terraform").glob("*.tf"))
+    if endpoint is None:
+        assert "endpoints" not in generated
+    else:
+        assert set(generated["endpoints"].values()) == {endpoint} and "lambda" in generated["endpoints"]
+    assert generated.get("store_require_tls") is tls

@@ -122,7 +122,7 @@ data "aws_iam_policy_document" "store_tls_only" {
 }
 
 resource "aws_s3_bucket_policy" "store" {
-  count      = local.manage_bucket ? 1 : 0
+  count      = local.manage_bucket && var.store_require_tls ? 1 : 0
   bucket     = local.bucket_id
   policy     = data.aws_iam_policy_document.store_tls_only.json
   depends_on = [aws_s3_bucket_public_access_block.store]

@@ -186,6 +186,12 @@ variable "bucket_name" {
   }
 }
 
+variable "store_require_tls" {
+  description = "Bucket policy denying every request not made over TLS. Off only for plain-HTTP emulators."
+  type        = bool
+  default     = true
+}
+
 variable "runs_prefix" {
   description = "Prefix of the run store inside the bucket: the only place the instance may write."
   type        = string
