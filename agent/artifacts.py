@@ -9,12 +9,16 @@ multipart upload; their ETag is checked against the multipart digest computed lo
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from agent.errors import StoreError
 from agent.runstore import RunStore
+
+log = logging.getLogger("trainctl.agent")
 
 # boto3's managed transfer defaults: files from 8 MiB up go multipart in 8 MiB parts.
 MULTIPART_CHUNK = 8 * 1024 * 1024
@@ -109,3 +113,45 @@ def sync_artifact(rs: RunStore, run_id: str, output_dir: Path, name: str, relpat
             raise ArtifactError(f"artifact {name}: {path} vanished during upload", missing=True) from exc
     uri = rs.store.location(rs.artifact_key(run_id, f"{name}/"))
     return Uploaded(name, uri, total, len(files), final, sent)
+
+
+class ArtifactQueue:
+    """Uploads declared artifacts one at a time on a worker thread, so a multi-GB checkpoint does not
+    stall heartbeats and log shipping. Declarations are handled in order; a store error is re-raised
+    by `pump` (the caller backs off) and the same declaration is tried again."""
+
+    def __init__(self, rs: RunStore, run_id: str, output_dir: Path):
+        self.rs, self.run_id, self.output_dir = rs, run_id, output_dir
+        self.uploaded: dict[str, Uploaded] = {}
+        self.errors: dict[str, str] = {}
+        self.done = 0  # declarations handled so far
+        self._job: Future | None = None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="artifact-upload")
+
+    @property
+    def busy(self) -> bool:
+        return self._job is not None
+
+    def pump(self, declared: list) -> None:
+        """Collect a finished upload and start the next one."""
+        if self._job is not None:
+            if not self._job.done():
+                return
+            job, self._job = self._job, None
+            d = declared[self.done]
+            try:
+                up = job.result()
+                self.uploaded[d.name] = up
+                self.errors.pop(d.name, None)
+                log.info("artifact %s verified in the store (%d files, %d bytes)", d.name, up.files, up.size)
+            except ArtifactError as exc:
+                self.errors[d.name] = str(exc)
+                log.warning("%s", exc)
+            self.done += 1  # not reached on a store error: the same declaration goes again
+        if self.done < len(declared):
+            d = declared[self.done]
+            self._job = self._pool.submit(sync_artifact, self.rs, self.run_id, self.output_dir, d.name, d.path,
+                                          d.final)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

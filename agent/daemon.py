@@ -13,13 +13,12 @@ import os
 import signal
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 
 import psutil
 
 from agent import hostfacts
 from agent import protocol as p
-from agent.artifacts import ArtifactError, Uploaded, sync_artifact
+from agent.artifacts import ArtifactQueue
 from agent.backoff import Backoff
 from agent.errors import ConfigError, StoreError
 from agent.filewatch import FileWatch
@@ -54,11 +53,7 @@ class Agent:
         self._next = {"hb": 0.0, "progress": 0.0, "history": 0.0, "stop": 0.0}
         self._metadata_dirty = True
         self._md_trainer_pid: int | None = None
-        self._synced = 0  # declared artifacts handled so far
-        self.uploaded: dict[str, Uploaded] = {}
-        self._uploader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="artifact-upload")
-        self._artifact_job: Future | None = None
-        self.artifact_errors: dict[str, str] = {}
+        self.artifacts = ArtifactQueue(self.rs, run_id, wd.output)
 
     # -- startup -------------------------------------------------------------------------------
     def run(self) -> int:
@@ -84,7 +79,7 @@ class Agent:
                 self.watch.close()
             return self._finalize(status)
         finally:
-            self._uploader.shutdown(wait=False, cancel_futures=True)
+            self.artifacts.close()
             self.wd.agent_pid.unlink(missing_ok=True)
 
     def _claim_pidfile(self) -> None:
@@ -231,37 +226,14 @@ class Agent:
                 log.info("control/stop found: stopping the trainer")
                 self.state.stop_seen = True
                 self._begin_stop(now)
-        self._sync_declared()
-
-    def _sync_declared(self) -> None:
-        """Upload declared artifacts one at a time on a worker thread, so a multi-GB checkpoint does not
-        stall heartbeats and log shipping. A store error is re-raised here (loop backoff) and retried."""
-        fut = self._artifact_job
-        if fut is not None:
-            if not fut.done():
-                return
-            self._artifact_job = None
-            d = self.progress.declared[self._synced]
-            try:
-                up = fut.result()
-                self.uploaded[d.name] = up
-                self.artifact_errors.pop(d.name, None)
-                log.info("artifact %s verified in the store (%d files, %d bytes)", d.name, up.files, up.size)
-            except ArtifactError as exc:
-                self.artifact_errors[d.name] = str(exc)
-                log.warning("%s", exc)
-            self._synced += 1  # a StoreError above skips this: the same declaration is tried again
-        if self._synced < len(self.progress.declared):
-            d = self.progress.declared[self._synced]
-            self._artifact_job = self._uploader.submit(sync_artifact, self.rs, self.run_id, self.wd.output,
-                                                       d.name, d.path, d.final)
+        self.artifacts.pump(self.progress.declared)
 
     def wait_artifacts(self, timeout: float) -> None:
         """Finish declared uploads (heartbeating meanwhile); store errors propagate to the caller."""
         deadline = time.monotonic() + timeout
-        while self._synced < len(self.progress.declared) and time.monotonic() < deadline:
-            self._sync_declared()
-            if self._artifact_job is not None:
+        while self.artifacts.done < len(self.progress.declared) and time.monotonic() < deadline:
+            self.artifacts.pump(self.progress.declared)
+            if self.artifacts.busy:
                 now = time.monotonic()
                 if now >= self._next["hb"]:
                     self._heartbeat(alive=False)

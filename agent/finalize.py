@@ -89,7 +89,7 @@ def decide(agent, status: ExitStatus, facts: dict, duration: float | None):
             if cause not in _PERMANENT:
                 raise  # transient: the caller retries
             return error_marker(status, facts, tail, cause=cause, summary=f"artifact upload refused: {exc}", **common)
-    others = [u.to_dict() for n, u in agent.uploaded.items() if n not in finals]
+    others = [u.to_dict() for n, u in agent.artifacts.uploaded.items() if n not in finals]
     return complete_marker(duration or 0.0, agent.progress.final_metrics(), verified + others)
 
 
