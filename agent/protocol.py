@@ -36,6 +36,9 @@ ALERTS = "_alerts.json"
 # sweep lists these once instead of reading every finished run (ops/index.py).
 INDEX = "_index/"
 INDEX_DONE = "_index/done/"
+# The watcher's orphan ledger: `_orphans/<region>/<instance-id>.json` per tagged instance seen idle
+# (ops/orphans.py), so an idle GPU box is reported once however many watchers sweep.
+ORPHANS = "_orphans/"
 CHUNK_DIGITS = 8
 
 

@@ -9,10 +9,14 @@ from __future__ import annotations
 import re
 from calendar import timegm
 from collections.abc import Iterable
+from dataclasses import dataclass
 from time import strptime
 
 from ops.state import InstanceInfo
 
+# The tag infra/terraform/versions.tf puts on every resource (provider default_tags): how the
+# orphan scan recognises a trainctl GPU box.
+TAG_KEY, TAG_VALUE = "ManagedBy", "trainctl"
 FILTER_MAX = 199  # describe_instances accepts up to 200 values per filter
 _WHEN = re.compile(r"\((\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) (?:GMT|UTC)\)")  # AWS says GMT, moto UTC
 
@@ -42,6 +46,26 @@ def to_info(inst: dict) -> InstanceInfo:
         spot=inst.get("InstanceLifecycle") == "spot", instance_type=inst.get("InstanceType"))
 
 
+@dataclass
+class TaggedInstance:
+    """A running instance carrying the trainctl tag (a candidate orphan)."""
+
+    instance_id: str
+    region: str
+    instance_type: str | None = None
+    launch_time: float | None = None
+    name: str | None = None
+    spot: bool = False
+
+
+def to_tagged(inst: dict, region: str) -> TaggedInstance:
+    launched = inst.get("LaunchTime")
+    tags = {t["Key"]: t["Value"] for t in inst.get("Tags") or []}
+    return TaggedInstance(inst["InstanceId"], region, inst.get("InstanceType"),
+                          launched.timestamp() if hasattr(launched, "timestamp") else None, tags.get("Name"),
+                          inst.get("InstanceLifecycle") == "spot")
+
+
 class Ec2Enricher:
     """Looks up instances for a sweep; errors are reported, never fatal (the sweep goes on)."""
 
@@ -50,6 +74,7 @@ class Ec2Enricher:
         self.default_region = default_region
         self._clients = clients or {}
         self.calls = 0
+        self.tag_calls = 0  # orphan scans, counted apart from the per-run enrichment
         self.last_error: str | None = None
 
     def _client(self, region: str):
@@ -84,3 +109,14 @@ class Ec2Enricher:
             except Exception as exc:  # noqa: BLE001 - no credentials, throttled, endpoint down: skip enrichment
                 self.last_error = f"EC2 describe_instances in {region} failed: {type(exc).__name__}: {exc}"
         return found
+
+    def tagged_running(self, region: str | None = None, key: str = TAG_KEY,
+                       value: str = TAG_VALUE) -> list[TaggedInstance]:
+        """Running instances tagged `key=value` in `region`: one paginated call. Errors propagate."""
+        region = region or self.default_region
+        self.tag_calls += 1
+        pages = self._client(region).get_paginator("describe_instances").paginate(
+            Filters=[{"Name": f"tag:{key}", "Values": [value]},
+                     {"Name": "instance-state-name", "Values": ["running"]}])
+        return [to_tagged(inst, region) for page in pages for res in page.get("Reservations", [])
+                for inst in res.get("Instances", [])]

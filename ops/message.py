@@ -18,6 +18,7 @@ from slack_sdk.models.blocks import (
 )
 
 from agent import protocol as p
+from agent.pricing import fmt_cost, hourly_price, run_cost
 from agent.redact import redact
 from ops import state as S
 from ops.state import InstanceInfo, _fmt
@@ -28,9 +29,9 @@ FIELD_CHARS = 1900
 
 LABELS = {S.AGENT_SILENT: "Agent silent", S.HUNG: "Training hung", S.INSTANCE_GONE: "Instance gone",
           S.FAILED: "Training FAILED", S.COMPLETED: "Training completed", S.STOPPED_BY_USER: "Stopped by user",
-          S.CORRUPT: "Run corrupt (both markers)"}
+          S.CORRUPT: "Run corrupt (both markers)", S.INTERRUPTED: "Run interrupted"}
 EMOJI = {S.AGENT_SILENT: "🔇", S.HUNG: "🧊", S.INSTANCE_GONE: "💀", S.FAILED: "🔥", S.COMPLETED: "✅",
-         S.STOPPED_BY_USER: "🛑", S.CORRUPT: "⚠️"}
+         S.STOPPED_BY_USER: "🛑", S.CORRUPT: "⚠️", S.INTERRUPTED: "⏸️"}
 
 
 def watcher_remediation(state: str, run_id: str, facts: MessageFacts) -> str | None:
@@ -49,6 +50,12 @@ def watcher_remediation(state: str, run_id: str, facts: MessageFacts) -> str | N
         if inst and inst.state in ("stopped", "stopping"):
             return f"Start it again (`aws ec2 start-instances --instance-ids {inst.instance_id}`) or relaunch."
         return "The instance is gone: relaunch; training resumes from the last saved checkpoint."
+    if state == S.INTERRUPTED:
+        step = facts.error.last_step if facts.error else None
+        at = f" (it continues at step {step})" if step is not None else ""
+        return (f"Resume it on another box from the stored checkpoint: "
+                f"`ctl launch --existing <new-instance> --resume {run_id}`{at}; use on-demand capacity if spot "
+                "keeps being reclaimed.")
     if state == S.CORRUPT:
         return "Both _error and _complete exist: treat the artifacts as unverified, read both markers, relaunch."
     return None
@@ -92,6 +99,8 @@ def _header(msg: dict) -> str:
         return f"🔁 Still {label.lower()} ({_fmt(msg.get('lasted_s') or 0)})"
     if state == S.FAILED and msg.get("cause"):
         return f"🔥 Training FAILED: {msg['cause']}"
+    if state == S.INTERRUPTED and "spot reclaim at" in (msg.get("reason") or ""):
+        return f"{EMOJI[state]} {label} by a spot reclaim"
     return f"{EMOJI.get(state, '❗')} {label}"
 
 
@@ -102,6 +111,20 @@ def _duration(msg: dict, f: MessageFacts) -> str | None:
     if f.metadata:
         return _fmt(msg["created"] - f.metadata.created)
     return None
+
+
+def cost_text(msg: dict, f: MessageFacts) -> str | None:
+    """What the run cost: the agent's figure in `_complete`, else the price table times its duration."""
+    if f.complete and f.complete.cost_usd is not None:
+        return fmt_cost(f.complete.cost_usd)
+    itype = (f.metadata.instance_type if f.metadata else None) or (f.instance.instance_type if f.instance else None)
+    dur = next((m.duration_s for m in (f.complete, f.error) if m and m.duration_s is not None), None)
+    if dur is None and f.metadata:
+        dur = msg["created"] - f.metadata.created
+    usd = run_cost(itype, dur)
+    if usd is None:
+        return None
+    return f"{fmt_cost(usd)} ({itype}, {_fmt(dur)} at {fmt_cost(hourly_price(itype))}/h)"
 
 
 def _step_loss(f: MessageFacts) -> str | None:
@@ -155,8 +178,8 @@ def build(msg: dict, f: MessageFacts) -> Message:
         fields["Step/Loss"] = sl
     if f.complete and f.complete.artifacts:
         fields["Artifacts"] = ", ".join(a.get("uri", a.get("name", "?")) for a in f.complete.artifacts[:3])
-    if f.complete and f.complete.cost_usd is not None:
-        fields["Cost"] = f"${f.complete.cost_usd:.2f}"
+    if msg["state"] in S.TERMINAL_STATES and (cost := cost_text(msg, f)):
+        fields["Cost"] = cost
     fields = {k: _cap(redact(str(v)), FIELD_CHARS) for k, v in fields.items()}
     action = remediation_for(msg, f)
     action = _cap(redact(action), 2900) if action else None

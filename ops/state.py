@@ -15,10 +15,11 @@ from agent import protocol as p
 LAUNCHING, HEALTHY, LATE = "launching", "healthy", "late"
 AGENT_SILENT, HUNG, INSTANCE_GONE = "agent_silent", "hung", "instance_gone"
 FAILED, COMPLETED, STOPPED_BY_USER, CORRUPT = "failed", "completed", "stopped_by_user", "corrupt"
+INTERRUPTED = "interrupted"  # the agent was told to shut down (spot reclaim, reboot): resumable
 
 OK_STATES = (LAUNCHING, HEALTHY, LATE)
 INCIDENT_STATES = (AGENT_SILENT, HUNG, INSTANCE_GONE)  # bad and possibly recoverable
-TERMINAL_STATES = (FAILED, COMPLETED, STOPPED_BY_USER, CORRUPT)  # one message, then the run is done
+TERMINAL_STATES = (FAILED, COMPLETED, STOPPED_BY_USER, CORRUPT, INTERRUPTED)  # one message, then done
 GONE_EC2_STATES = ("stopping", "stopped", "shutting-down", "terminated", "not-found")
 SPOT_CODES = ("Server.SpotInstanceTermination", "Server.SpotInstanceShutdown")
 
@@ -38,6 +39,7 @@ class Settings:
     repeat_schedule_s: tuple[float, ...] = (3600.0, 14400.0, 86400.0)
     backfill_s: float = 86400.0  # older news at first sight is recorded, not sent
     lease_s: float = 120.0  # how long a claimed send is reserved for its watcher
+    orphan_after_s: float | None = 1800.0  # tagged instance running with no active run; None: never
 
     def scaled(self, factor: float) -> Settings:
         """A copy with every duration multiplied by `factor`."""
@@ -48,7 +50,8 @@ class Settings:
             setup_progress_timeout_s=self.setup_progress_timeout_s * factor,
             launch_timeout_s=self.launch_timeout_s * factor, max_clock_skew_s=self.max_clock_skew_s * factor,
             repeat_schedule_s=tuple(s * factor for s in self.repeat_schedule_s),
-            backfill_s=self.backfill_s * factor, lease_s=self.lease_s * factor)
+            backfill_s=self.backfill_s * factor, lease_s=self.lease_s * factor,
+            orphan_after_s=None if self.orphan_after_s is None else self.orphan_after_s * factor)
 
 
 @dataclass
@@ -126,6 +129,22 @@ def _fmt(seconds: float) -> str:
     return f"{s // 60} min {s % 60} s" if s >= 60 else f"{s} s"
 
 
+def by_spot_reclaim(e: p.ErrorMarker, inst: InstanceInfo | None) -> bool:
+    """Whether an `interrupted` run was ended by EC2 reclaiming spot capacity: the agent's summary
+    names the interruption notice, or EC2 says the instance is (or was stopped as) spot."""
+    text = f"{e.summary or ''} {e.signal or ''}".lower()
+    return any(w in text for w in ("spot", "instance-action", "interruption notice")) or bool(
+        inst and (inst.spot or inst.spot_interrupted))
+
+
+def interruption_reason(e: p.ErrorMarker, inst: InstanceInfo | None) -> str:
+    """`interrupted by a spot reclaim at step 420`, or the generic shutdown wording without evidence of spot."""
+    where = f"at step {e.last_step}" if e.last_step is not None else "before the first step"
+    if by_spot_reclaim(e, inst):
+        return f"interrupted by a spot reclaim {where}"
+    return f"interrupted {where} (the agent was told to shut down: spot reclaim, reboot or systemctl stop)"
+
+
 def _terminal(f: RunFacts, phase: str | None) -> RunState | None:
     if f.has_error and f.has_complete:
         return RunState(CORRUPT, "both _error and _complete exist: the run's outcome cannot be trusted",
@@ -138,6 +157,9 @@ def _terminal(f: RunFacts, phase: str | None) -> RunState | None:
         e = f.error
         if e is None:
             return RunState(FAILED, "_error exists but cannot be read", phase=phase)
+        if e.cause == INTERRUPTED:
+            return RunState(INTERRUPTED, interruption_reason(e, f.instance), since=e.ts, phase=e.phase or phase,
+                            cause=e.cause)
         state = STOPPED_BY_USER if e.cause == "stopped_by_user" else FAILED
         return RunState(state, e.summary or e.cause, since=e.ts, phase=e.phase or phase, cause=e.cause)
     return None

@@ -20,9 +20,10 @@ from ops import index
 from ops import ledger as L
 from ops.ec2 import Ec2Enricher
 from ops.message import build
+from ops.orphan_scan import OrphanScan
 from ops.policy import decide
 from ops.slack import Notifier
-from ops.state import TERMINAL_STATES, Settings, assess
+from ops.state import INTERRUPTED, TERMINAL_STATES, Settings, assess
 
 
 @dataclass
@@ -36,11 +37,13 @@ class SweepReport:
     failed: int = 0
     pending: int = 0
     done: int = 0
+    idle_instances: int = 0  # trainctl-tagged running instances with no active run
     errors: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return {"runs": self.runs, "active": self.active, "states": dict(self.states), "sent": self.sent,
-                "failed": self.failed, "pending": self.pending, "done": self.done, "errors": self.errors}
+                "failed": self.failed, "pending": self.pending, "done": self.done,
+                "idle_instances": self.idle_instances, "errors": self.errors}
 
 
 @dataclass
@@ -61,6 +64,7 @@ class Watcher:
                  ec2: Ec2Enricher | None = None, owner: str | None = None, workers: int = 8):
         self.rs, self.notifier, self.settings, self.ec2, self.workers = rs, notifier, settings, ec2, workers
         self.owner = owner or f"watcher-{uuid.uuid4().hex[:12]}"
+        self.orphans = OrphanScan(rs, ec2, notifier, self.owner, settings.lease_s) if ec2 is not None else None
 
     def sweep(self, now: float) -> SweepReport:
         """Run one sweep at time `now`. Runs are read and handled in parallel (I/O bound)."""
@@ -85,7 +89,20 @@ class Watcher:
                 rep.failed += res.failed
                 rep.pending += res.pending
                 rep.done += res.done
+        if len(seen) == len(ids):  # a run we could not read might be the one keeping a box busy
+            self._scan_orphans(seen, rep, now)
         return rep
+
+    def _scan_orphans(self, seen: list[F.Observed], rep: SweepReport, now: float) -> None:
+        """One tagged describe_instances per region: idle trainctl boxes alert once, with their cost."""
+        if self.orphans is None or not self.settings.orphan_after_s:
+            return
+        live = [o.facts.metadata for o in seen if o.facts.metadata and o.facts.metadata.instance_id
+                and not (o.facts.has_error or o.facts.has_complete)]
+        regions = {self.ec2.default_region} | {md.region for md in live if md.region}
+        orep = self.orphans.run({md.instance_id for md in live}, regions, now, self.settings.orphan_after_s)
+        rep.idle_instances, rep.sent, rep.failed = orep.idle, rep.sent + orep.sent, rep.failed + orep.failed
+        rep.errors += orep.errors
 
     @staticmethod
     def _guard(fn, *args):
@@ -103,7 +120,7 @@ class Watcher:
             return
         wanted = [(o.facts.metadata.instance_id, o.facts.metadata.region) for o in seen
                   if o.facts.metadata and o.facts.metadata.instance_id
-                  and not (o.facts.has_error or o.facts.has_complete)]
+                  and (not (o.facts.has_error or o.facts.has_complete) or _interrupted(o.facts))]
         if not wanted:
             return
         infos = self.ec2.describe(wanted)
@@ -144,6 +161,11 @@ class Watcher:
             index.mark_done(self.rs, run_id, led.state if led.state in TERMINAL_STATES else "backfill", now)
             out.done = 1
         return out
+
+
+def _interrupted(f: F.RunFacts) -> bool:
+    """An interrupted run's message says whether spot capacity was reclaimed: ask EC2 about its box."""
+    return bool(f.error and f.error.cause == INTERRUPTED and not f.has_complete)
 
 
 def _last_alert_thread(led: L.Ledger) -> str | None:
