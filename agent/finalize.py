@@ -104,6 +104,10 @@ def finalize(agent, status: ExitStatus) -> int:
     started = agent.state.started_ts
     duration = round(time.time() - started, 3) if started else None
     facts = gather_facts(agent, status)
+    if agent.trainer is not None:
+        left = agent.trainer.reap_stragglers()
+        if left:
+            log.warning("killed %d process(es) the trainer left behind: %s", len(left), left)
     backoff = Backoff(max_s=s.retry_max_s)
     marker = None
     while True:

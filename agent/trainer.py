@@ -122,6 +122,25 @@ class Trainer:
         except (ProcessLookupError, PermissionError):
             pass
 
+    def reap_stragglers(self) -> list[int]:
+        """Kill what the trainer left behind in its process group (dataloader workers, a stuck
+        child holding GPU memory), so the box is clean for the next run. Returns the pids killed."""
+        born = self._create_time or self.create_time() or 0.0
+        left = []
+        for proc in psutil.process_iter(["pid", "create_time"]):
+            try:
+                if os.getpgid(proc.pid) == self.pgid and proc.info["create_time"] >= born - 1.0 \
+                        and proc.pid != os.getpid():
+                    left.append(proc)
+            except (ProcessLookupError, PermissionError, psutil.Error):
+                continue
+        for proc in left:
+            try:
+                proc.kill()
+            except psutil.Error:
+                pass
+        return [p.pid for p in left]
+
     def wait(self, timeout: float) -> ExitStatus | None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -261,3 +261,15 @@ def test_cli_keeps_the_interface_the_controller_builds_against():
     for opt in ("--run-id", "--store", "--endpoint-url", "--workdir", "--heartbeat-s", "--log-flush-s",
                 "--stop-poll-s", "--stop-grace-s", "--finalize-timeout-s"):
         assert opt in r.stdout, opt
+
+
+def test_processes_left_behind_by_the_trainer_are_killed(agents, s3, tmp_path):
+    import psutil
+
+    pid_file = tmp_path / "child.pid"
+    rc, out = run_agent(agents, s3, tmp_path, "--lines", "3", "--leave-child", str(pid_file))
+    assert rc == 0 and s3["rs"].read_complete(RUN) is not None, out
+    child = int(pid_file.read_text())
+    wait_for(lambda: not psutil.pid_exists(child) or psutil.Process(child).status() == psutil.STATUS_ZOMBIE,
+             timeout=10, what="left-behind child killed")
+    assert "left behind" in out

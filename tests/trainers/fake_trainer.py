@@ -37,6 +37,7 @@ def main() -> int:
     ap.add_argument("--tail", default="", help="text printed (to stderr) just before the end")
     ap.add_argument("--nan", action="store_true", help="report a NaN loss as the last step")
     ap.add_argument("--ready-file", default="", help="touched once all lines are printed")
+    ap.add_argument("--leave-child", default="", help="start a long sleep in the background, pid to this file")
     ap.add_argument("--rotated-checkpoint", action="store_true",
                     help="declare a checkpoint, then delete it (save_total_limit rotation) before it can ship")
     args = ap.parse_args()
@@ -70,6 +71,12 @@ def main() -> int:
     if args.tail:
         sys.stderr.write(args.tail if args.tail.endswith("\n") else args.tail + "\n")
         sys.stderr.flush()
+    if args.leave_child:
+        import subprocess
+
+        child = subprocess.Popen(["sleep", "300"])
+        with open(args.leave_child, "w") as fh:
+            fh.write(str(child.pid))
     if args.ready_file:
         open(args.ready_file, "w").close()
     if args.end == "sigkill":
