@@ -67,7 +67,8 @@ def main():
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts instead of a table.")
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True, help="Newest runs to show.")
 def runs_cmd(store_url, endpoint_url, as_json, limit):
-    """List runs in the store: id, phase, step, heartbeat age, outcome."""
+    """List runs in the store: id, phase, step, heartbeat age, outcome, cost."""
+    from agent.pricing import fmt_cost
     from controller.runs import fmt_age, list_rows, rows_as_dicts
 
     rs = open_run_store(store_url, endpoint_url)
@@ -82,12 +83,12 @@ def runs_cmd(store_url, endpoint_url, as_json, limit):
     from rich.table import Table
 
     table = Table(title=f"runs in {rs.url}")
-    for col in ("run id", "phase", "step", "loss", "heartbeat", "outcome"):
-        table.add_column(col)
+    for col in ("run id", "phase", "step", "loss", "heartbeat", "outcome", "cost"):
+        table.add_column(col, justify="right" if col == "cost" else "left")
     for r in rows:
         step = "-" if r.step is None else (f"{r.step}/{r.total_steps}" if r.total_steps else str(r.step))
         loss = "-" if r.loss is None else f"{r.loss:.4f}"
-        table.add_row(r.run_id, r.phase or "-", step, loss, fmt_age(r.heartbeat_age_s), r.outcome)
+        table.add_row(r.run_id, r.phase or "-", step, loss, fmt_age(r.heartbeat_age_s), r.outcome, fmt_cost(r.cost_usd))
     Console(file=sys.stdout, width=120).print(table)
 
 

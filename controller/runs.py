@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from agent import protocol as p
+from agent.pricing import run_cost
 from agent.runstore import RunStore
 
 
@@ -20,6 +21,7 @@ class RunRow:
     heartbeat_age_s: float | None
     outcome: str  # completed | failed | running | unknown | corrupt
     created: float | None
+    cost_usd: float | None = None  # the agent's figure, else price table x duration (so far, if running)
 
 
 def outcome_of(has_error: bool, has_complete: bool, has_metadata: bool) -> str:
@@ -40,13 +42,37 @@ def _safe(fn, run_id):
         return None
 
 
+def _marker(read, run_id) -> tuple[bool, p.ErrorMarker | p.CompleteMarker | None]:
+    """(exists, record): an unreadable marker still exists."""
+    try:
+        rec = read(run_id)
+    except p.RecordError:
+        return True, None
+    return rec is not None, rec
+
+
+def cost_of(md: p.Metadata | None, err: p.ErrorMarker | None, done: p.CompleteMarker | None,
+            finished: bool, now: float) -> float | None:
+    """USD: `_complete.cost_usd` when the agent wrote it, else the price table times the run's
+    duration (the marker's, else created to marker or to `now` for a run still going)."""
+    if done and done.cost_usd is not None:
+        return done.cost_usd
+    marker = done or err
+    if finished and marker is None:
+        return None  # unreadable marker: no end time to price
+    dur = marker.duration_s if marker and marker.duration_s is not None else None
+    if dur is None and md:
+        dur = (marker.ts if marker else now) - md.created
+    return run_cost(md.instance_type if md else None, dur)
+
+
 def run_row(rs: RunStore, run_id: str, now: float) -> RunRow:
     """Read one run's records and summarise them; unreadable records show as blanks."""
     md = _safe(rs.read_metadata, run_id)
     hb = _safe(rs.read_heartbeat, run_id)
     pr = _safe(rs.read_progress, run_id)
-    has_err = rs.store.exists(rs.k(run_id, p.ERROR))
-    has_done = rs.store.exists(rs.k(run_id, p.COMPLETE))
+    has_err, err = _marker(rs.read_error, run_id)
+    has_done, done = _marker(rs.read_complete, run_id)
     phase = (pr.phase if pr and pr.phase else None) or (hb.phase if hb and hb.phase else None) or (md.phase if md else None)
     outcome = outcome_of(has_err, has_done, md is not None)
     if outcome in ("completed", "failed"):
@@ -60,6 +86,7 @@ def run_row(rs: RunStore, run_id: str, now: float) -> RunRow:
         heartbeat_age_s=round(now - hb.ts, 1) if hb else None,
         outcome=outcome,
         created=md.created if md else None,
+        cost_usd=cost_of(md, err, done, has_err or has_done, now),
     )
 
 

@@ -34,18 +34,21 @@ _endpoint = click.option("--endpoint-url", envvar="TRAINCTL_S3_ENDPOINT", defaul
               help="Progress timeout during setup, downloads, data prep and the first step.")
 @click.option("--launch-timeout", default="15m", show_default=True, metavar="DURATION",
               help="Time from launch to the first heartbeat.")
-@click.option("--ec2/--no-ec2", default=True, show_default=True, help="Ask EC2 about each run's instance.")
+@click.option("--orphan-after", default="30m", show_default=True, metavar="DURATION|never",
+              help="Alert once when a running instance tagged ManagedBy=trainctl has had no active run this long.")
+@click.option("--ec2/--no-ec2", default=True, show_default=True,
+              help="Ask EC2 about each run's instance and look for idle tagged instances.")
 @click.option("--ec2-endpoint-url", envvar="TRAINCTL_EC2_ENDPOINT", default=None, metavar="URL", hidden=True)
 @click.option("--region", default=None, help="Region of instances whose metadata names none.")
 def watch_cmd(store_url, endpoint_url, once, interval, slack_webhook, slack_token, slack_channel, slack_api_url,
-              heartbeat_s, heartbeat_grace, progress_timeout, setup_timeout, launch_timeout, ec2,
+              heartbeat_s, heartbeat_grace, progress_timeout, setup_timeout, launch_timeout, orphan_after, ec2,
               ec2_endpoint_url, region):
     """Watch every run in the store and alert on Slack when one fails, hangs, goes silent or finishes."""
     from ops.config import build_watcher, parse_duration, settings_from
 
     settings = settings_from({"heartbeat_s": heartbeat_s, "grace_s": heartbeat_grace,
                               "progress_timeout_s": progress_timeout, "setup_progress_timeout_s": setup_timeout,
-                              "launch_timeout_s": launch_timeout})
+                              "launch_timeout_s": launch_timeout, "orphan_after_s": orphan_after})
     every = parse_duration(interval, "--interval")
     if every <= 0:
         from agent.errors import ConfigError
@@ -70,7 +73,8 @@ def watch_cmd(store_url, endpoint_url, once, interval, slack_webhook, slack_toke
                 time.sleep(every)
                 continue
             states = ", ".join(f"{k} {v}" for k, v in sorted(rep.states.items())) or "none active"
-            click.echo(f"sweep: {rep.runs} runs, {rep.active} active ({states}); sent {rep.sent}, "
+            idle = f", {rep.idle_instances} idle tagged instance(s)" if rep.idle_instances else ""
+            click.echo(f"sweep: {rep.runs} runs, {rep.active} active ({states}){idle}; sent {rep.sent}, "
                        f"pending {rep.pending}", err=True)
             for e in rep.errors:
                 click.echo(f"warning: {e}", err=True)

@@ -16,7 +16,9 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$", re.I)
 ENV_SETTINGS = {"TRAINCTL_HEARTBEAT_S": "heartbeat_s", "TRAINCTL_HEARTBEAT_GRACE": "grace_s",
                 "TRAINCTL_PROGRESS_TIMEOUT": "progress_timeout_s",
                 "TRAINCTL_SETUP_PROGRESS_TIMEOUT": "setup_progress_timeout_s",
-                "TRAINCTL_LAUNCH_TIMEOUT": "launch_timeout_s"}
+                "TRAINCTL_LAUNCH_TIMEOUT": "launch_timeout_s", "TRAINCTL_ORPHAN_AFTER": "orphan_after_s"}
+NEVER = ("never", "off", "none")  # accepted for settings that can be turned off (orphan_after_s)
+OPTIONAL = ("orphan_after_s",)
 
 
 def parse_duration(text: str | float | int, what: str = "duration") -> float:
@@ -30,7 +32,8 @@ def parse_duration(text: str | float | int, what: str = "duration") -> float:
 
 
 FLAGS = {"heartbeat_s": "--heartbeat", "grace_s": "--heartbeat-grace", "progress_timeout_s": "--progress-timeout",
-         "setup_progress_timeout_s": "--setup-timeout", "launch_timeout_s": "--launch-timeout"}
+         "setup_progress_timeout_s": "--setup-timeout", "launch_timeout_s": "--launch-timeout",
+         "orphan_after_s": "--orphan-after"}
 
 
 def settings_from(values: dict[str, str | float | None], base: Settings = Settings(),
@@ -44,6 +47,9 @@ def settings_from(values: dict[str, str | float | None], base: Settings = Settin
         if raw is None or raw == "":
             continue
         label = labels.get(name, name)
+        if name in OPTIONAL and str(raw).strip().lower() in NEVER:
+            changes[name] = None
+            continue
         secs = parse_duration(raw, label)
         if secs <= 0:
             raise ConfigError(f"{label} must be positive, got {raw!r}")

@@ -59,6 +59,7 @@ def test_watch_without_slack_prints_the_same_content(tmp_path):
     (["--interval", "0"], "--interval must be positive"),
     (["--heartbeat-grace", "-5m"], "--heartbeat-grace '-5m' is not a duration"),
     (["--progress-timeout", "0"], "--progress-timeout must be positive"),
+    (["--orphan-after", "soon"], "--orphan-after 'soon' is not a duration"),
     (["--slack-webhook", "hooks.slack.com/x"], "--slack-webhook must be an https:// URL"),
     (["--slack-token", "xoxb-123456789012-abcdefghijkl"], "--slack-token needs --slack-channel"),
     (["--store", "ftp://nowhere"], "unsupported store URL"),
