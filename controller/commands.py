@@ -48,10 +48,12 @@ def _merge_defaults(raw: dict, defaults: dict) -> dict:
 @click.option("--trainer-config", default=None, help="train.toml passed to `ctl train sft`.")
 @click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE", help="Override any run.toml key.")
 @click.option("--train-set", "train_sets", multiple=True, metavar="KEY=VALUE", help="Override a train.toml key.")
+@click.option("--dry-run", is_flag=True, help="Gather facts, run preflight, print the steps; change nothing.")
+@click.option("--follow", "-f", is_flag=True, help="Tail the run after starting it (exit code as `ctl tail`).")
 @click.argument("trainer_command", nargs=-1, type=click.UNPROCESSED)
 def launch_cmd(instance_id, host, local, config_path, run_id, store_url, endpoint_url, region, ec2_endpoint_url,
                no_start, allow_no_gpu, ssh_config, ssh_key, user, data_root, trainer_config, sets, train_sets,
-               trainer_command):
+               dry_run, follow, trainer_command):
     """Launch a run: `ctl launch --existing i-0abc --config run.toml [-- trainer command...]`."""
     from controller import config as c
     from controller.launch import Target, launch
@@ -85,7 +87,17 @@ def launch_cmd(instance_id, host, local, config_path, run_id, store_url, endpoin
         target = Target("existing", cfg.instance.id)
     else:
         raise ConfigError("where to launch? give --existing i-XXXX, --host user@host or --local")
-    launch(cfg, target, run_id)
+    res = launch(cfg, target, run_id, dry_run=dry_run)
+    if follow and res.status in ("started", "already_running"):
+        from controller.tail import Tail
+
+        rs = open_run_store(res.store_url, cfg.store.endpoint_url or None)
+        try:
+            code = Tail(rs, res.run_id, show_status=sys.stdout.isatty()).run()
+        except KeyboardInterrupt:
+            click.echo(f"\nstopped following {res.run_id}; the run goes on (`ctl tail {res.run_id}`)", err=True)
+            sys.exit(130)
+        sys.exit(code)
 
 
 @click.command("tail")

@@ -102,8 +102,12 @@ def _connect(cfg: RunConfig, target: Target) -> tuple[Box, dict]:
     return box, info
 
 
-def launch(cfg: RunConfig, target: Target, run_id: str | None = None) -> LaunchResult:
-    """Launch (or find already running) a run on the target; returns once the agent is started."""
+def launch(cfg: RunConfig, target: Target, run_id: str | None = None, dry_run: bool = False) -> LaunchResult:
+    """Launch (or find already running) a run on the target; returns once the agent is started.
+
+    `dry_run` stops after preflight and prints the steps a launch would run: facts are gathered
+    (read-only), nothing is changed on the box or in the store.
+    """
     t0 = time.monotonic()
     timings: dict[str, float] = {}
 
@@ -163,10 +167,14 @@ def launch(cfg: RunConfig, target: Target, run_id: str | None = None) -> LaunchR
         say(f"preflight ok: python {'.'.join(map(str, facts.python))}, "
             f"{len(facts.gpus) or 'no'} GPU(s), {facts.free_bytes / 1e9:.0f} GB free under {cfg.box.data_root}")
         user = box.conn.user if isinstance(box, SshBox) else (facts.user or "root")
-        for step in mount_steps + plan.setup_steps(facts, cfg, lay, wheel, user, box.needs_sudo):
+        steps = mount_steps + plan.setup_steps(facts, cfg, lay, wheel, user, box.needs_sudo)
+        workdir = lay.workdir(run_id)
+        if dry_run:
+            _print_plan(steps, cfg, lay, run_id, rs.url, workdir)
+            return LaunchResult(run_id, "dry_run", rs.url, box.name, timings)
+        for step in steps:
             _run_step(box, step, cfg.ssh.command_timeout_s)
         lap("setup")
-        workdir = lay.workdir(run_id)
         targets = plan_stage(cfg)
         box.check(f"mkdir -p {shlex.quote(workdir)}", "creating the run folder")
         env_file = f"{workdir}/agent.env"
@@ -195,6 +203,22 @@ def launch(cfg: RunConfig, target: Target, run_id: str | None = None) -> LaunchR
     finally:
         box.close()
     return _report(res, rs, run_id, box, timings, wrote_metadata=prior is None)
+
+
+def _print_plan(steps: list[plan.Step], cfg: RunConfig, lay: plan.Layout, run_id: str, store_url: str,
+                workdir: str) -> None:
+    say(f"dry run for {run_id}: these steps would run (nothing was changed)")
+    for st in steps:
+        if st.cached:
+            say(f"  - {st.name}: cached, skipped")
+        elif st.upload:
+            say(f"  - {st.name}: upload {st.upload[0]} -> {st.upload[1]}")
+        else:
+            say(f"  - {st.name}:\n      {st.script}")
+    for t in plan_stage(cfg):
+        say(f"  - stage {t['name']}: {t['src']} -> {t['dest']} (files whose size and ETag match are skipped)")
+    say(f"  - start the agent detached in {workdir}:\n      "
+        + " ".join(shlex.quote(a) for a in plan.agent_argv(cfg, lay, run_id, store_url, cfg.store.endpoint_url)))
 
 
 def _finished(rs: RunStore, run_id: str) -> bool:

@@ -360,10 +360,9 @@ def test_local_launch_with_local_store(tmp_path, trainer_script, reap):
     rid = "local-20260101-000001"
     reap.append(rid)
     r = ctl(["launch", "--local", "--run-id", rid, "--set", "agent.heartbeat_s=0.5", "--set", "agent.log_flush_s=0.2",
-             "--", sys.executable, str(trainer_script), "3", "0", "0.05"], env, check=0)
+             "--follow", "--", sys.executable, str(trainer_script), "3", "0", "0.05"], env, check=0)
     assert f"file://{home}/runs" in r.stdout
-    t = ctl(["tail", rid, "--poll-s", "0.2", "--from-start"], env, check=0)
-    assert "fake step 3/3" in t.stdout and "COMPLETED" in t.stdout
+    assert "fake step 3/3" in r.stdout and "COMPLETED" in r.stdout  # --follow tailed it to _complete
     assert (home / "box" / "trainctl" / "runs" / rid / "trainer.log").exists()
 
 
@@ -405,3 +404,15 @@ def test_a_run_id_from_another_box_is_refused(sshd, s3_bucket, moto_server, env,
     r = ctl(["launch", "--host", "sshd-fixture", "--config", str(cfg), "--run-id", rid], env, check=2)
     assert "was launched on ubuntu@10.9.8.7:22" in r.stderr
     assert not (box_root / "trainctl").exists()
+
+
+def test_dry_run_prints_the_plan_and_changes_nothing(sshd, s3_bucket, moto_server, env, tmp_path, box_root,
+                                                     trainer_script):
+    cfg = write_config(tmp_path / "run.toml", s3_bucket, moto_server.endpoint, box_root, trainer_script)
+    rid = "dry-20260101-000001"
+    r = ctl(["launch", "--host", "sshd-fixture", "--config", str(cfg), "--run-id", rid, "--dry-run"], env, check=0)
+    assert f"dry run for {rid}" in r.stdout
+    assert "create venv" in r.stdout and "-m venv --system-site-packages --without-pip" in r.stdout
+    assert f"agent run --run-id {rid}" in r.stdout
+    assert not (box_root / "trainctl").exists()
+    assert not store_for(moto_server, s3_bucket).run_exists(rid)
