@@ -199,3 +199,31 @@ def test_unknown_run_and_bad_run_id_are_clean_errors(local_store):
     assert r.exit_code == 1 and "not found" in r.output
     r = CliRunner().invoke(main, ["status", "../etc", "--store", local_store.url])
     assert r.exit_code == 2 and "invalid run id" in r.output
+
+
+def test_status_line_only_on_a_terminal(tmp_path):
+    from agent.store_local import LocalStore
+
+    store = tmp_path / "store"
+    make_run(RunStore(LocalStore(store)), ["hello\n"])
+    cmd = [*CTL, "tail", RID, "--store", str(store), "--no-follow"]
+    piped = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert piped.returncode == 0 and piped.stdout == "hello\n"  # scripts get the log and nothing else
+    master, slave = os.openpty()
+    try:
+        proc = subprocess.Popen(cmd, stdout=slave, stderr=subprocess.DEVNULL)
+        proc.wait(60)
+        os.close(slave)
+        out = b""
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            out += chunk
+    finally:
+        os.close(master)
+    assert proc.returncode == 0
+    assert b"phase training | step 120/3000 | loss 1.8300" in out and b"heartbeat" in out
