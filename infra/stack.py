@@ -137,7 +137,8 @@ class Stack:
                               f"(it keeps: {', '.join(sorted(kept_out)) or 'nothing'})")
         kept = {name: item for name, item in kept_out.items() if name not in delete}
         keep_addrs = {a for item in kept.values() for a in item["addresses"]}
-        doomed = [a for a in tf.state_list() if not a.startswith("data.") and a not in keep_addrs]
+        self._in_state = tf.state_list()
+        doomed = [a for a in self._in_state if not a.startswith("data.") and a not in keep_addrs]
         return doomed, kept
 
     def destroy(self, kept: dict, delete: set[str] = frozenset()) -> None:
@@ -146,7 +147,7 @@ class Stack:
         record = {k: v for k, v in _read_json(self.workdir / KEPT, {}).items() if k not in delete}
         record.update(kept)  # written first: a failed destroy still knows what it kept
         _write_json(self.workdir / KEPT, record)
-        in_state = set(tf.state_list())
+        in_state = set(getattr(self, "_in_state", None) or tf.state_list())
         tf.state_rm([a for item in kept.values() for a in item["addresses"] if a in in_state])
         tf.destroy()
         (self.workdir / OUTPUTS).unlink(missing_ok=True)

@@ -250,6 +250,25 @@ def test_ctl_launch_existing_on_the_provisioned_box(stack, sshd, tmp_path, reap_
     assert md.instance_id == out["instance_id"] and md.instance_type == "g5.2xlarge"
 
 
+def test_destroy_asks_first_and_says_what_it_keeps(stack):
+    """On a terminal `ctl destroy` lists what goes and what stays, and "no" changes nothing."""
+    master, slave = os.openpty()
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "controller", "destroy"], env=stack.env, stdin=slave,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        os.write(master, b"n\n")
+        out, err = proc.communicate(timeout=180)
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert proc.returncode == 0, out + err
+    assert "aws_instance.gpu" in out and "Destroy? [y/N]" in out
+    assert f"data volume {stack.outputs['data_volume_id']}" in out and "--delete-data-volume" in out
+    assert "store bucket" in out and "cancelled: nothing was destroyed" in out
+    inst = stack.client("ec2").describe_instances(InstanceIds=[stack.outputs["instance_id"]])
+    assert inst["Reservations"][0]["Instances"][0]["State"]["Name"] == "running"
+
+
 def test_destroy_keeps_the_data_volume_and_says_so(stack):
     ec2 = stack.client("ec2")
     out = stack.outputs
