@@ -35,6 +35,7 @@ class OrphanScan:
                  cas_attempts: int = 5):
         self.rs, self.ec2, self.notifier, self.owner = rs, ec2, notifier, owner
         self.lease_s, self.cas_attempts = lease_s, cas_attempts
+        self._failing: dict[str, str] = {}  # region -> the EC2 error already reported
 
     def run(self, active: set[str], regions: set[str], now: float, after_s: float) -> OrphanReport:
         """`active`: instance ids named by a run without a terminal marker (read this sweep)."""
@@ -43,10 +44,14 @@ class OrphanScan:
         for region in sorted(regions):
             try:
                 running[region] = self.ec2.tagged_running(region)
+                self._failing.pop(region, None)
             except Exception as exc:  # noqa: BLE001 - no credentials, throttled: skip, keep the records
-                rep.errors.append(f"orphan scan: EC2 describe_instances in {region} failed: {type(exc).__name__}: {exc}")
-        if not running:
-            return rep
+                err = f"orphan scan: EC2 describe_instances in {region} failed: {type(exc).__name__}: {exc}"
+                if self._failing.get(region) != err:  # said once, not every sweep (e.g. a laptop without AWS)
+                    rep.errors.append(err)
+                self._failing[region] = err
+        if not any(running.values()):
+            return rep  # no tagged box running: nothing to read or write (stale records wait for a new boot)
         stored = {}
         for k in self.rs.store.list(p.ORPHANS):
             if (parsed := O.parse_key(k)) is not None:

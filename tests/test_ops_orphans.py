@@ -98,17 +98,21 @@ def test_box_whose_run_finished_becomes_an_orphan_and_a_new_run_ends_the_stretch
     assert len(orphan_posts(slack)) == 1
 
 
-def test_stop_and_start_is_a_new_stretch_and_stopped_boxes_are_forgotten(s3_store, slack, moto_server):
+def test_stopped_box_is_forgotten_and_nothing_is_read_when_no_tagged_box_runs(s3_store, slack, moto_server):
     region = "ap-southeast-2"
-    [iid] = launch(moto_server, region)
+    a, b = launch(moto_server, region, n=2)
     rs = RunStore(s3_store)
     w = watcher(rs, slack, moto_server, region)
     w.sweep(T0)
     w.sweep(T0 + AFTER)
-    assert len(orphan_posts(slack)) == 1
-    _regional(moto_server, region).stop_instances(InstanceIds=[iid])
-    w.sweep(T0 + AFTER + 60)
-    assert list(rs.store.list("_orphans/")) == [] and w.sweep(T0 + AFTER + 61).idle_instances == 0
+    assert len(orphan_posts(slack)) == 2
+    ec2 = _regional(moto_server, region)
+    ec2.stop_instances(InstanceIds=[a])
+    assert w.sweep(T0 + AFTER + 60).idle_instances == 1
+    assert [O.parse_key(k) for k in rs.store.list("_orphans/")] == [(region, b)]
+    ec2.stop_instances(InstanceIds=[b])
+    assert w.sweep(T0 + AFTER + 120).idle_instances == 0
+    assert len(orphan_posts(slack)) == 2
 
 
 def test_undelivered_orphan_alert_goes_out_next_sweep_once(s3_store, slack, moto_server):
@@ -165,6 +169,7 @@ def test_orphan_scan_off_and_ec2_outage(s3_store, slack, moto_server, private_mo
                    ec2=Ec2Enricher(private_moto.endpoint, default_region=region, clients={region: _fast(private_moto)}))
     rep = down.sweep(T0)
     assert any("orphan scan: EC2 describe_instances in us-west-1 failed" in e for e in rep.errors)
+    assert not any("orphan scan" in e for e in down.sweep(T0 + 30).errors)  # said once, not every sweep
 
 
 def _fast(server):
