@@ -62,8 +62,10 @@ def new_instance(moto_server, sshd, instance_type: str = "g5.2xlarge") -> str:
 
 
 def run_toml(path: Path, *, bucket: str, endpoint: str, data_root: Path, command: list[str] | None = None,
-             trainer_config: Path | None = None, train_sets: list[str] = (), heartbeat_s: float = 0.5) -> Path:
-    """A run.toml for `ctl launch --existing` on this machine's python (setup.mode = current)."""
+             trainer_config: Path | None = None, train_sets: list[str] = (), heartbeat_s: float = 0.5,
+             wheel: Path | None = None, setup_commands: list[str] = ()) -> Path:
+    """A run.toml for `ctl launch --existing`: this machine's python as is (setup.mode = current), or, with
+    `wheel`, a venv on the box seeded from it with the prebuilt wheel and extra setup commands."""
     trainer = [f"command = {json.dumps(command)}"] if command else []
     if trainer_config:
         trainer.append(f'config = "{trainer_config}"')
@@ -86,8 +88,11 @@ require_mount = false
 require_gpu = false
 min_free_gb = 0.1
 [setup]
-mode = "current"
+mode = "{'venv' if wheel else 'current'}"
 python = "{sys.executable}"
+install_deps = false
+wheel = "{wheel or ''}"
+commands = {json.dumps(list(setup_commands))}
 [agent]
 heartbeat_s = {heartbeat_s}
 log_flush_s = 0.2
