@@ -79,6 +79,12 @@ def launch_cmd(instance_id, host, local, config_path, run_id, store_url, endpoin
     cfg = c.resolve(raw, flags, config_path or "defaults")
     if cfg.trainer.config and not Path(cfg.trainer.config).expanduser().is_file():
         raise ConfigError(f"trainer.config {cfg.trainer.config!r} does not exist")
+    if cfg.trainer.config and not cfg.trainer.command:
+        # The trainer's own schema, here and now: a typo in train.toml must not cost a launch.
+        from train.config import load_config
+        from train.schemas import TrainConfig
+
+        load_config(TrainConfig, str(Path(cfg.trainer.config).expanduser()), cfg.trainer.set, validate=False)
     if local:
         target = Target("local")
     elif host:

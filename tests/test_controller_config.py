@@ -128,3 +128,14 @@ def test_secrets_go_to_the_env_file_never_to_metadata(monkeypatch):
     env = env_file_bytes(cfg, "eu-west-1", [{"name": "model", "dest": "/mnt/training/models/m"}]).decode()
     assert "HF_TOKEN=hf_x\n" in env and "AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY\n" in env
     assert "TRAINCTL_MODEL_DIR=/mnt/training/models/m\n" in env and "AWS_DEFAULT_REGION=eu-west-1\n" in env
+
+
+def test_train_toml_is_checked_with_the_trainers_schema_before_launch(tmp_path):
+    t = tmp_path / "train.toml"
+    t.write_text("[train]\nlearning_rte = 1e-4\n")
+    r = CliRunner().invoke(main, ["launch", "--existing", "i-0123456789abcdef0", "--trainer-config", str(t)])
+    assert r.exit_code == 2 and "learning_rte" in r.output and "learning_rate" in r.output
+    t.write_text("[train]\nlearning_rate = 1e-4\n")
+    r = CliRunner().invoke(main, ["launch", "--existing", "i-0123456789abcdef0", "--trainer-config", str(t),
+                                  "--train-set", "train.max_stepz=3"])
+    assert r.exit_code == 2 and "max_stepz" in r.output
