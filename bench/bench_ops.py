@@ -202,6 +202,47 @@ def _scale(moto, n_runs: int, n_active: int) -> list[dict]:
     ]
 
 
+def _orphan_scan(moto, n_boxes: int, n_idle: int) -> list[dict]:
+    """Requests a sweep with EC2 on costs with the orphan scan (one tagged describe_instances, one
+    `_orphans/` listing, one read per idle box) against the same sweep with the scan off."""
+    import boto3
+
+    from agent import protocol as p
+    from ops.ec2 import TAG_KEY, TAG_VALUE, Ec2Enricher
+    from ops.slack import ConsoleSink, Notifier
+    from ops.state import Settings
+    from ops.sweep import Watcher
+
+    region = "eu-west-3"  # a region of its own: nothing else in this moto runs there
+    ec2 = boto3.client("ec2", endpoint_url=moto.endpoint, region_name=region)
+    res = ec2.run_instances(ImageId="ami-00000000000000001", InstanceType="g5.2xlarge", MinCount=n_boxes,
+                            MaxCount=n_boxes, TagSpecifications=[{"ResourceType": "instance", "Tags": [
+                                {"Key": TAG_KEY, "Value": TAG_VALUE}]}])
+    rs = _run_store(moto)
+    now = time.time()
+    for i, inst in enumerate(res["Instances"][n_idle:]):
+        rid = f"busy{i:03d}-20270101-000000"
+        rs.write_metadata(p.Metadata(run_id=rid, created=now - 600, phase="training", instance_id=inst["InstanceId"],
+                                     instance_type="g5.2xlarge", region=region))
+        rs.write_heartbeat(rid, p.Heartbeat(ts=now - 2, seq=1, agent_pid=1, trainer_alive=True, phase="training",
+                                            last_progress_ts=now - 3, last_step=10))
+    out = {}
+    for label, after in (("off", None), ("on", 1800.0)):
+        enricher = Ec2Enricher(moto.endpoint, default_region=region)
+        w = Watcher(rs, Notifier(None, ConsoleSink(io.StringIO())), Settings(orphan_after_s=after), ec2=enricher)
+        w.sweep(now)
+        w.sweep(now + 1)
+        calls = _count(rs)
+        ec2_before = enricher.calls + enricher.tag_calls
+        rep = w.sweep(now + 2)
+        assert rep.idle_instances == (n_idle if after else 0), rep.as_dict()
+        out[label] = len(calls) + enricher.calls + enricher.tag_calls - ec2_before
+    return [{"name": f"sweep requests with orphan scan ({n_boxes} tagged boxes, {n_idle} idle)",
+             "value": float(out["on"]), "baseline": float(out["off"]), "ratio": out["on"] / out["off"],
+             "target": f"<= {out['off'] + 2 + n_idle} (scan off + 1 EC2 call + 1 listing + {n_idle} idle reads)",
+             "unit": "requests"}]
+
+
 def run(quick: bool = True) -> list[dict]:
     """Rows for `make bench` (quick: 1,000 runs / 10 active; full: 10,000 / 100)."""
     moto, slack = _servers()
@@ -217,6 +258,7 @@ def run(quick: bool = True) -> list[dict]:
                              "unit": "x (heartbeat+grace)"})
         n_runs, n_active = (1000, 10) if quick else (10000, 100)
         rows += _scale(moto, n_runs, n_active)
+        rows += _orphan_scan(moto, 20, 3)
     finally:
         slack.stop()
         moto.stop()
