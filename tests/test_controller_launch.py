@@ -416,3 +416,25 @@ def test_dry_run_prints_the_plan_and_changes_nothing(sshd, s3_bucket, moto_serve
     assert f"agent run --run-id {rid}" in r.stdout
     assert not (box_root / "trainctl").exists()
     assert not store_for(moto_server, s3_bucket).run_exists(rid)
+
+
+def test_two_racing_launches_start_one_run(moto_server, sshd, s3_bucket, env, tmp_path, shared_box, trainer_script,
+                                           reap):
+    iid = new_instance(moto_server, sshd)
+    cfg = write_config(tmp_path / "run.toml", s3_bucket, moto_server.endpoint, shared_box, trainer_script,
+                       steps=600, pause=0.1)
+    rids = ["race-20260101-000001", "race-20260101-000002"]
+    reap.extend(rids)
+    procs = [subprocess.Popen([*CTL, "launch", "--existing", iid, "--config", str(cfg), "--run-id", rid], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rid in rids]
+    results = [p.communicate(timeout=180) for p in procs]
+    codes = sorted(p.returncode for p in procs)
+    assert codes == [0, 1], results
+    loser = rids[[p.returncode for p in procs].index(1)]
+    winner = rids[[p.returncode for p in procs].index(0)]
+    assert "busy" in results[rids.index(loser)][1]
+    assert len(agent_pids(winner)) == 1 and agent_pids(loser) == []
+    rs = store_for(moto_server, s3_bucket)
+    assert rs.run_exists(winner) and not rs.run_exists(loser)  # the loser left nothing behind
+    ctl(["stop", winner, "--store", f"s3://{s3_bucket}/training-runs", "--wait", "--timeout-s", "60",
+         "--poll-s", "0.2"], env, check=0)
