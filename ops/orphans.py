@@ -16,6 +16,7 @@ from slack_sdk.models.blocks import ContextBlock, HeaderBlock, MarkdownTextObjec
 
 from agent import protocol as p
 from agent.pricing import PRICE_TABLE_DATE, fmt_cost, hourly_price, run_cost
+from agent.redact import redact
 from ops.ec2 import TaggedInstance
 from ops.message import Message
 from ops.state import _fmt
@@ -125,6 +126,7 @@ def build_message(rec: OrphanRecord, now: float, store_url: str = "") -> Message
                "Idle so far": fmt_cost(run_cost(itype, idle))}
     if rec.launch_time:
         fields_["Running since"] = p.iso(rec.launch_time)
+    fields_ = {k: redact(v) for k, v in fields_.items()}  # the Name tag is free text typed by someone
     stop = stop_command(iid, rec.region)
     action = (f"If nobody is using it, stop it: `{stop}` (stop, not terminate: the data volume stays; "
               f"`ctl launch --existing {iid}` starts it again).")

@@ -18,7 +18,7 @@ from ops.ec2 import TAG_KEY, TAG_VALUE, Ec2Enricher, TaggedInstance
 from ops.slack import ConsoleSink, Notifier, WebhookSink
 from ops.state import Settings
 from ops.sweep import Watcher
-from tests.test_ops_fakes import T0, complete, make_run
+from tests.test_ops_fakes import SECRETS, T0, assert_no_secret, complete, make_run
 
 AFTER = 1800.0
 # moto does not check the AMI; describe_images(Owners=["amazon"]) would cost seconds per call
@@ -207,8 +207,9 @@ def test_decide(rec, now, owner, expect):
 
 
 def test_message_for_unknown_type_and_record_keys():
-    rec = O.OrphanRecord("i-0abc", "eu-west-1", T0, instance_type="x9.huge")
+    rec = O.OrphanRecord("i-0abc", "eu-west-1", T0, instance_type="x9.huge", name=f"box {SECRETS[2]}")
     m = O.build_message(rec, T0 + 3600)
+    assert_no_secret([m.text, m.blocks])
     assert m.header == "💸 Idle GPU instance i-0abc"
     assert m.fields["Hourly cost"] == "unknown (no price for this type)" and m.fields["Idle so far"] == "-"
     assert "aws ec2 stop-instances --instance-ids i-0abc --region eu-west-1" in m.text
