@@ -215,3 +215,12 @@ def test_message_for_unknown_type_and_record_keys():
     assert "aws ec2 stop-instances --instance-ids i-0abc --region eu-west-1" in m.text
     assert O.parse_key(O.record_key("eu-west-1", "i-0abc")) == ("eu-west-1", "i-0abc")
     assert O.parse_key("_orphans/junk") is None and O.parse_key("_index/done/x") is None
+
+
+def test_scan_tag_is_the_one_the_infra_module_puts_on_the_instance():
+    import re
+    from pathlib import Path
+
+    tf = (Path(__file__).resolve().parents[1] / "infra" / "terraform" / "versions.tf").read_text()
+    default_tags = tf[tf.index("default_tags"):]
+    assert re.search(rf'\b{TAG_KEY}\s*=\s*"{TAG_VALUE}"', default_tags), "ops.ec2.TAG_KEY/VALUE drifted from infra"
