@@ -73,9 +73,9 @@ def watch_cmd(store_url, endpoint_url, once, interval, slack_webhook, slack_toke
                 time.sleep(every)
                 continue
             states = ", ".join(f"{k} {v}" for k, v in sorted(rep.states.items())) or "none active"
-            idle = f", {rep.idle_instances} idle tagged instance(s)" if rep.idle_instances else ""
-            click.echo(f"sweep: {rep.runs} runs, {rep.active} active ({states}){idle}; sent {rep.sent}, "
-                       f"pending {rep.pending}", err=True)
+            idle = f"; {rep.idle_instances} idle tagged instance(s)" if rep.idle_instances else ""
+            click.echo(f"sweep: {rep.runs} runs, {rep.active} active ({states}); sent {rep.sent}, "
+                       f"pending {rep.pending}{idle}", err=True)
             for e in rep.errors:
                 click.echo(f"warning: {e}", err=True)
             if once:
