@@ -224,3 +224,20 @@ def test_scan_tag_is_the_one_the_infra_module_puts_on_the_instance():
     tf = (Path(__file__).resolve().parents[1] / "infra" / "terraform" / "versions.tf").read_text()
     default_tags = tf[tf.index("default_tags"):]
     assert re.search(rf'\b{TAG_KEY}\s*=\s*"{TAG_VALUE}"', default_tags), "ops.ec2.TAG_KEY/VALUE drifted from infra"
+
+
+def test_lambda_handler_reports_an_idle_box_once(s3_store, slack, moto_server, monkeypatch):
+    from ops.lambda_handler import handler
+
+    region = "ap-northeast-1"
+    [iid] = launch(moto_server, region)
+    for k, v in {"TRAINCTL_STORE": s3_store.url, "TRAINCTL_S3_ENDPOINT": moto_server.endpoint,
+                 "TRAINCTL_EC2_ENDPOINT": moto_server.endpoint, "SLACK_WEBHOOK_URL": slack.webhook_url,
+                 "AWS_REGION": region, "TRAINCTL_ORPHAN_AFTER": "10m"}.items():
+        monkeypatch.setenv(k, v)
+    assert handler({"now": T0}, None)["idle_instances"] == 1
+    assert handler({"now": T0 + 599}, None)["sent"] == 0
+    assert handler({"now": T0 + 600}, None)["sent"] == 1
+    assert handler({"now": T0 + 1200}, None)["sent"] == 0
+    [body] = orphan_posts(slack)
+    assert f"--instance-ids {iid} --region {region}" in body["text"]
