@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,7 +36,11 @@ def state_home() -> Path:
 
 def stack_dir(stack: str = "default", workdir: str | os.PathLike | None = None) -> Path:
     """Where a stack's module copy and state live."""
-    return Path(workdir) if workdir else state_home() / "infra" / stack
+    if workdir:
+        return Path(workdir)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}", stack):
+        raise ConfigError(f"stack name {stack!r} must be letters, digits, '-' or '_' (it names a folder)")
+    return state_home() / "infra" / stack
 
 
 def _read_json(path: Path, default):
@@ -100,6 +105,9 @@ class Stack:
     def provision(self, confirm: Callable[[str], bool] | None = None) -> dict:
         """init, plan (summary to echo), confirm, apply; save and return the outputs."""
         self.prepare()
+        # Recorded before apply: a half-applied stack must still be destroyable with `ctl destroy`.
+        _write_json(self.workdir / RECORD, {"var_files": [str(p) for p in self.var_files],
+                                             "endpoint_url": self.endpoint_url})
         tf = self.terraform()
         tf.init()
         changes = tf.plan("tfplan")
@@ -111,8 +119,6 @@ class Stack:
         (self.workdir / "tfplan").unlink(missing_ok=True)
         outputs = tf.outputs()
         _write_json(self.workdir / OUTPUTS, outputs)
-        _write_json(self.workdir / RECORD, {"var_files": [str(p) for p in self.var_files],
-                                             "endpoint_url": self.endpoint_url})
         return outputs
 
     @classmethod

@@ -97,6 +97,8 @@ def test_data_volume_is_300gb_gp3_encrypted_and_attached(stack):
     user_data = ec2.describe_instance_attribute(InstanceId=stack.outputs["instance_id"], Attribute="userData")
     script = base64.b64decode(user_data["UserData"]["Value"]).decode()
     assert f"TRAINCTL_DATA_VOLUME_ID='{vol['VolumeId']}'" in script and "TRAINCTL_MOUNT_POINT='/mnt/training'" in script
+    lint = subprocess.run(["shellcheck", "-s", "bash", "-"], input=script, capture_output=True, text=True)
+    assert lint.returncode == 0, lint.stdout  # the script as rendered, settings prepended
 
 
 def test_security_group_admits_only_the_given_cidr_on_ssh(stack):

@@ -150,3 +150,9 @@ def test_generated_variables_keep_the_module_normal_unless_an_endpoint_is_given(
     else:
         assert set(generated["endpoints"].values()) == {endpoint} and "lambda" in generated["endpoints"]
     assert generated.get("store_require_tls") is tls
+
+
+def test_stack_name_cannot_escape_the_state_folder(tmp_path):
+    r = ctl(["destroy", "--yes", "--stack", "../../etc"], env={**os.environ, "TRAINCTL_HOME": str(tmp_path)})
+    assert r.returncode == 2
+    assert "stack name '../../etc' must be letters" in r.stderr and "Traceback" not in r.stderr
