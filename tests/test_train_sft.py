@@ -155,15 +155,16 @@ def test_killed_after_a_checkpoint_a_restart_resumes_at_the_saved_step(run, sig)
 
 
 def test_a_nan_loss_stops_the_run_with_a_clear_error_and_no_adapter(run):
-    p, progress, out = run("debug.inject_nan_at_step=3")
+    p, progress, out = run("debug.inject_nan_at_step=3", "train.save_steps=2")
     output, _ = p.communicate(timeout=300)
     assert p.returncode == 1
     errors = [x for x in output.splitlines() if x.startswith("Error:")]
     assert errors == ["Error: training diverged: loss is nan at step 3; lower train.learning_rate (now 0.005) "
-                      "or check the data; last checkpoint kept"]
+                      "or check the data; checkpoint-2 is the last good checkpoint"]
     last = [r for r in lines(progress) if "step" in r][-1]
     assert last["step"] == 3 and math.isnan(last["loss"])  # what the agent's nan_loss classifier reads
-    assert not any("artifact" in r for r in lines(progress)) and not (out / "adapter").exists()
+    assert [r["artifact"] for r in lines(progress) if "artifact" in r] == ["checkpoint-2"]
+    assert not (out / "adapter").exists()
 
 
 def test_two_processes_with_ddp_on_cpu_only_rank0_reports(run):

@@ -133,8 +133,10 @@ def run_sft(cfg: TrainConfig) -> Path:
             step_loss = dist.mean(sum(micro_losses) / len(micro_losses))
             if not math.isfinite(step_loss):
                 progress.step(step + 1, total_steps, step / per_epoch, step_loss, scheduler.get_last_lr()[0], 0.0)
+                kept = latest_checkpoint(out)
                 raise TrainctlError(f"training diverged: loss is {step_loss} at step {step + 1}; lower "
-                                    f"train.learning_rate (now {t.learning_rate}) or check the data; last checkpoint kept")
+                                    f"train.learning_rate (now {t.learning_rate}) or check the data; "
+                                    + (f"{kept.name} is the last good checkpoint" if kept else "no checkpoint yet"))
             torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm)
             optimizer.step()
             scheduler.step()
