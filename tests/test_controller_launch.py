@@ -438,3 +438,27 @@ def test_two_racing_launches_start_one_run(moto_server, sshd, s3_bucket, env, tm
     assert rs.run_exists(winner) and not rs.run_exists(loser)  # the loser left nothing behind
     ctl(["stop", winner, "--store", f"s3://{s3_bucket}/training-runs", "--wait", "--timeout-s", "60",
          "--poll-s", "0.2"], env, check=0)
+
+
+def test_dead_agent_tails_as_stale_and_frees_the_box(tmp_path, trainer_script, reap):
+    home = tmp_path / "home"
+    env = {**os.environ, "TRAINCTL_HOME": str(home), "PYTHONPATH": str(REPO)}
+    env.pop("TRAINCTL_STORE", None)
+    rid, nxt = "dead-20260101-000001", "dead-20260101-000002"
+    reap.extend([rid, nxt])
+    common = ["--set", "agent.heartbeat_s=0.3", "--set", "agent.log_flush_s=0.1"]
+    ctl(["launch", "--local", "--run-id", rid, *common, "--", sys.executable, str(trainer_script), "600", "0", "0.1"],
+        env, check=0)
+    wd = home / "box" / "trainctl" / "runs" / rid
+    deadline = time.monotonic() + 30
+    while not (wd / "wrapper.pid").exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    agent = int((wd / "agent.pid").read_text())
+    for pgid in (agent, int((wd / "wrapper.pid").read_text())):  # the box "dies": agent and trainer, by pid
+        os.killpg(pgid, signal.SIGKILL)
+    t = ctl(["tail", rid, "--poll-s", "0.2", "--stale-after-s", "2", "--lines", "0"], env, check=3)
+    assert "STALE" in t.stdout and "no heartbeat for" in t.stdout
+    r = ctl(["launch", "--local", "--run-id", nxt, *common, "--follow", "--", sys.executable, str(trainer_script),
+             "2", "0", "0"], env, check=0)
+    assert "COMPLETED" in r.stdout  # a dead agent does not hold the box
