@@ -185,7 +185,7 @@ def _overhead_and_cost(moto, tmp: Path, quick: bool) -> list[dict]:
     script = tmp / "flood.py"
     script.write_text(FLOOD)
     base, under, runs = [], [], []
-    for i in range(5 if quick else 3):
+    for i in range(3):
         base.append(_baseline_flood(script, n, tmp))
         out = tmp / f"under{i}.json"
         run = _run_agent(moto, tmp, [sys.executable, str(script), str(n), str(out), SETTLE_S])
@@ -193,7 +193,7 @@ def _overhead_and_cost(moto, tmp: Path, quick: bool) -> list[dict]:
         under.append(run["trainer"])
         runs.append(run)
     idle_cpu = []
-    for i in range(3):
+    for i in range(2 if quick else 3):
         idle_out = tmp / f"idle{i}.json"
         idle = _run_agent(moto, tmp, [sys.executable, str(script), "0", str(idle_out), SETTLE_S])
         idle_cpu.append(idle["cpu_all"] - json.loads(idle_out.read_text())["cpu"])
@@ -250,7 +250,7 @@ def _latency(moto, tmp: Path, rate: float, duration: float) -> tuple[float, floa
 def _economy(moto, tmp: Path, quick: bool) -> list[dict]:
     """Requests and bytes for a 10 lines/s trainer at the default intervals, time compressed k-fold:
     every interval and the line rate are scaled by k, so `sim_s` simulated seconds take sim_s/k."""
-    k, sim_s = 20, (600 if quick else 3600)
+    k, sim_s = 20, (300 if quick else 3600)
     defaults = {"heartbeat-s": 30, "log-flush-s": 2, "latest-s": 10, "progress-s": 5, "stop-poll-s": 10}
     extra = [a for name, v in defaults.items() for a in (f"--{name}", str(v / k))]
     extra += ["--tick-s", str(2 / k / 4)]
@@ -322,7 +322,7 @@ def run(quick: bool = True) -> list[dict]:
         moto = _MotoProc()
         try:
             rows += _overhead_and_cost(moto, tmp, quick)
-            for rate, dur in ((10.0, 10.0 if quick else 60.0), (10_000.0, 3.0 if quick else 20.0)):
+            for rate, dur in ((10.0, 6.0 if quick else 60.0), (10_000.0, 3.0 if quick else 20.0)):
                 p50, p95, n = _latency(moto, tmp, rate, dur)
                 for name, v in (("p50", p50), ("p95", p95)):
                     rows.append({"name": f"log latency {name} at {rate:,.0f} lines/s ({n:,} lines)", "value": v,
@@ -332,7 +332,7 @@ def run(quick: bool = True) -> list[dict]:
             moto.stop()
         outage_moto = _Moto()  # in-process, so stopping and restarting it keeps the bucket
         try:
-            rows += _outage(outage_moto, tmp, 8.0 if quick else 20.0)
+            rows += _outage(outage_moto, tmp, 5.0 if quick else 20.0)
         finally:
             outage_moto.stop()
     return rows
