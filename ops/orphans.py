@@ -130,8 +130,8 @@ def build_message(rec: OrphanRecord, now: float, store_url: str = "") -> Message
     stop = stop_command(iid, rec.region)
     action = (f"If nobody is using it, stop it: `{stop}` (stop, not terminate: the data volume stays; "
               f"`ctl launch --existing {iid}` starts it again).")
-    where = f"runs in {store_url}" if store_url else "the run store"
-    note = f"No run in {where} names this instance and has not finished; reported once per idle stretch."
+    note = (f"No unfinished run in {store_url or 'the run store'} names this instance; "
+            "reported once per idle stretch.")
     blocks = [HeaderBlock(text=header[:150]),
               SectionBlock(fields=[MarkdownTextObject(text=f"*{k}:*\n{v}") for k, v in fields_.items()]),
               SectionBlock(text=MarkdownTextObject(text=f"🔧 *Action required:* {action}")),
