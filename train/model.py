@@ -116,10 +116,15 @@ def attn_implementation(cfg: TrainConfig, device) -> str:
 
 def load_model(cfg: TrainConfig, dist: Dist):
     """The base model in 4-bit NF4 from a local folder, prepared for k-bit training, with LoRA."""
+    import warnings
+
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
+    # peft still calls transformers' renamed gradient-checkpointing helpers; the warning is theirs, not the user's.
+    warnings.filterwarnings("ignore", message=r".*(gradient_checkpointing_enable|is_gradient_checkpointing).*deprecated",
+                            category=FutureWarning)
     dtype = compute_dtype(cfg)
     quant = None
     if cfg.quant.load_in_4bit:
