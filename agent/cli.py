@@ -62,11 +62,17 @@ def agent_group():
 @_seconds("tick-s", 0.25, "TRAINCTL_AGENT_TICK_S", "Main loop poll interval")
 @click.option("--nice", type=click.IntRange(0, 19), default=10, show_default=True, envvar="TRAINCTL_AGENT_NICE",
               help="Nice increment the agent takes after starting the trainer (env TRAINCTL_AGENT_NICE).")
+@click.option("--imds-endpoint", default="auto", show_default=True, envvar="TRAINCTL_IMDS_ENDPOINT",
+              help="Instance metadata service polled for spot interruption notices: auto (169.254.169.254 when "
+                   "on EC2), off, or a URL (env TRAINCTL_IMDS_ENDPOINT).")
+@_seconds("imds-poll-s", 5.0, "TRAINCTL_IMDS_POLL_S", "Seconds between spot interruption checks")
+@_seconds("spot-checkpoint-s", 90.0, "TRAINCTL_SPOT_CHECKPOINT_S",
+          "After a spot notice, how long the trainer may take to checkpoint and exit before SIGKILL")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging to stderr.")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def run_cmd(run_id, store_url, endpoint_url, workdir, heartbeat_s, log_flush_s, stop_poll_s, latest_s, progress_s,
-            stop_grace_s, retry_max_s, finalize_timeout_s, shutdown_timeout_s, partial_line_s, tick_s, nice, verbose,
-            command):
+            stop_grace_s, retry_max_s, finalize_timeout_s, shutdown_timeout_s, partial_line_s, tick_s, nice, imds_endpoint,
+            imds_poll_s, spot_checkpoint_s, verbose, command):
     """Run COMMAND as the trainer of RUN_ID and keep the store up to date until it ends.
 
     Example: ctl agent run --run-id mistral-20250804-171621 --store s3://bucket/training-runs
@@ -83,7 +89,8 @@ def run_cmd(run_id, store_url, endpoint_url, workdir, heartbeat_s, log_flush_s, 
                              latest_s=latest_s, progress_s=progress_s, stop_grace_s=stop_grace_s,
                              kill_grace_s=stop_grace_s, retry_max_s=retry_max_s,
                              finalize_timeout_s=finalize_timeout_s, shutdown_timeout_s=shutdown_timeout_s,
-                             partial_line_s=partial_line_s, tick_s=tick_s, nice=nice)
+                             partial_line_s=partial_line_s, tick_s=tick_s, nice=nice, imds_endpoint=imds_endpoint,
+                             imds_poll_s=imds_poll_s, spot_checkpoint_s=spot_checkpoint_s)
     from agent.reqstats import RequestStats
 
     stats = RequestStats()

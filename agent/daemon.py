@@ -8,6 +8,7 @@ to carry on after a crash is in the workdir (see agent.workdir).
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import signal
@@ -19,6 +20,7 @@ import psutil
 from agent import hostfacts
 from agent import protocol as p
 from agent.artifacts import ArtifactQueue
+from agent.attempts import next_log_seq
 from agent.backoff import Backoff
 from agent.errors import ConfigError, StoreError
 from agent.filewatch import FileWatch
@@ -27,6 +29,7 @@ from agent.progress import ProgressTracker
 from agent.redact import redact_argv
 from agent.runstore import RunStore
 from agent.settings import AgentSettings
+from agent.spot import SpotWatch
 from agent.store import Store
 from agent.trainer import ExitStatus, Trainer, read_exit_status
 from agent.workdir import AgentState, Workdir, write_atomic
@@ -54,6 +57,7 @@ class Agent:
         self._metadata_dirty = True
         self._md_trainer_pid: int | None = None
         self.artifacts = ArtifactQueue(self.rs, run_id, wd.output)
+        self.spot = SpotWatch.from_settings(settings)
 
     # -- startup -------------------------------------------------------------------------------
     def run(self) -> int:
@@ -83,15 +87,17 @@ class Agent:
             self.wd.agent_pid.unlink(missing_ok=True)
 
     def _claim_pidfile(self) -> None:
-        other = self.wd.read_pid(self.wd.agent_pid)
-        if other and other != os.getpid():
-            try:
-                proc = psutil.Process(other)
-                if proc.status() != psutil.STATUS_ZOMBIE and self.run_id in " ".join(proc.cmdline()):
-                    raise ConfigError(f"an agent (pid {other}) is already running run {self.run_id} in {self.wd.root};"
-                                      " stop it first or use another --workdir")
-            except psutil.Error:
-                pass
+        """One agent per workdir: an exclusive flock held for the agent's life (the kernel drops it
+        when the agent dies, even by SIGKILL), so two agents started at once cannot both run."""
+        self._lock = open(self.wd.lock, "a+b")  # held open until the agent exits
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            other = self.wd.read_pid(self.wd.agent_pid)
+            who = f"an agent (pid {other})" if other else "another agent"
+            raise ConfigError(f"{who} is already running run {self.run_id} in {self.wd.root};"
+                              " stop it first or use another --workdir") from None
         write_atomic(self.wd.agent_pid, f"{os.getpid()}\n".encode())
 
     def _already_finished(self) -> bool:
@@ -110,6 +116,7 @@ class Agent:
                 raise ConfigError("no trainer command: put it after `--`, e.g. ctl agent run ... -- python train.py")
             state = AgentState(run_id=self.run_id, command=redact_argv(self.command), started_ts=time.time(),
                                oom_kill_base=hostfacts.oom_kill_count())
+            state.log.next_seq = next_log_seq(self.rs, self.run_id)  # a resumed run appends to its log
             state.save(self.wd.state)  # before the trainer starts: a crash now must not start a second one
             self.trainer = Trainer.start(self.wd, self.command, self._trainer_env())
             state.wrapper_pid, state.wrapper_create_time = self.trainer.pgid, self.trainer.create_time()
@@ -167,6 +174,7 @@ class Agent:
                 self.state.interrupted = True
                 self._begin_stop(now)
             self._escalate(now)
+            self.spot.tick(self, now)
             self.progress.read_new()
             if self.backoff.ready(now):
                 try:

@@ -189,6 +189,7 @@ class ErrorMarker(Record):
     last_step: int | None = None
     last_loss: float | None = None
     log_tail: list = field(default_factory=list)
+    checkpoint: str | None = None  # store location of the verified checkpoint to resume from (spot interruption)
 
 
 @dataclass

@@ -24,3 +24,7 @@ class AgentSettings:
     tick_s: float = 0.25  # main loop poll interval (trainer exit, signals)
     store_timeout_s: float = 10.0  # connect/read timeout of one store call
     nice: int = 10  # the agent's CPU priority once the trainer runs: the trainer wins any contention
+    imds_endpoint: str = "auto"  # spot notices (agent.spot): auto = IMDS when on EC2; off; or a URL
+    imds_poll_s: float = 5.0  # how often IMDS is asked for a spot interruption notice
+    imds_timeout_s: float = 1.0  # one IMDS request; off EC2 the first failure turns the watch off
+    spot_checkpoint_s: float = 90.0  # notice -> SIGKILL if the trainer has not checkpointed and exited
