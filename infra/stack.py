@@ -110,13 +110,16 @@ class Stack:
                                              "endpoint_url": self.endpoint_url})
         tf = self.terraform()
         tf.init()
-        changes = tf.plan("tfplan")
-        self.echo(summarize(changes))
-        if changes:
-            if confirm is not None and not confirm("Apply this plan?"):
-                raise TrainctlError("provision cancelled: nothing was changed")
-            tf.apply("tfplan")
-        (self.workdir / "tfplan").unlink(missing_ok=True)
+        if confirm is None:  # auto-approved: one apply run, which reports its plan as it goes
+            self.echo(summarize(tf.plan_and_apply()))
+        else:
+            changes = tf.plan("tfplan")
+            self.echo(summarize(changes))
+            if changes:
+                if not confirm("Apply this plan?"):
+                    raise TrainctlError("provision cancelled: nothing was changed")
+                tf.apply("tfplan")
+            (self.workdir / "tfplan").unlink(missing_ok=True)
         outputs = tf.outputs()
         _write_json(self.workdir / OUTPUTS, outputs)
         return outputs

@@ -68,7 +68,7 @@ class Terraform:
         except OSError as exc:
             raise TerraformError(f"could not run {self.binary}: {exc}") from None
         if stream and self.echo:
-            out, err = self._stream(proc)
+            out, err = self._stream(proc, json_out)
         else:
             try:
                 out, err = proc.communicate(timeout=self.timeout_s)
@@ -81,15 +81,23 @@ class Terraform:
             raise TerraformError(f"terraform {args[0]} failed (exit {proc.returncode}):\n{detail}")
         return out
 
-    def _stream(self, proc: subprocess.Popen) -> tuple[str, str]:
-        """Echo stdout line by line (apply/destroy take minutes) while a thread drains stderr."""
+    def _stream(self, proc: subprocess.Popen, json_out: bool = False) -> tuple[str, str]:
+        """Echo stdout line by line (apply/destroy take minutes) while a thread drains stderr.
+
+        With `json_out` each event is shown by its human `@message` (errors come at the end).
+        """
         err_parts: list[str] = []
         drain = threading.Thread(target=lambda: err_parts.append(proc.stderr.read()), daemon=True)
         drain.start()
         out_lines = []
         for line in proc.stdout:
             out_lines.append(line)
-            self.echo(line.rstrip("\n"))
+            if not json_out:
+                self.echo(line.rstrip("\n"))
+                continue
+            for ev in _events(line):
+                if ev.get("type") not in ("version", "diagnostic", "outputs"):
+                    self.echo(str(ev.get("@message", "")))
         proc.wait()
         drain.join()
         return "".join(out_lines), "".join(err_parts)
@@ -115,6 +123,11 @@ class Terraform:
     def apply(self, plan_file: str = "tfplan") -> None:
         """Apply a saved plan, streaming terraform's progress lines to `echo`."""
         self.run("apply", "-input=false", "-no-color", "-auto-approve", plan_file, stream=True)
+
+    def plan_and_apply(self) -> list[tuple[str, str]]:
+        """`apply -auto-approve` in one run (no separate plan and refresh); returns what it changed."""
+        args = ["apply", "-input=false", "-no-color", "-json", "-auto-approve", *self._var_args()]
+        return plan_changes(self.run(*args, stream=True, json_out=True))
 
     def destroy(self) -> None:
         """Destroy everything still in state, streaming progress."""

@@ -71,7 +71,7 @@ def test_terraform_failure_shows_its_own_error_in_one_block(tmp_path, terraform_
              "--endpoint-url", moto_server.endpoint], env={**terraform_env, **FAKE_CREDS})
     assert r.returncode == 1, r.stdout + r.stderr
     assert "Traceback" not in r.stderr
-    assert r.stderr.startswith("Error: terraform plan failed (exit 1):\nError: Invalid value for variable")
+    assert r.stderr.startswith("Error: terraform apply failed (exit 1):\nError: Invalid value for variable")
     assert "opens SSH to the whole internet" in r.stderr
     assert not (workdir / "outputs.json").exists()
     assert not list(workdir.glob("*.tfstate"))  # nothing was applied
@@ -156,3 +156,31 @@ def test_stack_name_cannot_escape_the_state_folder(tmp_path):
     r = ctl(["destroy", "--yes", "--stack", "../../etc"], env={**os.environ, "TRAINCTL_HOME": str(tmp_path)})
     assert r.returncode == 2
     assert "stack name '../../etc' must be letters" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_provision_shows_the_plan_and_no_changes_nothing(tmp_path, terraform_env, moto_server):
+    """On a terminal, provision plans, prints the summary, asks; "n" leaves nothing applied."""
+    key = tmp_path / "k"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    var_file = tmp_path / "v.tfvars.json"
+    var_file.write_text(json.dumps({"allowed_ssh_cidrs": ["203.0.113.7/32"], "ami_id": "ami-1e749f67",
+                                    "ssh_public_key": (tmp_path / "k.pub").read_text().strip(), "name": "tno"}))
+    workdir = tmp_path / "stack"
+    master, slave = os.openpty()
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "controller", "provision", "--var-file", str(var_file),
+                                 "--workdir", str(workdir), "--endpoint-url", moto_server.endpoint],
+                                env={**terraform_env, **FAKE_CREDS}, stdin=slave, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        os.write(master, b"n\n")
+        out, err = proc.communicate(timeout=240)
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert proc.returncode == 1, out + err
+    assert "to add, 0 to change, 0 to destroy." in out and "    + aws_instance.gpu" in out
+    assert "Apply this plan? [y/N]" in out
+    assert err.startswith("Error: provision cancelled: nothing was changed")
+    assert not list(workdir.glob("*.tfstate")) and not (workdir / "outputs.json").exists()
+    ec2 = moto_server.client("ec2")
+    assert not ec2.describe_key_pairs(Filters=[{"Name": "key-name", "Values": ["tno-*"]}])["KeyPairs"]

@@ -158,6 +158,7 @@ resource "aws_volume_attachment" "data" {
   device_name = local.data_device_name
   volume_id   = local.data_volume_id
   instance_id = aws_instance.gpu.id
-  # Stop the box before detaching so the filesystem is unmounted cleanly on destroy.
-  stop_instance_before_detaching = true
+  # Never force-detach a mounted filesystem: destroying the attachment does nothing, and the
+  # instance's termination (a clean OS shutdown) releases the volume, which is then kept.
+  skip_destroy = true
 }
