@@ -19,7 +19,7 @@ import pytest
 
 from agent.errors import StoreError
 from tests.e2e.faultlog import FaultSuite
-from tests.e2e.fleet import HEARTBEAT_S, new_run, said
+from tests.e2e.fleet import HEARTBEAT_S, WATCH_HEARTBEAT_S, new_run, said
 from tests.e2e.harness import (
     CTL,
     REPO,
@@ -123,7 +123,8 @@ def test_fault_2_agent_sigkilled_and_restarted(agents, moto_server, slack, tmp_p
     assert ledger_kinds(run.rs, RUN) == ["alert:agent_silent", "resolved:healthy", "final:completed"]
     fault_suite.record(2, "agent SIGKILLed and restarted", [
         f"fake trainer printing {n} lines; after 3 chunks the agent got SIGKILL",
-        f"watcher (heartbeat 0.5 s, grace {grace:g} s) swept twice once the heartbeat was stale",
+        f"watcher (agent beats every {HEARTBEAT_S:g} s, expected every {WATCH_HEARTBEAT_S:g} s, grace {grace:g} s) "
+        "swept twice once the heartbeat was stale",
         "a new agent started for the same run and workdir; watcher swept again, and after the end"],
         ["the trainer survived its agent; the new agent resumed from the stored chunk cursor",
          f"stored log = trainer output byte for byte ({got} lines), chunk numbers contiguous",
@@ -300,7 +301,7 @@ def test_fault_5_instance_stopped_mid_run(box, moto_server, slack, tmp_path, fau
     moto_server.client("ec2").stop_instances(InstanceIds=[iid])
     end_run_processes(rid, run.workdir)
     wait_for(lambda: (hb := run.heartbeat()) and time.time() - max(hb.ts, hb.last_progress_ts or 0)
-             > HEARTBEAT_S + grace + timeout + 0.3, what="heartbeat and progress to go stale")
+             > WATCH_HEARTBEAT_S + grace + timeout + 0.3, what="heartbeat and progress to go stale")
     for _ in range(3):  # the agent is silent and training has not moved: both muted by instance_gone
         run.sweep()
     assert said(slack) == [GONE]

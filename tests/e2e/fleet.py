@@ -16,7 +16,10 @@ from tests.e2e.harness import wait_for
 from tests.fixtures.moto_server import REGION
 from tests.trainers.harness import Agents, trainer_cmd
 
-HEARTBEAT_S = 0.5  # tests/trainers/harness.FAST
+HEARTBEAT_S = 0.5  # how often the agents beat (tests/trainers/harness.FAST)
+# What the watcher expects: a few beats' slack, so a heartbeat is never "late" (which neither alerts nor
+# resolves) in the moment between a test seeing it fresh and the sweep reading it.
+WATCH_HEARTBEAT_S = 1.5
 
 
 @dataclass
@@ -50,7 +53,7 @@ class FaultRun:
 
     def wait_silent(self, grace_s: float) -> None:
         """Until the stored heartbeat is older than heartbeat + grace (what agent_silent means)."""
-        wait_for(lambda: (hb := self.heartbeat()) and time.time() - hb.ts > HEARTBEAT_S + grace_s + 0.2,
+        wait_for(lambda: (hb := self.heartbeat()) and time.time() - hb.ts > WATCH_HEARTBEAT_S + grace_s + 0.2,
                  what="the heartbeat to go stale")
 
     def wait_fresh(self, agent_pid: int | None = None) -> None:
@@ -65,7 +68,7 @@ def watcher_for(url: str, endpoint: str, slack, *, grace_s: float, progress_time
     from ops.config import build_watcher
     from ops.state import Settings
 
-    settings = Settings(grace_s=grace_s, progress_timeout_s=progress_timeout_s,
+    settings = Settings(heartbeat_s=WATCH_HEARTBEAT_S, grace_s=grace_s, progress_timeout_s=progress_timeout_s,
                         setup_progress_timeout_s=progress_timeout_s, launch_timeout_s=60.0, lease_s=30.0)
     return build_watcher(url, endpoint, settings=settings, webhook_url=slack.webhook_url,
                          ec2=ec2_endpoint is not None, ec2_endpoint_url=ec2_endpoint)
