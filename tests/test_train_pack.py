@@ -105,3 +105,21 @@ def test_packing_beats_padding_on_a_realistic_length_mix():
     assert padded < packed
     assert packed_efficiency([512, 512, 100], 512, 2) == pytest.approx(1124 / 1124)
     assert packed_efficiency([512, 512, 100], 512, 3) == pytest.approx(1124 / 1536)
+
+
+def test_flattened_batches_compute_the_same_as_stacked_rows(tiny_model):
+    """The one-row layout FlashAttention-2 needs: same logits per token as the [batch, block] layout."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32, attn_implementation="sdpa").eval()
+    rows = [{"input_ids": [1, 40, 41, 2, 1, 50, 51, 52], "seq_lengths": [4, 4]},
+            {"input_ids": [60, 61, 2, 1, 70, 71], "seq_lengths": [3, 3]}]
+    stacked, flat = collate_blocks(rows, pad_id=3), collate_blocks(rows, pad_id=3, flatten=True)
+    assert flat["input_ids"].shape == (1, 14)  # no padding at all
+    assert flat["position_ids"].tolist() == [[0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 0, 1, 2]]
+    with torch.no_grad():
+        a = model(input_ids=stacked["input_ids"], position_ids=stacked["position_ids"], use_cache=False).logits
+        b = model(input_ids=flat["input_ids"], position_ids=flat["position_ids"], use_cache=False).logits
+    assert torch.allclose(torch.cat([a[0], a[1, :6]]), b[0], atol=1e-5)
+    assert (flat["labels"] != IGNORE).sum() == (stacked["labels"] != IGNORE).sum()

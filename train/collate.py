@@ -11,10 +11,15 @@ from __future__ import annotations
 IGNORE = -100
 
 
-def collate_blocks(rows: list[dict], pad_id: int):
-    """Stack packed rows into input_ids/position_ids/labels tensors of shape [batch, longest row]."""
+def collate_blocks(rows: list[dict], pad_id: int, flatten: bool = False):
+    """Stack packed rows into input_ids/position_ids/labels of shape [batch, longest row], or, with
+    `flatten`, lay them end to end in one row [1, total] with no padding at all: FlashAttention-2
+    only reads sequence boundaries from position ids when the batch is a single row."""
     import torch
 
+    if flatten:
+        rows = [{"input_ids": [t for r in rows for t in r["input_ids"]],
+                 "seq_lengths": [n for r in rows for n in r["seq_lengths"]]}]
     width = max(len(r["input_ids"]) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     pos = torch.zeros((len(rows), width), dtype=torch.long)

@@ -20,7 +20,7 @@ from train import progress
 from train.checkpoint import latest_checkpoint, load_checkpoint, save_adapter, save_checkpoint
 from train.collate import collate_blocks, epoch_batches, real_tokens, steps_per_epoch
 from train.config import to_dict, to_toml
-from train.model import Dist, build_optimizer, load_model, setup_distributed
+from train.model import Dist, attn_implementation, build_optimizer, load_model, setup_distributed
 from train.schemas import TrainConfig, resolve_output_dir
 
 SIGTERM_EXIT = 128 + signal.SIGTERM
@@ -56,7 +56,7 @@ def load_split(path: Path, name: str, required: bool):
     return ds
 
 
-def evaluate(model, ds, cfg: TrainConfig, dist: Dist, pad_id: int) -> float | None:
+def evaluate(model, ds, cfg: TrainConfig, dist: Dist, pad_id: int, flat: bool) -> float | None:
     """Token-weighted mean loss over the val split (sharded across ranks)."""
     import torch
 
@@ -70,7 +70,7 @@ def evaluate(model, ds, cfg: TrainConfig, dist: Dist, pad_id: int) -> float | No
     total = torch.zeros(2, dtype=torch.float64)
     with torch.no_grad():
         for idx in batches:
-            batch = {k: v.to(dist.device) for k, v in collate_blocks([ds[i] for i in idx], pad_id).items()}
+            batch = {k: v.to(dist.device) for k, v in collate_blocks([ds[i] for i in idx], pad_id, flat).items()}
             n = real_tokens(batch)
             total += torch.tensor([float(model(**batch, use_cache=False).loss) * n, n], dtype=torch.float64)
     dist.all_reduce_sum(total)
@@ -115,6 +115,7 @@ def run_sft(cfg: TrainConfig) -> Path:
     progress.phase("training")
     model.train()
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    flat = attn_implementation(cfg, dist.device) == "flash_attention_2"  # FA2 needs packed rows in one row
     micro_losses, tokens, t0 = [], 0, time.monotonic()
     while step < total_steps and not stopper.signum:
         epoch, done_in_epoch = divmod(step, per_epoch)
@@ -122,7 +123,7 @@ def run_sft(cfg: TrainConfig) -> Path:
         groups = [batches[i:i + t.grad_accum] for i in range(0, len(batches), t.grad_accum)]
         for group in groups[done_in_epoch:]:
             for j, idx in enumerate(group):
-                batch = {k: v.to(dist.device) for k, v in collate_blocks([train_ds[i] for i in idx], pad_id).items()}
+                batch = {k: v.to(dist.device) for k, v in collate_blocks([train_ds[i] for i in idx], pad_id, flat).items()}
                 with dist.no_sync(net, last=j == len(group) - 1):
                     loss = net(**batch, use_cache=False).loss  # a KV cache disables the packed-sequence mask
                     if cfg.debug.inject_nan_at_step == step + 1:
@@ -160,13 +161,13 @@ def run_sft(cfg: TrainConfig) -> Path:
                 stopper.signum = stopper.signum or signal.SIGTERM
                 break
             if t.eval_steps and step % t.eval_steps == 0 and step < total_steps:
-                _report_eval(evaluate(model, val_ds, cfg, dist, pad_id), step)
+                _report_eval(evaluate(model, val_ds, cfg, dist, pad_id, flat), step)
                 progress.phase("training")
             if step >= total_steps:
                 break
     if stopper.signum:
         raise SystemExit(SIGTERM_EXIT)
-    eval_loss = evaluate(model, val_ds, cfg, dist, pad_id)
+    eval_loss = evaluate(model, val_ds, cfg, dist, pad_id, flat)
     _report_eval(eval_loss, step)
     final = out / "adapter"
     if dist.is_main:
