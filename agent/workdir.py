@@ -2,7 +2,7 @@
 
 Layout (default root `/mnt/training/runs`, setting `TRAINCTL_WORKDIR_ROOT`):
 
-    <root>/<run-id>/agent.pid        the agent's pid
+    <root>/<run-id>/agent.pid        the agent's pid (agent.lock: its flock, one agent per workdir)
                     trainer.pid      the trainer's pid (written by agent.wrap)
                     wrapper.pid      pid of agent.wrap = the trainer's process group id
                     trainer.log      trainer stdout+stderr: the durable spool shipped to the store
@@ -47,6 +47,10 @@ class Workdir:
     @property
     def agent_pid(self) -> Path:
         return self.root / "agent.pid"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / "agent.lock"
 
     @property
     def trainer_pid(self) -> Path:

@@ -273,3 +273,14 @@ def test_processes_left_behind_by_the_trainer_are_killed(agents, s3, tmp_path):
     wait_for(lambda: not psutil.pid_exists(child) or psutil.Process(child).status() == psutil.STATUS_ZOMBIE,
              timeout=10, what="left-behind child killed")
     assert "left behind" in out
+
+
+def test_two_agents_started_at_once_start_one_trainer(agents, s3, tmp_path):
+    cmd = trainer_cmd("--lines", "20", "--interval", "0.05")
+    procs = [agents.start(RUN, s3["url"], tmp_path / "wd", cmd, env=s3["env"], endpoint=s3["endpoint"])
+             for _ in range(2)]
+    codes = sorted(agents.wait(p) for p in procs)
+    outs = [Agents.output(p) for p in procs]
+    assert codes == [0, 2], outs
+    assert sum(o.count("started trainer") for o in outs) == 1
+    assert s3["rs"].read_logs(RUN).data == b"".join(expected_lines(20))
