@@ -39,7 +39,6 @@ if code:
 sys.exit(code)
 '''
 
-pytestmark = pytest.mark.xdist_group("controller-ssh")
 WHEEL = [""]  # set by the `wheel` fixture, which every config-writing test pulls in via trainer_script
 
 
