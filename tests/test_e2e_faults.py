@@ -36,6 +36,7 @@ from tests.e2e.harness import (
 from tests.trainers.fake_trainer import expected_lines
 from tests.trainers.harness import TRAINER, Agents
 
+pytestmark = pytest.mark.slow
 FAULTS = set(range(1, 9))
 DOC = REPO / "docs" / "fault-suite.md"
 RUN = "fault-20260101-120000"

@@ -128,7 +128,8 @@ def end_run_processes(run_id: str, workdir: Path | None) -> None:
     """SIGKILL a run's agents and its trainer's process group, by pid (test teardown, or a power cut)."""
     for pid in agent_pids(run_id):
         try:
-            os.killpg(os.getpgid(pid), signal.SIGKILL)
+            # ctl launch starts the agent in a session of its own; anything else is ended alone.
+            os.killpg(pid, signal.SIGKILL) if os.getpgid(pid) == pid else os.kill(pid, signal.SIGKILL)
         except OSError:
             pass
     if workdir is not None:
