@@ -80,6 +80,8 @@ def test_provision_free_path_completes_alerts_once_and_stores_the_adapter(launch
     assert {"adapter_model.safetensors", "adapter_config.json"} <= names
     assert json.loads(rs.store.get(f"{rid}/artifacts/adapter/adapter_config.json"))["r"] == 8
     assert rs.read_metadata(rid).instance_id == iid
+    st = json.loads(ctl(["status", rid, "--store", url, "--json"], env, check=0).stdout)
+    assert st["outcome"] == "completed" and st["instance_state"] == "running"
 
     w = watch_once(env, url, slack, moto_server)
     assert "sent 1" in w.stderr, w.stderr
