@@ -35,6 +35,8 @@ def _merge_defaults(raw: dict, defaults: dict) -> dict:
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
               help="run.toml (default: ./run.toml when present).")
 @click.option("--run-id", default=None, help="Run id (default: <name>-<UTC stamp>).")
+@click.option("--resume", "resume_id", default=None, metavar="RUN_ID",
+              help="Continue this interrupted run (same id) from its newest stored checkpoint; same run.toml.")
 @click.option("--store", "store_url", envvar="TRAINCTL_STORE", default=None, metavar="URL", help="s3://bucket/prefix.")
 @click.option("--endpoint-url", envvar="TRAINCTL_S3_ENDPOINT", default=None, metavar="URL", help="S3 endpoint.")
 @click.option("--region", default=None, help="AWS region of the instance.")
@@ -51,7 +53,7 @@ def _merge_defaults(raw: dict, defaults: dict) -> dict:
 @click.option("--dry-run", is_flag=True, help="Gather facts, run preflight, print the steps; change nothing.")
 @click.option("--follow", "-f", is_flag=True, help="Tail the run after starting it (exit code as `ctl tail`).")
 @click.argument("trainer_command", nargs=-1, type=click.UNPROCESSED)
-def launch_cmd(instance_id, host, local, config_path, run_id, store_url, endpoint_url, region, ec2_endpoint_url,
+def launch_cmd(instance_id, host, local, config_path, run_id, resume_id, store_url, endpoint_url, region, ec2_endpoint_url,
                no_start, allow_no_gpu, ssh_config, ssh_key, user, data_root, trainer_config, sets, train_sets,
                dry_run, follow, trainer_command):
     """Launch a run: `ctl launch --existing i-0abc --config run.toml [-- trainer command...]`."""
@@ -93,7 +95,9 @@ def launch_cmd(instance_id, host, local, config_path, run_id, store_url, endpoin
         target = Target("existing", cfg.instance.id)
     else:
         raise ConfigError("where to launch? give --existing i-XXXX, --host user@host or --local")
-    res = launch(cfg, target, run_id, dry_run=dry_run)
+    if resume_id and run_id and run_id != resume_id:
+        raise ConfigError(f"--resume {resume_id} continues that run under its own id: drop --run-id {run_id}")
+    res = launch(cfg, target, resume_id or run_id, dry_run=dry_run, resume=bool(resume_id))
     if follow and res.status in ("started", "already_running"):
         from controller.tail import Tail
 

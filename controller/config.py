@@ -58,6 +58,9 @@ class BoxCfg:
     min_free_gb: float = _f(50.0, min=0, max=100000)
     min_python: str = _f("3.10")
     require_gpu: bool = _f(True)
+    autostop_action: str = _f("", help="command the autostop companion runs when idle; empty = shutdown -h now "
+                                       "(stops the instance: stop, not terminate, so the volume stays)")
+    autostop_check_s: float = _f(30.0, min=0.05, max=3600, help="seconds between the companion's idle checks")
 
 
 @dataclass
@@ -105,6 +108,8 @@ class TrainerCfg:
 @dataclass
 class RunConfig:
     name: str = _f("run")
+    autostop: str = _f("15m", help="stop the box after this long with no active run and no interactive SSH "
+                                   "session (30s, 15m, 2h); never = off")
     instance: InstanceCfg = field(default_factory=InstanceCfg)
     ssh: SshCfg = field(default_factory=SshCfg)
     box: BoxCfg = field(default_factory=BoxCfg)
@@ -118,7 +123,7 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
-SECTIONS = {f.name: f.default_factory for f in dataclasses.fields(RunConfig) if f.name != "name"}
+SECTIONS = {f.name: f.default_factory for f in dataclasses.fields(RunConfig) if f.name not in ("name", "autostop")}
 _TYPE_WORDS = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
                list[str]: "a list of strings", dict[str, str]: "a table of strings"}
 
@@ -257,6 +262,12 @@ def semantic_errors(cfg: RunConfig) -> list[str]:
 
     if not NAME_RE.match(cfg.name):
         errs.append(f"name: {cfg.name!r} must be 1-48 letters, digits, _ or -")
+    try:
+        from agent.durations import parse_duration
+
+        parse_duration(cfg.autostop, what="autostop", allow_never=True)
+    except ConfigError as exc:
+        errs.append(str(exc))
     if not cfg.box.data_root.startswith("/"):
         errs.append(f"box.data_root: {cfg.box.data_root!r} must be an absolute path on the box")
     for label, uri in (("stage.model", cfg.stage.model), ("stage.data", cfg.stage.data)):

@@ -22,10 +22,12 @@ from agent.runid import new_run_id, validate_run_id
 from agent.runstore import RunStore
 from agent.store import default_store_url, open_store
 from controller import plan, preflight
+from controller.autostop_launch import ensure_managed_tag, start_companion
 from controller.boxside import parse_result
 from controller.config import RunConfig
 from controller.facts import gather
 from controller.remote import Box, LocalBox, SshBox
+from controller.resume import resume_box, resume_plan
 from controller.runenv import check_memory, env_file_bytes, recorded_config
 
 
@@ -83,6 +85,7 @@ def _connect(cfg: RunConfig, target: Target) -> tuple[Box, dict]:
         inst = ensure_running(client, target.value, start_if_stopped=cfg.instance.start_if_stopped,
                               allow_no_gpu=cfg.instance.allow_no_gpu, timeout_s=cfg.instance.wait_timeout_s,
                               poll_s=cfg.instance.poll_s, say=say)
+        ensure_managed_tag(client, inst.id, say)  # the watcher's idle-instance scan filters on it
         address = inst.address(cfg.instance.address)
         if not address:
             raise TrainctlError(f"instance {inst.id} has no {cfg.instance.address} address: set "
@@ -102,7 +105,8 @@ def _connect(cfg: RunConfig, target: Target) -> tuple[Box, dict]:
     return box, info
 
 
-def launch(cfg: RunConfig, target: Target, run_id: str | None = None, dry_run: bool = False) -> LaunchResult:
+def launch(cfg: RunConfig, target: Target, run_id: str | None = None, dry_run: bool = False,
+           resume: bool = False) -> LaunchResult:
     """Launch (or find already running) a run on the target; returns once the agent is started.
 
     `dry_run` stops after preflight and prints the steps a launch would run: facts are gathered
@@ -121,7 +125,8 @@ def launch(cfg: RunConfig, target: Target, run_id: str | None = None, dry_run: b
     run_id = validate_run_id(run_id) if run_id else new_run_id(cfg.name)
     rs = RunStore(open_store(store_url, endpoint_url=cfg.store.endpoint_url or None,
                              region=cfg.store.region or None))
-    if rs.store.exists(rs.k(run_id, p.COMPLETE)) or rs.store.exists(rs.k(run_id, p.ERROR)):
+    resuming = resume_plan(rs, run_id, say) if resume else None  # controller.resume
+    if not resuming and (rs.store.exists(rs.k(run_id, p.COMPLETE)) or rs.store.exists(rs.k(run_id, p.ERROR))):
         raise ConfigError(f"run {run_id} already finished in {rs.url}: pick a new --run-id (or omit it)")
     if target.kind == "local":
         cfg.setup.mode, cfg.setup.python = "current", sys.executable
@@ -137,7 +142,7 @@ def launch(cfg: RunConfig, target: Target, run_id: str | None = None, dry_run: b
     try:
         lap("connect")
         prior = rs.read_metadata(run_id)
-        if prior is not None:
+        if prior is not None and not resuming:  # a resumed run moves to another box on purpose
             # An instance keeps its id across stop/start (its IP does not); other boxes are known by address.
             theirs, ours = (prior.instance_id, info.get("instance_id")) if prior.instance_id else (prior.host, box.name)
             if theirs and theirs != ours:
@@ -186,6 +191,10 @@ def launch(cfg: RunConfig, target: Target, run_id: str | None = None, dry_run: b
                     "workers": cfg.stage.workers, "env_file": env_file}
             _boxside(box, lay, "stage", spec, "staging model/data", cfg.ssh.command_timeout_s, stream=True)
         check_memory(box, plan.estimate_argv(cfg, lay, workdir, facts.gpus), say)
+        if resuming:
+            resume_box(box, rs, resuming, workdir, lambda spec: _boxside(
+                box, lay, "stage", {"endpoint_url": cfg.store.endpoint_url, "region": region, "workers": cfg.stage.workers,
+                                    "env_file": env_file, **spec}, "fetching the checkpoint", cfg.ssh.command_timeout_s))
         lap("stage")
         argv = plan.agent_argv(cfg, lay, run_id, rs.url, cfg.store.endpoint_url)
         rs.write_metadata(p.Metadata(
@@ -199,6 +208,7 @@ def launch(cfg: RunConfig, target: Target, run_id: str | None = None, dry_run: b
             "lock_file": lay.lock_file, "active_file": lay.active_file, "systemd": facts.systemd,
             "finished_run": other if other_done else None,
             "grace_s": min(1.0, cfg.agent.heartbeat_s)}, "starting the agent", 120)
+        start_companion(box, lay.box_python, f"{lay.home}/runs", cfg, target.kind, say)  # controller.autostop_launch
         lap("start")
     finally:
         box.close()

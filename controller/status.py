@@ -8,6 +8,7 @@ import time
 
 from agent import protocol as p
 from agent.runstore import RunStore
+from controller.autostop_launch import countdown
 from controller.runs import fmt_age, run_row
 from controller.tail import fmt_duration, fmt_num, stale_reason
 
@@ -39,6 +40,7 @@ def collect(rs: RunStore, run_id: str, now: float, instance_state=None) -> dict:
         "error": err.to_dict() if err else None, "complete": done.to_dict() if done else None,
         "command": md.command if md else [], "git_sha": md.git_sha if md else None,
         "console_url": rs.store.console_url(run_id),
+        "autostop": countdown(md, (err or done).ts if (err or done) else None, now, state),
     }
 
 
@@ -76,6 +78,8 @@ def render(d: dict, now: float) -> str:
             lines.append(f"artifact   {a.get('name')}: {a.get('uri')}")
     if d["console_url"]:
         lines.append(f"console    {d['console_url']}")
+    if d.get("autostop"):
+        lines.append(f"autostop   {d['autostop']}")
     return "\n".join(lines)
 
 
