@@ -23,6 +23,7 @@ from tests.e2e.fleet import HEARTBEAT_S, WATCH_HEARTBEAT_S, new_run, said
 from tests.e2e.harness import (
     CTL,
     REPO,
+    agent_pids,
     assert_lossless,
     ctl,
     ctl_env,
@@ -375,6 +376,8 @@ def test_fault_6_ssh_cut_during_launch_then_relaunch(box, moto_server, slack, tm
     third = ctl(argv[len(CTL):], env)  # still running, or (on a slow day) already done: never a second trainer
     assert ((third.returncode, f"run {rid} is already running" in third.stdout) == (0, True)
             or (third.returncode, "already finished" in third.stderr) == (2, True)), third.stdout + third.stderr
+    if third.returncode == 0:
+        assert len(agent_pids(rid, run.workdir)) <= 1  # one agent (or none, if it finished a moment ago)
     wait_for(lambda: run.rs.read_complete(rid), what="_complete")
     trainer_log = (run.workdir / "trainer.log").read_bytes()
     assert trainer_log.count(expected_lines(1)[0]) == 1  # one trainer ran, once

@@ -108,8 +108,9 @@ def run_store(moto_server, bucket: str) -> RunStore:
     return RunStore(S3Store(bucket, "training-runs", endpoint_url=moto_server.endpoint, region=REGION))
 
 
-def agent_pids(run_id: str) -> list[int]:
-    """Live (non-zombie) processes running the agent for `run_id`, read from /proc."""
+def agent_pids(run_id: str, workdir: Path | None = None) -> list[int]:
+    """Live (non-zombie) processes running the agent for `run_id` (in `workdir`: another checkout's tests may
+    run the same run id meanwhile), read from /proc."""
     out = []
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
@@ -119,26 +120,26 @@ def agent_pids(run_id: str) -> list[int]:
             stat = (d / "stat").read_text()
         except OSError:
             continue
-        if b"agent" in cmd and b"run" in cmd and run_id.encode() in cmd and ") Z " not in stat:
+        if (b"agent" in cmd and b"run" in cmd and run_id.encode() in cmd and ") Z " not in stat
+                and (workdir is None or str(workdir).encode() in cmd)):
             out.append(int(d.name))
     return out
 
 
-def end_run_processes(run_id: str, workdir: Path | None) -> None:
+def end_run_processes(run_id: str, workdir: Path) -> None:
     """SIGKILL a run's agents and its trainer's process group, by pid (test teardown, or a power cut)."""
-    for pid in agent_pids(run_id):
+    for pid in agent_pids(run_id, workdir):
         try:
             # ctl launch starts the agent in a session of its own; anything else is ended alone.
             os.killpg(pid, signal.SIGKILL) if os.getpgid(pid) == pid else os.kill(pid, signal.SIGKILL)
         except OSError:
             pass
-    if workdir is not None:
-        try:
-            os.killpg(int((workdir / "wrapper.pid").read_text()), signal.SIGKILL)
-        except (OSError, ValueError):
-            pass
+    try:
+        os.killpg(int((workdir / "wrapper.pid").read_text()), signal.SIGKILL)
+    except (OSError, ValueError):
+        pass
     deadline = time.monotonic() + 20
-    while agent_pids(run_id) and time.monotonic() < deadline:
+    while agent_pids(run_id, workdir) and time.monotonic() < deadline:
         time.sleep(0.1)
 
 
