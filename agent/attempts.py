@@ -111,3 +111,13 @@ def archive_error(rs: RunStore, run_id: str) -> int:
         raise lost
     rs.store.delete(rs.k(run_id, p.ERROR))
     return n
+
+
+def reset_watch_state(rs: RunStore, run_id: str, n: int) -> None:
+    """After the claim: the watcher's ledger of attempt `n` moves to `attempts/<n>/`, and the run leaves
+    the watcher's done index, so the resumed attempt is watched (and alerted on) afresh."""
+    ledger = rs.store.get(rs.k(run_id, p.ALERTS))
+    if ledger is not None:
+        rs.store.put(rs.k(run_id, f"{ATTEMPTS}{n}/{p.ALERTS}"), ledger)
+        rs.store.delete(rs.k(run_id, p.ALERTS))
+    rs.store.delete(p.INDEX_DONE + run_id)

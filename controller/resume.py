@@ -11,7 +11,8 @@ Three steps, in launch order:
    `output/`, where the trainer resumes from the highest complete `checkpoint-N`.
 3. `claim` (just before the agent starts): the old `_error` moves to `attempts/<n>/_error`
    with a create-only write (agent.attempts.archive_error), so two racing resumes cannot both
-   go on, and the new agent no longer finds a terminal marker.
+   go on, and the new agent no longer finds a terminal marker; the watcher's ledger moves beside
+   it and the run leaves the watcher's done index, so the new attempt is watched afresh.
 The run's config comes from the run.toml given to this launch, as for any launch: pass the
 same one (the trainer's schedule must match for the saved optimizer state to make sense).
 """
@@ -30,6 +31,7 @@ from agent.attempts import (
     check_resumable,
     download_checkpoint,
     newest_stored_checkpoint,
+    reset_watch_state,
 )
 from agent.errors import ConfigError
 from agent.runstore import RunStore
@@ -98,6 +100,7 @@ def fetch_checkpoint(box: Box, rs: RunStore, plan: ResumePlan, workdir: str, box
 def claim(rs: RunStore, plan: ResumePlan, say=_say) -> int:
     """Archive the old `_error` (create-only) so the new agent may write the run; returns the attempt number."""
     n = archive_error(rs, plan.run_id)
+    reset_watch_state(rs, plan.run_id, n)
     say(f"resume: attempt {n}'s _error archived as {rs.store.location(rs.k(plan.run_id, f'attempts/{n}/_error'))}")
     return n
 

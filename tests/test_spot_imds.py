@@ -132,3 +132,16 @@ def test_log_numbering_and_stored_checkpoint_choice(local_store):
     got = newest_stored_checkpoint(rs, RUN)
     assert (got.step, got.name, len(got.keys)) == (5, "checkpoint-5", 2)
     assert newest_stored_checkpoint(rs, RUN, preferred="s3://b/p/x/artifacts/checkpoint-3/").step == 3
+
+
+def test_resume_resets_the_watchers_state_for_the_new_attempt(local_store):
+    from agent.attempts import reset_watch_state
+
+    rs = RunStore(local_store)
+    local_store.put(rs.k(RUN, p.ALERTS), b'{"state": "failed"}')
+    local_store.put(p.INDEX_DONE + RUN, b"{}")
+    reset_watch_state(rs, RUN, 1)
+    assert local_store.get(rs.k(RUN, "attempts/1/_alerts.json")) == b'{"state": "failed"}'
+    assert not local_store.exists(rs.k(RUN, p.ALERTS)) and not local_store.exists(p.INDEX_DONE + RUN)
+    reset_watch_state(rs, RUN, 2)  # nothing to move: no error
+    assert not local_store.exists(rs.k(RUN, "attempts/2/_alerts.json"))
