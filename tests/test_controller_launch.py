@@ -245,7 +245,7 @@ def test_second_launch_refused_while_active_then_stop(moto_server, sshd, s3_buck
                                                        trainer_script, reap):
     iid = new_instance(moto_server, sshd)
     cfg = write_config(tmp_path / "run.toml", s3_bucket, moto_server.endpoint, shared_box, trainer_script,
-                       steps=600, pause=0.1)
+                       steps=3000, pause=0.1)  # outlives slow launches; stopped below
     url = f"s3://{s3_bucket}/training-runs"
     rid = "busy-20260101-000001"
     reap.append(rid)
@@ -275,7 +275,7 @@ def test_killed_ssh_during_setup_then_relaunch_starts_one_trainer(moto_server, s
     gate, entered = tmp_path / "release", tmp_path / "in-setup"
     hold = f"touch {entered}; while [ ! -e {gate} ]; do sleep 0.1; done"
     cfg = write_config(tmp_path / "run.toml", s3_bucket, moto_server.endpoint, box_root, trainer_script,
-                       steps=400, pause=0.05, commands=[hold])
+                       steps=4000, pause=0.05, commands=[hold])  # outlives a slow relaunch; stopped below
     rid = "killed-20260101-000001"
     reap.append(rid)
     first = subprocess.Popen([*CTL, "launch", "--existing", iid, "--config", str(cfg), "--run-id", rid], env=env,
@@ -303,7 +303,7 @@ def test_killed_ssh_during_setup_then_relaunch_starts_one_trainer(moto_server, s
     url = f"s3://{s3_bucket}/training-runs"
     ctl(["stop", rid, "--store", url, "--wait", "--timeout-s", "60", "--poll-s", "0.2"], env, check=0)
     log = (box_root / "trainctl" / "runs" / rid / "trainer.log").read_text()
-    assert log.count("fake step 1/400") == 1  # one trainer ran, once
+    assert log.count("fake step 1/4000") == 1  # one trainer ran, once
 
 
 def test_changed_host_key_is_refused(moto_server, sshd, s3_bucket, env, tmp_path, box_root, trainer_script, ctl_home):
@@ -421,7 +421,7 @@ def test_two_racing_launches_start_one_run(moto_server, sshd, s3_bucket, env, tm
                                            reap):
     iid = new_instance(moto_server, sshd)
     cfg = write_config(tmp_path / "run.toml", s3_bucket, moto_server.endpoint, shared_box, trainer_script,
-                       steps=600, pause=0.1)
+                       steps=3000, pause=0.1)  # outlives slow launches; stopped below
     rids = ["race-20260101-000001", "race-20260101-000002"]
     reap.extend(rids)
     procs = [subprocess.Popen([*CTL, "launch", "--existing", iid, "--config", str(cfg), "--run-id", rid], env=env,
