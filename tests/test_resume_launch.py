@@ -152,3 +152,42 @@ def test_spot_interrupted_run_resumes_via_launch_and_autostop_runs_once(
              "--no-instance"], env, check=0)
     assert "autostop   the instance stops in 1h 59m" in r.stdout or "autostop   the instance stops in 2h" in r.stdout, \
         r.stdout
+
+
+def test_local_launch_resume_in_the_same_workdir(imds, tmp_path):
+    """`ctl launch --local --resume`: the local-folder store, the earlier attempt's files set aside in
+    the same workdir, the checkpoint copied from the store, the run completed under its own id."""
+    from agent.runstore import RunStore
+    from agent.store_local import LocalStore
+
+    run = "local-20260101-120000"
+    script = tmp_path / "trainer.py"
+    script.write_text(TRAINER)
+    home = tmp_path / "home"
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(f'name = "local"\n[agent]\nheartbeat_s = 0.5\nlog_flush_s = 0.2\nstop_poll_s = 0.2\n[trainer]\n'
+                   f'command = {json.dumps([sys.executable, str(script), "60", "0.2"])}\n'
+                   f'env = {{ TRAINCTL_PROGRESS_S = "0.1", TRAINCTL_IMDS_ENDPOINT = "{imds.endpoint}", '
+                   'TRAINCTL_IMDS_POLL_S = "0.1" }\n')
+    env = {**os.environ, "TRAINCTL_HOME": str(home), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env.pop("TRAINCTL_STORE", None)
+    rs = RunStore(LocalStore(home / "runs"))
+    wd = home / "box" / "trainctl" / "runs" / run
+    try:
+        r = ctl(["launch", "--local", "--config", str(cfg), "--run-id", run], env, check=0)
+        assert "autostop:   off" in r.stdout, r.stdout
+        wait_for(lambda: len(progress_steps(wd / "progress.jsonl")) >= 3, 60, "three steps")
+        imds.interrupt()
+        err = wait_for(lambda: rs.read_error(run) or rs.read_complete(run), 90, "the interrupted marker")
+        assert getattr(err, "cause", None) == "interrupted", err
+        wait_for(lambda: not agent_pids(run), 30, "the first agent to exit")
+        imds.notice = None
+        (wd / "output" / f"checkpoint-{err.last_step}").rename(wd / "output" / "moved-away")  # only the store has it
+        r = ctl(["launch", "--local", "--config", str(cfg), "--resume", run], env, check=0)
+        assert "were moved to" in r.stdout and f"checkpoint-{err.last_step} copied to {wd}/output" in r.stdout, r.stdout
+        wait_for(lambda: rs.read_complete(run), 90, "the resumed run's _complete")
+        assert progress_steps(wd / "progress.jsonl") == list(range(err.last_step + 1, 61))
+        r = ctl(["launch", "--local", "--config", str(cfg), "--resume", run], env)
+        assert r.returncode == 2 and f"run {run} completed: there is nothing to resume" in r.stderr, r.stderr
+    finally:
+        end_run_processes(run, wd)
