@@ -8,9 +8,8 @@ import sys
 import click
 
 from agent.errors import ConfigError
+from infra.stack import KEEP_FLAGS
 
-KEEP_FLAGS = {"data_volume": "--delete-data-volume", "store_bucket": "--delete-bucket",
-              "slack_webhook_parameter": "--delete-webhook-parameter"}
 KEEP_WORDS = {"data_volume": "data volume", "store_bucket": "store bucket",
               "slack_webhook_parameter": "Slack webhook parameter"}
 

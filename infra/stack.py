@@ -27,6 +27,11 @@ GENERATED_VARS = "trainctl.auto.tfvars.json"
 OUTPUTS = "outputs.json"
 KEPT = "kept.json"
 RECORD = "provision.json"
+# What a default destroy keeps, by the name the module's `kept_on_destroy` output uses.
+PRIMARY = {"data_volume": "aws_ebs_volume.data[0]", "store_bucket": "aws_s3_bucket.store[0]",
+           "slack_webhook_parameter": "aws_ssm_parameter.slack_webhook[0]"}
+KEEP_FLAGS = {"data_volume": "--delete-data-volume", "store_bucket": "--delete-bucket",
+              "slack_webhook_parameter": "--delete-webhook-parameter"}
 
 
 def state_home() -> Path:
@@ -140,13 +145,20 @@ class Stack:
         tf = self.terraform()
         tf.init()
         kept_out = tf.outputs().get("kept_on_destroy") or {}
-        unknown = delete - set(kept_out)
+        self._in_state = tf.state_list()
+        # After a failed apply the outputs may not say what to keep: never guess with user data.
+        unlisted = {n for n, addr in PRIMARY.items() if addr in self._in_state and n not in kept_out}
+        if unlisted - delete:
+            raise TrainctlError(
+                f"the stack's outputs do not list {', '.join(sorted(unlisted - delete))} as kept (a failed "
+                "apply?): run `ctl provision` again to complete the stack, then destroy; or pass "
+                f"{' '.join(KEEP_FLAGS[n] for n in sorted(unlisted - delete))} to delete it too")
+        unknown = delete - set(kept_out) - unlisted
         if unknown:
             raise ConfigError(f"cannot delete {', '.join(sorted(unknown))}: this stack does not manage it "
                               f"(it keeps: {', '.join(sorted(kept_out)) or 'nothing'})")
         kept = {name: item for name, item in kept_out.items() if name not in delete}
         keep_addrs = {a for item in kept.values() for a in item["addresses"]}
-        self._in_state = tf.state_list()
         doomed = [a for a in self._in_state if not a.startswith("data.") and a not in keep_addrs]
         return doomed, kept
 

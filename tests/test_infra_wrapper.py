@@ -184,3 +184,47 @@ def test_provision_shows_the_plan_and_no_changes_nothing(tmp_path, terraform_env
     assert not list(workdir.glob("*.tfstate")) and not (workdir / "outputs.json").exists()
     ec2 = moto_server.client("ec2")
     assert not ec2.describe_key_pairs(Filters=[{"Name": "key-name", "Values": ["tno-*"]}])["KeyPairs"]
+
+
+def test_destroy_refuses_to_guess_what_to_keep_after_a_failed_apply(tmp_path, terraform_env, moto_server):
+    """State holds a kept-by-default resource but no output says so (as after a half-failed apply).
+
+    The SSM parameter stands in for the data volume: the same rule, and instant on moto."""
+    workdir = tmp_path / "stack"
+    workdir.mkdir()
+    endpoint = moto_server.endpoint
+    name = f"/guard-{os.getpid()}-{tmp_path.name}/slack-webhook"
+    (workdir / "main.tf").write_text(f"""
+provider "aws" {{
+  region                      = "us-east-1"
+  skip_credentials_validation = true
+  skip_requesting_account_id  = true
+  skip_metadata_api_check     = true
+  endpoints {{
+    ssm = "{endpoint}"
+    sts = "{endpoint}"
+  }}
+}}
+resource "aws_ssm_parameter" "slack_webhook" {{
+  count = 1
+  name  = "{name}"
+  type  = "SecureString"
+  value = "unset"
+}}
+""")
+    env = {**terraform_env, **FAKE_CREDS}
+    for args in (["init", "-input=false"], ["apply", "-auto-approve", "-input=false"]):
+        r = subprocess.run(["terraform", *args], cwd=workdir, env=env, capture_output=True, text=True, timeout=180)
+        assert r.returncode == 0, r.stderr
+    (workdir / "provision.json").write_text(json.dumps({"var_files": [], "endpoint_url": endpoint}))
+    ssm = moto_server.client("ssm")
+
+    r = ctl(["destroy", "--yes", "--workdir", str(workdir)], env=env)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "do not list slack_webhook_parameter as kept" in r.stderr and "--delete-webhook-parameter" in r.stderr
+    assert ssm.get_parameter(Name=name)["Parameter"]["Name"] == name  # untouched
+
+    r = ctl(["destroy", "--yes", "--delete-webhook-parameter", "--workdir", str(workdir)], env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "aws_ssm_parameter.slack_webhook[0]" in r.stdout and "Destroyed. Kept: nothing." in r.stdout
+    assert not ssm.describe_parameters(ParameterFilters=[{"Key": "Name", "Values": [name]}])["Parameters"]
