@@ -196,6 +196,10 @@ def launch(cfg: RunConfig, target: Target, run_id: str | None = None, dry_run: b
                 box, lay, "stage", {"endpoint_url": cfg.store.endpoint_url, "region": region, "workers": cfg.stage.workers,
                                     "env_file": env_file, **spec}, "fetching the checkpoint", cfg.ssh.command_timeout_s))
         lap("stage")
+        if prior is not None and not resuming and _finished(rs, run_id):
+            # Its agent ended while we set up: never overwrite a finished run's record with "launching".
+            raise ConfigError(f"run {run_id} finished while this launch was setting up: see `ctl tail {run_id}`; "
+                              f"omit --run-id for a new run")
         argv = plan.agent_argv(cfg, lay, run_id, rs.url, cfg.store.endpoint_url)
         rs.write_metadata(p.Metadata(
             run_id=run_id, created=time.time(), phase="launching", config=recorded_config(cfg),
