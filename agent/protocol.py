@@ -68,6 +68,14 @@ def iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
+def fmt_metric(v, spec: str = ".4f") -> str:
+    """A metric as `spec`. JSON has no NaN, so a diverged loss is stored as the string "nan" (or
+    "inf"): anything that is not a number is shown as it is, never crashes a table or an alert."""
+    if isinstance(v, int | float) and not isinstance(v, bool):
+        return format(v, spec)
+    return str(v)
+
+
 class RecordError(ValueError):
     """A stored record that cannot be read as its type (not JSON, wrong fields)."""
 

@@ -69,6 +69,7 @@ def main():
 def runs_cmd(store_url, endpoint_url, as_json, limit):
     """List runs in the store: id, phase, step, heartbeat age, outcome, cost."""
     from agent.pricing import fmt_cost
+    from agent.protocol import fmt_metric
     from controller.runs import fmt_age, list_rows, rows_as_dicts
 
     rs = open_run_store(store_url, endpoint_url)
@@ -87,7 +88,7 @@ def runs_cmd(store_url, endpoint_url, as_json, limit):
         table.add_column(col, justify="right" if col == "cost" else "left")
     for r in rows:
         step = "-" if r.step is None else (f"{r.step}/{r.total_steps}" if r.total_steps else str(r.step))
-        loss = "-" if r.loss is None else f"{r.loss:.4f}"
+        loss = "-" if r.loss is None else fmt_metric(r.loss)
         table.add_row(r.run_id, r.phase or "-", step, loss, fmt_age(r.heartbeat_age_s), r.outcome, fmt_cost(r.cost_usd))
     Console(file=sys.stdout, width=120).print(table)
 

@@ -10,7 +10,7 @@ from agent import protocol as p
 from agent.runstore import RunStore
 from controller.autostop_launch import countdown
 from controller.runs import fmt_age, run_row
-from controller.tail import fmt_duration, fmt_num, stale_reason
+from controller.tail import fmt_duration, stale_reason
 
 
 def collect(rs: RunStore, run_id: str, now: float, instance_state=None) -> dict:
@@ -58,8 +58,8 @@ def render(d: dict, now: float) -> str:
                      f"{d['instance_state'] or 'not checked'}")
     lines += [
         f"phase      {d['phase'] or '-'}",
-        f"step       {step}" + (f"   loss {fmt_num(d['loss'])}" if d["loss"] is not None else "")
-        + (f"   {fmt_num(d['tokens_per_s'], ',.0f')} tok/s" if d["tokens_per_s"] else "")
+        f"step       {step}" + (f"   loss {p.fmt_metric(d['loss'])}" if d["loss"] is not None else "")
+        + (f"   {p.fmt_metric(d['tokens_per_s'], ',.0f')} tok/s" if d["tokens_per_s"] else "")
         + (f"   ETA {fmt_duration(d['eta_s'])}" if d["eta_s"] is not None and d["outcome"] == "running" else ""),
         f"heartbeat  {fmt_age(d['heartbeat_age_s'])} ago" + (f" (every {d['heartbeat_s']:g}s)" if d["heartbeat_s"] else "")
         + (f", agent pid {d['agent_pid']}" if d["agent_pid"] else "")

@@ -26,13 +26,6 @@ def fmt_duration(s: float | None) -> str:
     return f"{h}h{m:02d}m" if h else (f"{m}m{s % 60:02d}s" if m else f"{s}s")
 
 
-def fmt_num(v, spec: str = ".4f") -> str:
-    """A number as `spec`; anything else (the agent writes a diverged loss as "nan") as is."""
-    if isinstance(v, int | float) and not isinstance(v, bool):
-        return format(v, spec)
-    return str(v)
-
-
 def stale_reason(now: float, hb: p.Heartbeat | None, md: p.Metadata | None, stale_after_s: float | None) -> str | None:
     """Why the run looks stale, or None (pure). Default limit: 3 heartbeats + 30 s."""
     hb_s = hb.heartbeat_s if hb else (md.heartbeat_s if md else 30.0)
@@ -55,9 +48,9 @@ def status_line(pr: p.Progress | None, hb: p.Heartbeat | None, now: float) -> st
     if pr and pr.step is not None:
         parts.append(f"step {pr.step}/{pr.total_steps}" if pr.total_steps else f"step {pr.step}")
     if pr and pr.loss is not None:
-        parts.append(f"loss {fmt_num(pr.loss)}")
+        parts.append(f"loss {p.fmt_metric(pr.loss)}")
     if pr and pr.tokens_per_s:
-        parts.append(f"{fmt_num(pr.tokens_per_s, ',.0f')} tok/s")
+        parts.append(f"{p.fmt_metric(pr.tokens_per_s, ',.0f')} tok/s")
     if pr and pr.eta_s is not None:
         parts.append(f"ETA {fmt_duration(pr.eta_s)}")
     parts.append(f"heartbeat {fmt_duration(now - hb.ts) + ' ago' if hb else 'none yet'}")
@@ -71,7 +64,7 @@ def error_text(run_id: str, e: p.ErrorMarker) -> str:
         lines.append(f"  what happened: {e.summary}")
     lines.append(f"  fix: {e.remediation}")
     if e.last_step is not None:
-        lines.append(f"  last step: {e.last_step}" + (f", loss {fmt_num(e.last_loss)}" if e.last_loss is not None else ""))
+        lines.append(f"  last step: {e.last_step}" + (f", loss {p.fmt_metric(e.last_loss)}" if e.last_loss is not None else ""))
     return "\n".join(lines)
 
 

@@ -106,7 +106,8 @@ def destroy_cmd(stack, workdir, delete_data_volume, delete_bucket, delete_webhoo
 
 
 @click.command("lambda-zip")
-@click.option("--output", "-o", type=click.Path(dir_okay=False), default="watcher.zip", show_default=True)
+@click.option("--output", "-o", type=click.Path(dir_okay=False), default="watcher.zip", show_default=True,
+              help="Where to write the zip.")
 def lambda_zip_cmd(output):
     """Build the watcher Lambda zip (agent + ops + slack_sdk; boto3 comes with the runtime)."""
     from infra.lambda_zip import HANDLER, build_zip, sha256_b64

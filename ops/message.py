@@ -129,18 +129,13 @@ def cost_text(msg: dict, f: MessageFacts) -> str | None:
 
 def _step_loss(f: MessageFacts) -> str | None:
     if f.complete and f.complete.final_metrics.get("loss") is not None:
-        return f"final loss {_loss(f.complete.final_metrics['loss'])}"
+        return f"final loss {p.fmt_metric(f.complete.final_metrics['loss'])}"
     step = f.progress.step if f.progress else (f.error.last_step if f.error else None)
     loss = f.progress.loss if f.progress else (f.error.last_loss if f.error else None)
     if step is None and loss is None:
         return None
     total = f"/{f.progress.total_steps}" if f.progress and f.progress.total_steps else ""
-    return f"step {step if step is not None else '?'}{total}" + (f", loss {_loss(loss)}" if loss is not None else "")
-
-
-def _loss(v) -> str:
-    """4 decimals; a diverged run's loss arrives as the string "nan" (JSON has no NaN) and shows as is."""
-    return f"{v:.4f}" if isinstance(v, int | float) else str(v)
+    return f"step {step if step is not None else '?'}{total}" + (f", loss {p.fmt_metric(loss)}" if loss is not None else "")
 
 
 def remediation_for(msg: dict, f: MessageFacts) -> str | None:

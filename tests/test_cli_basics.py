@@ -92,3 +92,13 @@ def test_unreachable_s3_store_is_one_clean_line(tmp_path):
                        timeout=120)
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert r.stderr.startswith("Error: S3 list s3://b/p/ failed")
+
+
+def test_runs_shows_a_diverged_loss(tmp_path):
+    # JSON has no NaN: the agent stores a diverged loss as the string "nan"; the table must not crash.
+    rs = RunStore(LocalStore(tmp_path / "s"))
+    rs.write_metadata(p.Metadata(run_id="nan-20250101-000000", created=1.0))
+    rs.write_progress("nan-20250101-000000", p.Progress(ts=2.0, step=5, loss="nan"))
+    r = CliRunner().invoke(main, ["runs", "--store", str(tmp_path / "s")])
+    assert r.exit_code == 0, r.output
+    assert "nan" in r.output and "5" in r.output
