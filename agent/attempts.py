@@ -121,3 +121,16 @@ def reset_watch_state(rs: RunStore, run_id: str, n: int) -> None:
         rs.store.put(rs.k(run_id, f"{ATTEMPTS}{n}/{p.ALERTS}"), ledger)
         rs.store.delete(rs.k(run_id, p.ALERTS))
     rs.store.delete(p.INDEX_DONE + run_id)
+
+
+def restore_error(rs: RunStore, run_id: str, n: int) -> bool:
+    """Undo a claim whose agent never started (the box turned out busy): `attempts/<n>/_error` and its
+    ledger go back, so the run reads as it did and can be resumed again. False if a marker appeared."""
+    old = rs.store.get(rs.k(run_id, f"{ATTEMPTS}{n}/{p.ERROR}"))
+    if old is None or not rs.store.put_if_absent(rs.k(run_id, p.ERROR), old):
+        return False
+    ledger = rs.store.get(rs.k(run_id, f"{ATTEMPTS}{n}/{p.ALERTS}"))
+    if ledger is not None and not rs.store.exists(rs.k(run_id, p.ALERTS)):
+        rs.store.put(rs.k(run_id, p.ALERTS), ledger)
+    rs.store.delete_prefix(rs.k(run_id, f"{ATTEMPTS}{n}/"))
+    return True

@@ -27,7 +27,7 @@ from controller.boxside import parse_result
 from controller.config import RunConfig
 from controller.facts import gather
 from controller.remote import Box, LocalBox, SshBox
-from controller.resume import resume_box, resume_plan
+from controller.resume import resume_box, resume_plan, unclaim
 from controller.runenv import check_memory, env_file_bytes, recorded_config
 
 
@@ -192,7 +192,7 @@ def launch(cfg: RunConfig, target: Target, run_id: str | None = None, dry_run: b
             _boxside(box, lay, "stage", spec, "staging model/data", cfg.ssh.command_timeout_s, stream=True)
         check_memory(box, plan.estimate_argv(cfg, lay, workdir, facts.gpus), say)
         if resuming:
-            resume_box(box, rs, resuming, workdir, lambda spec: _boxside(
+            claimed = resume_box(box, rs, resuming, workdir, lambda spec: _boxside(
                 box, lay, "stage", {"endpoint_url": cfg.store.endpoint_url, "region": region, "workers": cfg.stage.workers,
                                     "env_file": env_file, **spec}, "fetching the checkpoint", cfg.ssh.command_timeout_s))
         lap("stage")
@@ -212,6 +212,8 @@ def launch(cfg: RunConfig, target: Target, run_id: str | None = None, dry_run: b
             "lock_file": lay.lock_file, "active_file": lay.active_file, "systemd": facts.systemd,
             "finished_run": other if other_done else None,
             "grace_s": min(1.0, cfg.agent.heartbeat_s)}, "starting the agent", 120)
+        if resuming and res.get("status") == "busy":
+            unclaim(rs, resuming, claimed)  # no agent of ours started: the run stays resumable
         start_companion(box, lay.box_python, f"{lay.home}/runs", cfg, target.kind, say)  # controller.autostop_launch
         lap("start")
     finally:

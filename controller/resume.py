@@ -32,6 +32,7 @@ from agent.attempts import (
     download_checkpoint,
     newest_stored_checkpoint,
     reset_watch_state,
+    restore_error,
 )
 from agent.errors import ConfigError
 from agent.runstore import RunStore
@@ -116,3 +117,9 @@ def resume_box(box: Box, rs: RunStore, plan: ResumePlan, workdir: str, boxside, 
     """Steps 2 and 3 for `launch`, right before the agent starts: checkpoint in place, then the claim."""
     fetch_checkpoint(box, rs, plan, workdir, boxside, say)
     return claim(rs, plan, say)
+
+
+def unclaim(rs: RunStore, plan: ResumePlan, n: int, say=_say) -> None:
+    """Undo `claim` when the agent did not start because the box was busy."""
+    if restore_error(rs, plan.run_id, n):
+        say(f"resume: {plan.run_id} was not started; its _error is back, resume it again when the box is free")

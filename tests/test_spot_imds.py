@@ -145,3 +145,21 @@ def test_resume_resets_the_watchers_state_for_the_new_attempt(local_store):
     assert not local_store.exists(rs.k(RUN, p.ALERTS)) and not local_store.exists(p.INDEX_DONE + RUN)
     reset_watch_state(rs, RUN, 2)  # nothing to move: no error
     assert not local_store.exists(rs.k(RUN, "attempts/2/_alerts.json"))
+
+
+def test_a_claim_whose_agent_never_started_is_undone(local_store):
+    from agent.attempts import restore_error
+
+    rs = RunStore(local_store)
+    rs.write_metadata(p.Metadata(run_id=RUN, created=1.0))
+    _error(rs, "first")
+    local_store.put(rs.k(RUN, p.ALERTS), b"ledger")
+    n = archive_error(rs, RUN)
+    from agent.attempts import reset_watch_state
+
+    reset_watch_state(rs, RUN, n)
+    assert restore_error(rs, RUN, n)
+    assert rs.read_error(RUN).summary == "first" and local_store.get(rs.k(RUN, p.ALERTS)) == b"ledger"
+    assert not list(local_store.list(rs.k(RUN, "attempts/")))
+    assert not restore_error(rs, RUN, n)  # nothing archived any more
+    assert archive_error(rs, RUN) == 1  # and it can be claimed again
