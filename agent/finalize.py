@@ -74,7 +74,7 @@ def decide(agent, status: ExitStatus, facts: dict, duration: float | None):
     tail = agent.shipper.tail(200)
     common = {"phase": agent.progress.phase, "duration_s": duration, "last_step": agent.progress.last_step,
               "last_loss": agent.progress.last_loss}
-    if agent.spot.notice is not None:
+    if agent.spot.notice is not None and not status.ok:  # a trainer that finished anyway completes
         return agent.spot.interrupted_marker(agent, status, facts, tail, common)
     if not status.ok or facts["stop_requested"] or facts["agent_interrupted"]:
         return error_marker(status, facts, tail, **common)
