@@ -44,13 +44,52 @@ def main() -> int:
     common = ["--trainer-config", "train/examples/demo-train.toml", "--train-set", f"model.path={model}",
               "--train-set", f"data.path={data}", "--set", "agent.heartbeat_s=5"]
     good, bad = f"demo-{stamp}", f"demo-nan-{stamp}"
+    watch = ["watch", "--once", "--no-ec2"]
     ctl("launch", "--local", "--run-id", good, *common, env=env)
     ctl("tail", good, "--lines", "5", "--poll-s", "1", env=env, expect=0)
+    ctl(*watch, env=env)
     ctl("launch", "--local", "--run-id", bad, *common, "--train-set", "debug.inject_nan_at_step=5", env=env)
     ctl("tail", bad, "--lines", "5", "--poll-s", "1", env=env, expect=1)
+    ctl(*watch, env=env)
     ctl("status", bad, "--no-instance", env=env)
-    print(f"\ndemo done: {good} completed, {bad} failed as intended (store {env['TRAINCTL_HOME']}/runs)")
+    print(where_things_are(Path(env["TRAINCTL_HOME"]) / "runs", good, bad))
     return 0
+
+
+def sparkline(values: list[float]) -> str:
+    """The loss curve in one line of block characters (higher block = higher loss)."""
+    bars = "▁▂▃▄▅▆▇█"
+    finite = [v for v in values if isinstance(v, int | float)]
+    if not finite:
+        return ""
+    lo, hi = min(finite), max(finite)
+    span = (hi - lo) or 1.0
+    return "".join(bars[min(7, int((v - lo) / span * 7.999))] if isinstance(v, int | float) else "!" for v in values)
+
+
+def where_things_are(store_root: Path, good: str, bad: str) -> str:
+    """The closing summary: the adapter, the logs and the loss curve of the good run."""
+    from agent import protocol as p
+    from agent.runstore import RunStore
+    from agent.store_local import LocalStore
+
+    rs = RunStore(LocalStore(store_root))
+    done = rs.read_complete(good)
+    history = rs.read_history(good)
+    losses = [pt.get("loss") for pt in history if "loss" in pt]
+    adapter = next((a.get("uri") for a in (done.artifacts if done else []) if a.get("name") == "adapter"),
+                   rs.store.location(rs.artifact_key(good, "adapter/")))
+    curve = sparkline(losses)
+    first, last = (p.fmt_metric(losses[0]), p.fmt_metric(losses[-1])) if losses else ("-", "-")
+    return "\n".join([
+        "",
+        f"demo done: {good} completed, {bad} failed as intended.",
+        f"  adapter     {adapter}",
+        f"  logs        {rs.store.location(rs.k(good, p.LOGS))}  (latest: {p.LOG_LATEST})",
+        f"  loss curve  {rs.store.location(rs.k(good, p.HISTORY))}  {curve}  {first} -> {last}",
+        f"  failed run  {rs.store.location(rs.k(bad, p.ERROR))}",
+        f"  all runs    ctl runs --store {store_root}",
+    ])
 
 
 if __name__ == "__main__":
