@@ -19,14 +19,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 REMEDIATION: dict[str, str] = {
-    "cuda_oom": "GPU memory ran out: lower per_device_train_batch_size or max_seq_length (raise "
-                "gradient_accumulation_steps to keep the effective batch), keep gradient checkpointing on, relaunch.",
-    "host_oom": "Host RAM ran out (kernel OOM killer): pre-tokenize the dataset, lower num_proc / dataloader "
-                "workers, or use an instance with more RAM; then relaunch.",
-    "nan_loss": "Loss became NaN/inf: lower the learning rate, keep max_grad_norm (e.g. 0.3), prefer bf16 over fp16, "
+    "cuda_oom": "GPU memory ran out: lower train.per_device_batch_size (raise train.grad_accum to keep the "
+                "effective batch) or tokenizer.max_seq_length (re-run ctl train prepare), keep "
+                "train.gradient_checkpointing on; check with ctl train estimate, then relaunch.",
+    "host_oom": "Host RAM ran out (kernel OOM killer): pre-tokenize with ctl train prepare (streams in bounded "
+                "RAM), lower prepare.num_proc / prepare.batch_size, or use an instance with more RAM; then relaunch.",
+    "nan_loss": "Loss became NaN/inf: lower train.learning_rate, keep train.max_grad_norm (e.g. 0.3), prefer bf16 over fp16, "
                 "check the data for empty or garbage rows, resume from the last good checkpoint.",
     "disk_full": "Disk full: free space on /mnt/training (old checkpoints, HF cache) or grow the data volume, "
-                 "lower save_total_limit, then relaunch.",
+                 "lower train.save_total_limit, then relaunch.",
     "s3_access_denied": "S3 refused the request: check the instance profile's policy covers the bucket and prefix "
                         "(s3:GetObject, PutObject, ListBucket) and that the bucket name in the config is right.",
     "no_credentials": "No usable AWS credentials on the box: attach the instance profile (terraform apply) or "
@@ -44,7 +45,7 @@ REMEDIATION: dict[str, str] = {
                     "kill -9 of the process group?): check the instance, then relaunch.",
     "interrupted": "The agent was told to shut down (reboot, spot interruption, systemctl stop): relaunch; "
                    "training resumes from the last saved checkpoint.",
-    "unknown": "Unrecognised failure: read the last log lines in _error (ctl tail --run-id ...), fix, relaunch.",
+    "unknown": "Unrecognised failure: read the last log lines in _error (ctl tail <run-id> --from-start), fix, relaunch.",
 }
 
 

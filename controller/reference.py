@@ -128,6 +128,7 @@ WATCHER_STATES = {
     "agent_silent": "No heartbeat for heartbeat_s + grace: the agent or the box is down.",
     "hung": "The agent is alive but the trainer has made no step for progress_timeout (longer in setup phases).",
     "instance_gone": "EC2 says the instance is stopped, terminated or spot-reclaimed; mutes agent_silent and hung.",
+    "interrupted": "The run ended with cause `interrupted` (spot reclaim, reboot): its checkpoint is in the store.",
     "corrupt": "Both `_error` and `_complete` exist, which the agent never writes: something else wrote a marker.",
 }
 
@@ -148,6 +149,10 @@ def render_runbook() -> str:
     for state, meaning in WATCHER_STATES.items():
         fix = watcher_remediation(state, "<run-id>", facts) or "Nothing yet; the watcher keeps looking."
         lines.append(f"| `{state}` | {meaning} | {fix.replace('|', '/')} |")
+    lines += ["", "## Idle instances", "",
+              "A running instance tagged `ManagedBy=trainctl` with no active run for `--orphan-after` (default 30m) "
+              "alerts once with its hourly cost and the command to stop it: `aws ec2 stop-instances "
+              "--instance-ids <id> --region <region>`. The box's own `ctl autostop` normally stops it first."]
     return "\n".join(lines) + "\n"
 
 

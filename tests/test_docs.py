@@ -28,3 +28,21 @@ def test_runbook_is_current_and_complete():
     on_disk = (ROOT / "docs" / "runbook.md").read_text()
     assert on_disk == render_runbook(), "docs/runbook.md is stale: run `.venv/bin/python -m controller.reference runbook > docs/runbook.md`"
     assert set(CAUSE_MEANING) == set(REMEDIATION), "every classifier cause needs a meaning in the runbook"
+
+
+def test_remediation_texts_name_only_real_config_keys():
+    # The seeds' config drift, in words: a fix that names a knob the config does not have is worse than none.
+    import re
+
+    from agent.classify import REMEDIATION
+    from train.schemas import DataConfig, TrainConfig
+
+    keys = {k for k, *_ in rows(TrainConfig)} | {k for k, *_ in rows(DataConfig)}
+    sections = {k.split(".")[0] for k in keys}
+    named = set()
+    for text in REMEDIATION.values():
+        for m in re.finditer(r"\b([a-z_]+)\.([a-z_0-9]+)\b", text):
+            if m.group(1) in sections:
+                named.add(m.group(0))
+    assert named, "remediation texts should name the config keys to change"
+    assert named <= keys, f"remediation names keys the config does not have: {sorted(named - keys)}"
