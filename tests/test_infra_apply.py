@@ -1,9 +1,9 @@
 """`ctl provision` against moto's server with real terraform and the real aws provider, checked with
 boto3, then `ctl destroy`, which keeps the data volume.
 
-One stack for the whole module (an apply costs about a minute); the tests run in file order on one
-worker (xdist group) and the last one destroys it. The moto server is this module's own, so no
-other test sees these instances.
+One stack (an apply costs about a minute), checked step by step in a single test: xdist_group
+does not keep a module on one worker with this pytest/xdist pair, and destroy must come last.
+The moto server is this module's own, so no other test sees these instances.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def stack(tmp_path_factory, terraform_env):
         moto.stop()
 
 
-def test_provision_prints_plan_and_next_command_and_saves_outputs(stack):
+def check_provision_prints_plan_and_next_command_and_saves_outputs(stack):
     out = stack.outputs
     assert out["instance_id"].startswith("i-") and out["data_volume_id"].startswith("vol-")
     assert out["public_ip"] and out["public_dns"] and out["ssh_user"] == "ubuntu"
@@ -76,7 +76,7 @@ def test_provision_prints_plan_and_next_command_and_saves_outputs(stack):
     assert f"ctl launch --existing {out['instance_id']} --store {out['store_url']}" in stack.proc.stdout
 
 
-def test_instance_is_g5_with_imdsv2_encrypted_root_and_the_key_pair(stack):
+def check_instance_is_g5_with_imdsv2_encrypted_root_and_the_key_pair(stack):
     ec2 = stack.client("ec2")
     inst = ec2.describe_instances(InstanceIds=[stack.outputs["instance_id"]])["Reservations"][0]["Instances"][0]
     assert inst["InstanceType"] == "g5.2xlarge"
@@ -88,7 +88,7 @@ def test_instance_is_g5_with_imdsv2_encrypted_root_and_the_key_pair(stack):
     assert vol["Encrypted"] is True
 
 
-def test_data_volume_is_300gb_gp3_encrypted_and_attached(stack):
+def check_data_volume_is_300gb_gp3_encrypted_and_attached(stack):
     ec2 = stack.client("ec2")
     vol = ec2.describe_volumes(VolumeIds=[stack.outputs["data_volume_id"]])["Volumes"][0]
     assert (vol["Size"], vol["VolumeType"], vol["Encrypted"]) == (300, "gp3", True)
@@ -101,7 +101,7 @@ def test_data_volume_is_300gb_gp3_encrypted_and_attached(stack):
     assert lint.returncode == 0, lint.stdout  # the script as rendered, settings prepended
 
 
-def test_security_group_admits_only_the_given_cidr_on_ssh(stack):
+def check_security_group_admits_only_the_given_cidr_on_ssh(stack):
     ec2 = stack.client("ec2")
     inst = ec2.describe_instances(InstanceIds=[stack.outputs["instance_id"]])["Reservations"][0]["Instances"][0]
     sgs = ec2.describe_security_groups(GroupIds=[g["GroupId"] for g in inst["SecurityGroups"]])["SecurityGroups"]
@@ -125,7 +125,7 @@ def _as_list(v):
     return v if isinstance(v, list) else [v]
 
 
-def test_instance_role_writes_only_under_the_runs_prefix_and_has_no_wildcard_action(stack):
+def check_instance_role_writes_only_under_the_runs_prefix_and_has_no_wildcard_action(stack):
     iam = stack.client("iam")
     profile = stack.client("ec2").describe_instances(InstanceIds=[stack.outputs["instance_id"]])[
         "Reservations"][0]["Instances"][0]["IamInstanceProfile"]["Arn"].split("/")[-1]
@@ -149,7 +149,7 @@ def test_instance_role_writes_only_under_the_runs_prefix_and_has_no_wildcard_act
     assert reads == {f"arn:aws:s3:::{bucket}/models/*", f"arn:aws:s3:::{bucket}/datasets/*", runs}
 
 
-def test_bucket_blocks_public_access_and_is_encrypted_versioned_with_lifecycle(stack):
+def check_bucket_blocks_public_access_and_is_encrypted_versioned_with_lifecycle(stack):
     s3 = stack.client("s3")
     bucket = stack.outputs["store_url"].split("/")[2]
     pab = s3.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"]
@@ -163,7 +163,7 @@ def test_bucket_blocks_public_access_and_is_encrypted_versioned_with_lifecycle(s
     assert rules["expire-overwritten-versions"]["NoncurrentVersionExpiration"]["NoncurrentDays"] == 7
 
 
-def test_watcher_lambda_runs_the_ops_handler_every_minute_with_a_narrow_role(stack):
+def check_watcher_lambda_runs_the_ops_handler_every_minute_with_a_narrow_role(stack):
     fn = stack.client("lambda").get_function(FunctionName=stack.outputs["watcher_function"])["Configuration"]
     assert fn["Handler"] == "ops.lambda_handler.handler" and fn["Runtime"].startswith("python3")
     env = fn["Environment"]["Variables"]
@@ -209,7 +209,7 @@ def reap_agents():
                 pass
 
 
-def test_ctl_launch_existing_on_the_provisioned_box(stack, sshd, tmp_path, reap_agents, monkeypatch):
+def check_ctl_launch_existing_on_the_provisioned_box(stack, sshd, tmp_path, reap_agents, monkeypatch):
     """The command `ctl provision` printed works: its public IP maps to the sshd fixture, the
     run goes to the store it created, and the agent's fake trainer completes."""
     from agent.runstore import RunStore
@@ -252,7 +252,7 @@ def test_ctl_launch_existing_on_the_provisioned_box(stack, sshd, tmp_path, reap_
     assert md.instance_id == out["instance_id"] and md.instance_type == "g5.2xlarge"
 
 
-def test_destroy_asks_first_and_says_what_it_keeps(stack):
+def check_destroy_asks_first_and_says_what_it_keeps(stack):
     """On a terminal `ctl destroy` lists what goes and what stays, and "no" changes nothing."""
     master, slave = os.openpty()
     try:
@@ -271,7 +271,7 @@ def test_destroy_asks_first_and_says_what_it_keeps(stack):
     assert inst["Reservations"][0]["Instances"][0]["State"]["Name"] == "running"
 
 
-def test_destroy_keeps_the_data_volume_and_says_so(stack):
+def check_destroy_keeps_the_data_volume_and_says_so(stack):
     ec2 = stack.client("ec2")
     out = stack.outputs
     r = ctl(["destroy", "--yes"], stack.env)
@@ -287,7 +287,7 @@ def test_destroy_keeps_the_data_volume_and_says_so(stack):
     assert out["watcher_function"] not in fns
 
 
-def test_next_provision_plans_to_reattach_the_kept_volume_and_reuse_the_bucket(stack, monkeypatch):
+def check_next_provision_plans_to_reattach_the_kept_volume_and_reuse_the_bucket(stack, monkeypatch):
     from infra.stack import GENERATED_VARS, Stack
 
     out = stack.outputs
@@ -306,3 +306,20 @@ def test_next_provision_plans_to_reattach_the_kept_volume_and_reuse_the_bucket(s
     assert "aws_ebs_volume.data[0]" not in changes and "aws_s3_bucket.store[0]" not in changes
     assert changes["aws_s3_bucket_public_access_block.store[0]"] == "create"  # settings managed again
     assert "aws_ssm_parameter.slack_webhook[0]" not in changes  # the webhook already there is kept
+
+
+def test_provision_check_launch_destroy_and_plan_the_next_provision(stack, sshd, tmp_path, reap_agents, monkeypatch):
+    """The whole life of one stack, in order (one apply is a minute; pytest-xdist may split a
+    module across workers, so the steps that need order share one test). Each check is named for
+    the property it proves."""
+    check_provision_prints_plan_and_next_command_and_saves_outputs(stack)
+    check_instance_is_g5_with_imdsv2_encrypted_root_and_the_key_pair(stack)
+    check_data_volume_is_300gb_gp3_encrypted_and_attached(stack)
+    check_security_group_admits_only_the_given_cidr_on_ssh(stack)
+    check_instance_role_writes_only_under_the_runs_prefix_and_has_no_wildcard_action(stack)
+    check_bucket_blocks_public_access_and_is_encrypted_versioned_with_lifecycle(stack)
+    check_watcher_lambda_runs_the_ops_handler_every_minute_with_a_narrow_role(stack)
+    check_ctl_launch_existing_on_the_provisioned_box(stack, sshd, tmp_path, reap_agents, monkeypatch)
+    check_destroy_asks_first_and_says_what_it_keeps(stack)
+    check_destroy_keeps_the_data_volume_and_says_so(stack)
+    check_next_provision_plans_to_reattach_the_kept_volume_and_reuse_the_bucket(stack, monkeypatch)
