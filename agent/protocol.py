@@ -40,6 +40,9 @@ INDEX_DONE = "_index/done/"
 # (ops/orphans.py), so an idle GPU box is reported once however many watchers sweep.
 ORPHANS = "_orphans/"
 CHUNK_DIGITS = 8
+# S3 lifecycle expires old log chunks by this tag (infra/terraform/store.tf): a prefix filter
+# cannot reach `<runs>/<run-id>/logs/` across run ids.
+LOG_CHUNK_TAGS = {"trainctl-kind": "log-chunk"}
 
 
 def key(run_id: str, name: str) -> str:

@@ -111,7 +111,7 @@ class RunStore:
     # -- logs -----------------------------------------------------------------------------
     def put_log_chunk(self, run_id: str, seq: int, data: bytes) -> None:
         """Upload chunk `seq`. Re-uploading the same seq with the same bytes is harmless."""
-        self.store.put(self.k(run_id, p.chunk_name(seq)), data)
+        self.store.put(self.k(run_id, p.chunk_name(seq)), data, tags=p.LOG_CHUNK_TAGS)
 
     def list_log_chunks(self, run_id: str, after: str | None = None) -> Iterator[str]:
         """Chunk keys in order, strictly after the cursor `after` (a chunk key)."""

@@ -36,8 +36,10 @@ class Store(ABC):
     url: str
 
     @abstractmethod
-    def put(self, key: str, data: bytes) -> None:
-        """Write `data` at `key`, replacing it atomically (readers never see half a value)."""
+    def put(self, key: str, data: bytes, tags: dict[str, str] | None = None) -> None:
+        """Write `data` at `key`, replacing it atomically (readers never see half a value).
+
+        `tags` become S3 object tags (lifecycle rules expire by them); the local folder has none."""
 
     @abstractmethod
     def get(self, key: str) -> bytes | None:

@@ -48,7 +48,7 @@ class LocalStore(Store):
             raise
         return tmp
 
-    def put(self, key: str, data: bytes) -> None:
+    def put(self, key: str, data: bytes, tags: dict[str, str] | None = None) -> None:
         path = self._path(key)
         os.replace(self._write_tmp(path, data), path)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from urllib.parse import urlencode
 
 from agent.errors import NotFound, StoreError
 from agent.store import Store, Versioned
@@ -70,9 +71,10 @@ class S3Store(Store):
         code = _code(exc) or type(exc).__name__
         return StoreError(f"S3 {what} {self.location(key)} failed: {code}: {exc}")
 
-    def put(self, key: str, data: bytes) -> None:
+    def put(self, key: str, data: bytes, tags: dict[str, str] | None = None) -> None:
+        extra = {"Tagging": urlencode(tags)} if tags else {}
         try:
-            self.client.put_object(Bucket=self.bucket, Key=self._k(key), Body=data)
+            self.client.put_object(Bucket=self.bucket, Key=self._k(key), Body=data, **extra)
         except Exception as exc:  # botocore raises many types; all mean "not stored"
             raise self._fail("put", key, exc) from exc
 

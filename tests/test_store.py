@@ -182,3 +182,18 @@ def test_local_store_leaves_no_temp_files(tmp_path):
     names = sorted(x.name for x in (tmp_path / "s" / "r").iterdir())
     assert [n for n in names if n.startswith(".tmp-")] == []
     assert list(s.list("r/")) == ["r/a"]
+
+
+def test_log_chunks_carry_the_lifecycle_tag_in_s3(moto_server, s3_store):
+    RunStore(s3_store).put_log_chunk(RUN, 0, b"hello\n")
+    tags = moto_server.client("s3").get_object_tagging(
+        Bucket=s3_store.bucket, Key=f"training-runs/{RUN}/logs/00000000.log")["TagSet"]
+    assert {t["Key"]: t["Value"] for t in tags} == p.LOG_CHUNK_TAGS
+
+
+def test_lifecycle_rule_expires_the_tag_the_agent_writes():
+    from pathlib import Path
+
+    tf = (Path(__file__).resolve().parents[1] / "infra" / "terraform" / "store.tf").read_text()
+    (key, value), = p.LOG_CHUNK_TAGS.items()
+    assert f'key   = "{key}"' in tf and f'value = "{value}"' in tf
