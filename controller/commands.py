@@ -32,6 +32,11 @@ def _merge_defaults(raw: dict, defaults: dict) -> dict:
 @click.option("--existing", "instance_id", metavar="i-XXXX", help="Launch on this EC2 instance (started if stopped).")
 @click.option("--host", "host", metavar="USER@HOST[:PORT]", help="Launch on any SSH box.")
 @click.option("--local", "local", is_flag=True, help="Launch on this machine with the local-folder store.")
+@click.option("--new", "new", is_flag=True, help="Provision the box with Terraform first (as `ctl provision`), then launch on it.")
+@click.option("--var-file", "var_files", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="With --new: Terraform variables (see infra/terraform/example.tfvars). Repeatable.")
+@click.option("--stack", "stack_name", default="default", show_default=True, help="With --new: the stack to provision.")
+@click.option("--yes", "auto_approve", is_flag=True, help="With --new: apply the Terraform plan without asking.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
               help="run.toml (default: ./run.toml when present).")
 @click.option("--run-id", default=None, help="Run id (default: <name>-<UTC stamp>).")
@@ -53,15 +58,17 @@ def _merge_defaults(raw: dict, defaults: dict) -> dict:
 @click.option("--dry-run", is_flag=True, help="Gather facts, run preflight, print the steps; change nothing.")
 @click.option("--follow", "-f", is_flag=True, help="Tail the run after starting it (exit code as `ctl tail`).")
 @click.argument("trainer_command", nargs=-1, type=click.UNPROCESSED)
-def launch_cmd(instance_id, host, local, config_path, run_id, resume_id, store_url, endpoint_url, region, ec2_endpoint_url,
+def launch_cmd(instance_id, host, local, new, var_files, stack_name, auto_approve, config_path, run_id, resume_id, store_url, endpoint_url, region, ec2_endpoint_url,
                no_start, allow_no_gpu, ssh_config, ssh_key, user, data_root, trainer_config, sets, train_sets,
                dry_run, follow, trainer_command):
     """Launch a run: `ctl launch --existing i-0abc --config run.toml [-- trainer command...]`."""
     from controller import config as c
     from controller.launch import Target, launch
 
-    if sum(bool(x) for x in (instance_id, host, local)) > 1:
-        raise ConfigError("choose one of --existing, --host and --local")
+    if sum(bool(x) for x in (instance_id, host, local, new)) > 1:
+        raise ConfigError("choose one of --existing, --host, --local and --new")
+    if (var_files or auto_approve) and not new:
+        raise ConfigError("--var-file and --yes go with --new (provision, then launch)")
     if config_path is None and Path("run.toml").is_file():
         config_path = "run.toml"
     raw = c.load_raw(config_path)
@@ -87,6 +94,16 @@ def launch_cmd(instance_id, host, local, config_path, run_id, resume_id, store_u
         from train.schemas import TrainConfig
 
         load_config(TrainConfig, str(Path(cfg.trainer.config).expanduser()), cfg.trainer.set, validate=False)
+    if new:
+        # Validated above before anything touched AWS; now the box exists and the launch targets it.
+        from infra.cli import provision_new
+
+        out = provision_new(stack_name, var_files, auto_approve)
+        cfg.instance.id = out["instance_id"]
+        cfg.instance.region = cfg.instance.region or out.get("region") or ""
+        cfg.store.url = cfg.store.url or out.get("store_url") or ""
+        if out.get("ssh_user") not in (None, "", "ubuntu"):  # ubuntu is the default: ssh_config's User may say more
+            cfg.ssh.user = cfg.ssh.user or out["ssh_user"]
     if local:
         target = Target("local")
     elif host:

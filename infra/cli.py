@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 
@@ -29,6 +30,19 @@ def _confirmer(auto_approve: bool):
     if not sys.stdin.isatty():
         raise ConfigError("no terminal to ask for confirmation: review the plan and pass --auto-approve")
     return lambda question: click.confirm(question, default=False)
+
+
+def provision_new(stack: str, var_files, auto_approve: bool) -> dict:
+    """`ctl launch --new`: provision (or re-apply, a no-op when nothing changed) and return the outputs."""
+    from infra.stack import Stack, stack_dir
+
+    confirm = _confirmer(auto_approve)
+    st = Stack(stack_dir(stack, None), var_files=list(var_files), endpoint_url=os.environ.get("TRAINCTL_AWS_ENDPOINT"),
+               echo=click.echo)
+    click.echo(f"provisioning stack {stack} ({st.workdir})")
+    out = st.provision(confirm)
+    click.echo(f"provisioned {out['instance_id']}; launching on it")
+    return out
 
 
 def next_command(outputs: dict) -> str:

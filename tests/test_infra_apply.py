@@ -62,7 +62,9 @@ def stack(tmp_path_factory, terraform_env):
         env.pop("AWS_PROFILE", None)
         proc = ctl(["provision", "--var-file", str(var_file), "--auto-approve", "--endpoint-url", moto.endpoint], env)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
-        yield Stack(moto, env, home, name, proc)
+        st = Stack(moto, env, home, name, proc)
+        st.var_file = var_file
+        yield st
     finally:
         moto.stop()
 
@@ -252,6 +254,34 @@ def check_ctl_launch_existing_on_the_provisioned_box(stack, sshd, tmp_path, reap
     assert md.instance_id == out["instance_id"] and md.instance_type == "g5.2xlarge"
 
 
+def check_ctl_launch_new_reapplies_the_stack_then_launches(stack, sshd, tmp_path, reap_agents):
+    """`ctl launch --new` provisions (here: re-applies the same stack, nothing to change) and launches
+    on the instance it outputs, with the store and region from the outputs, not from flags."""
+    from tests import test_controller_launch as launch
+
+    out = stack.outputs
+    env = {**stack.env, "TRAINCTL_SSH_CONFIG": str(sshd.ssh_config), "TRAINCTL_EC2_ENDPOINT": stack.moto.endpoint,
+           "TRAINCTL_S3_ENDPOINT": stack.moto.endpoint, "TRAINCTL_AWS_ENDPOINT": stack.moto.endpoint,
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env.pop("TRAINCTL_STORE", None)
+    trainer = tmp_path / "fake_trainer_new.py"
+    trainer.write_text(launch.FAKE_TRAINER)
+    bucket = out["store_url"].split("/")[2]
+    cfg = launch.write_config(tmp_path / "run-new.toml", bucket, stack.moto.endpoint, tmp_path / "box-new", trainer,
+                              steps=2)
+    raw = cfg.read_text()
+    cfg.write_text("\n".join(ln for ln in raw.splitlines() if not ln.startswith("url =")) + "\n")  # store from outputs
+    rid = "infranew-20260101-000002"
+    reap_agents.append(rid)
+    r = ctl(["launch", "--new", "--var-file", str(stack.var_file), "--yes", "--config", str(cfg), "--run-id", rid],
+            env, timeout=400)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr
+    assert f"provisioned {out['instance_id']}; launching on it" in r.stdout
+    assert "Plan: 0 to add, 0 to change, 0 to destroy." in r.stdout, r.stdout[-2000:]  # re-apply is a no-op
+    md = json.loads(stack.client("s3").get_object(Bucket=bucket, Key=f"training-runs/{rid}/metadata.json")["Body"].read())
+    assert md["instance_id"] == out["instance_id"]
+
+
 def check_destroy_asks_first_and_says_what_it_keeps(stack):
     """On a terminal `ctl destroy` lists what goes and what stays, and "no" changes nothing."""
     master, slave = os.openpty()
@@ -320,6 +350,7 @@ def test_provision_check_launch_destroy_and_plan_the_next_provision(stack, sshd,
     check_bucket_blocks_public_access_and_is_encrypted_versioned_with_lifecycle(stack)
     check_watcher_lambda_runs_the_ops_handler_every_minute_with_a_narrow_role(stack)
     check_ctl_launch_existing_on_the_provisioned_box(stack, sshd, tmp_path, reap_agents, monkeypatch)
+    check_ctl_launch_new_reapplies_the_stack_then_launches(stack, sshd, tmp_path, reap_agents)
     check_destroy_asks_first_and_says_what_it_keeps(stack)
     check_destroy_keeps_the_data_volume_and_says_so(stack)
     check_next_provision_plans_to_reattach_the_kept_volume_and_reuse_the_bucket(stack, monkeypatch)
