@@ -11,7 +11,7 @@ import math
 import pytest
 
 from tests.e2e.harness import ctl, ctl_env, end_run_processes, headlines, new_instance, run_store, run_toml
-from tests.fixtures.tiny_model import write_jsonl
+from tests.fixtures.tiny_model import prepare_tiny_dataset
 
 pytestmark = pytest.mark.slow
 
@@ -19,18 +19,9 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def prepared(tiny_model, tmp_path_factory):
     """A small dataset prepared with the real `prepare` into 64-token blocks."""
-    from train.config import load_config
-    from train.prepare import prepare
-    from train.schemas import DataConfig
-
-    root = tmp_path_factory.mktemp("e2e-data")
-    write_jsonl(root / "src" / "notes.jsonl",
-                [{"text": f"the watcher alerts once per incident {i}; the agent ships every line"} for i in range(60)])
-    out = root / "prepared"
-    prepare(load_config(DataConfig, None, [f"output_dir={out!s}", f"tokenizer.path={tiny_model!s}",
-                                           "tokenizer.max_seq_length=64", f"sources=[{{path='{root / 'src'}'}}]",
-                                           "prepare.progress=false"]))
-    return out
+    return prepare_tiny_dataset(tmp_path_factory.mktemp("e2e-data"),
+                                [f"the watcher alerts once per incident {i}; the agent ships every line" for i in range(60)],
+                                tiny_model)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from agent.attempts import archive_error, check_resumable, download_checkpoint, 
 from agent.runstore import RunStore
 from agent.store_s3 import S3Store
 from tests.fixtures.moto_server import REGION
-from tests.fixtures.tiny_model import write_jsonl
+from tests.fixtures.tiny_model import prepare_tiny_dataset
 from tests.imds_standin import ImdsStandIn
 from tests.trainers.harness import Agents, wait_for
 
@@ -28,17 +28,8 @@ TRAINER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARAL
 
 @pytest.fixture(scope="module")
 def packed(tiny_model, tmp_path_factory) -> Path:
-    from train.config import load_config
-    from train.prepare import prepare
-    from train.schemas import DataConfig
-
-    root = tmp_path_factory.mktemp("spot-data")
-    write_jsonl(root / "src" / "d.jsonl", [{"text": f"spot notice {i} then a checkpoint and resume"} for i in range(80)])
-    out = root / "prepared"
-    prepare(load_config(DataConfig, None, [f"output_dir={out!s}", f"tokenizer.path={tiny_model!s}",
-                                           "tokenizer.max_seq_length=64", f"sources=[{{path='{root / 'src'}'}}]",
-                                           "prepare.progress=false"]))
-    return out
+    return prepare_tiny_dataset(tmp_path_factory.mktemp("spot-data"),
+                                [f"spot notice {i} then a checkpoint and resume" for i in range(80)], tiny_model)
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.tiny_model import write_jsonl
+from tests.fixtures.tiny_model import prepare_tiny_dataset
 
 CTL = str(Path(sys.executable).parent / "ctl")
 pytestmark = pytest.mark.slow
@@ -26,18 +26,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def packed(tiny_model, tmp_path_factory) -> Path:
     """A small, repetitive dataset prepared with the real `prepare` (blocks of 64 tokens)."""
-    from train.config import load_config
-    from train.prepare import prepare
-    from train.schemas import DataConfig
-
-    root = tmp_path_factory.mktemp("sft-data")
-    write_jsonl(root / "src" / "d.jsonl",
-                [{"text": f"alpha beta gamma delta {i} alpha beta gamma delta"} for i in range(120)])
-    out = root / "prepared"
-    prepare(load_config(DataConfig, None, [f"output_dir={out!s}", f"tokenizer.path={tiny_model!s}",
-                                           "tokenizer.max_seq_length=64", f"sources=[{{path='{root / 'src'}'}}]",
-                                           "prepare.progress=false"]))
-    return out
+    return prepare_tiny_dataset(tmp_path_factory.mktemp("sft-data"),
+                                [f"alpha beta gamma delta {i} alpha beta gamma delta" for i in range(120)], tiny_model)
 
 
 @pytest.fixture
