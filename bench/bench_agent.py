@@ -52,6 +52,27 @@ while time.time() - t0 < dur:
 '''
 
 
+# A trainer-shaped load: each step burns CPU like a (CPU-bound) training step, prints a few log
+# lines and appends a progress record, as `ctl train sft` does. The agent's share of the CPU
+# against this is the figure that matters on a box; the flood above is its worst case.
+STEPPED = r'''
+import json, os, resource, sys, time
+steps, out = int(sys.argv[1]), sys.argv[2]
+prog = open(os.environ["TRAINCTL_PROGRESS_FILE"], "a")
+x = 0.0
+for step in range(1, steps + 1):
+    t = time.process_time()
+    while time.process_time() - t < 0.03:
+        x = (x * 1.0000001 + 1.0) % 1e9
+    for k in range(5):
+        print(f"step {step} micro-batch {k} loss={2.0 / step:.4f} lr=0.0002 tokens/s=2150.0", flush=True)
+    prog.write(json.dumps({"step": step, "total_steps": steps, "loss": 2.0 / step, "lr": 2e-4}) + "\n")
+    prog.flush()
+ru = resource.getrusage(resource.RUSAGE_SELF)
+json.dump({"cpu": ru.ru_utime + ru.ru_stime}, open(out, "w"))
+'''
+
+
 class _Moto:
     def __init__(self):
         import logging
@@ -219,6 +240,21 @@ def _overhead_and_cost(moto, tmp: Path, quick: bool) -> list[dict]:
     ]
 
 
+def _stepped_cost(moto, tmp: Path, quick: bool) -> list[dict]:
+    """Agent CPU against a trainer that computes between its log lines (start-up included)."""
+    steps = 300 if quick else 1200
+    script = tmp / "stepped.py"
+    script.write_text(STEPPED)
+
+    out = tmp / "stepped.json"
+    run = _run_agent(moto, tmp, [sys.executable, str(script), str(steps), str(out)])
+    trainer_cpu = json.loads(out.read_text())["cpu"]
+    agent_cpu = run["cpu_all"] - trainer_cpu  # start-up included: conservative, and it shrinks as a run grows
+    return [{"name": f"agent CPU / trainer CPU (stepped trainer: {steps} steps of 30 ms CPU, 5 lines each)",
+             "value": agent_cpu, "baseline": trainer_cpu, "ratio": agent_cpu / trainer_cpu, "target": "ratio <= 0.05",
+             "unit": "cpu-s"}]
+
+
 def _latency(moto, tmp: Path, rate: float, duration: float) -> tuple[float, float, int]:
     script = tmp / "paced.py"
     script.write_text(PACED)
@@ -322,6 +358,7 @@ def run(quick: bool = True) -> list[dict]:
         moto = _MotoProc()
         try:
             rows += _overhead_and_cost(moto, tmp, quick)
+            rows += _stepped_cost(moto, tmp, quick)
             for rate, dur in ((10.0, 6.0 if quick else 60.0), (10_000.0, 3.0 if quick else 20.0)):
                 p50, p95, n = _latency(moto, tmp, rate, dur)
                 for name, v in (("p50", p50), ("p95", p95)):
