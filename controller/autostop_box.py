@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from controller.boxside import wait_exec
+
 PID_FILE = "autostop.pid"
 LOCK_FILE = "autostop.lock"
 
@@ -75,6 +77,7 @@ def ensure(spec: dict) -> dict:
         with open(root / "autostop.out", "ab") as out:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                     start_new_session=True, close_fds=True, cwd=root)
+        wait_exec(proc.pid, argv)
         tmp = root / (PID_FILE + ".tmp")
         tmp.write_text(json.dumps({"pid": proc.pid, "argv": argv, "started": time.time()}))
         os.replace(tmp, root / PID_FILE)

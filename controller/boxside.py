@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 
 RESULT = "RESULT "
 
@@ -31,6 +32,22 @@ def main(argv: list[str]) -> int:
         out = start_agent(spec)
     print(RESULT + json.dumps(out), flush=True)
     return 0
+
+
+def wait_exec(pid: int, argv: list[str], timeout: float = 5.0) -> None:
+    """Wait until /proc/<pid>/cmdline shows `argv` (or the process is gone).
+
+    Popen returns once the child is inside exec, but the kernel fills the new command line a moment
+    later: a second launch that looked in between would think the process dead and start another."""
+    deadline = time.monotonic() + timeout
+    want = "\0".join(argv) + "\0"
+    while time.monotonic() < deadline:
+        try:
+            if open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="replace") == want:
+                return
+        except OSError:
+            return
+        time.sleep(0.01)
 
 
 def parse_result(stdout: str) -> dict | list | None:

@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from string import Template
 
+from controller.boxside import wait_exec
+
 UNIT_TEMPLATE = Path(__file__).parent / "templates" / "trainctl-agent.service"
 # The agent exits 0 once a marker is stored (even for a failed trainer); 2 is bad usage: no restart.
 FINAL_EXIT_CODES = "2"
@@ -106,6 +108,7 @@ def start_agent(spec: dict) -> dict:
         else:
             proc = _start_setsid(spec, env)
             pid = proc.pid
+            wait_exec(pid, spec["argv"])  # before anyone can read the record and look the pid up
             Path(spec["workdir"], "agent.pid").write_text(f"{pid}\n")
         rec = {"run_id": spec["run_id"], "pid": pid, "workdir": spec["workdir"], "started": time.time(),
                "via": "systemd" if spec.get("systemd") else "setsid"}
