@@ -18,6 +18,7 @@ from pathlib import Path
 from agent.runstore import RunStore
 from agent.store_s3 import S3Store
 from tests.fixtures.moto_server import REGION
+from tests.trainers.harness import wait_for as _wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 CTL = [sys.executable, "-c", "import sys; from controller.cli import main; sys.argv[0] = 'ctl'; main()"]
@@ -144,14 +145,8 @@ def end_run_processes(run_id: str, workdir: Path) -> None:
 
 
 def wait_for(pred, timeout: float = 60, what: str = "condition", interval: float = 0.1):
-    """Poll `pred` until it returns something truthy (a bound on waiting, not a timing assertion)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    """Poll `pred` until truthy (a bound on waiting, not a timing assertion); e2e runs get a longer bound."""
+    return _wait_for(pred, timeout=timeout, what=what, interval=interval)
 
 
 def assert_lossless(rs: RunStore, run_id: str, printed: bytes) -> int:
