@@ -7,6 +7,7 @@ pytest_plugins = [
     "tests.fixtures.sshd",
     "tests.fixtures.slack",
     "tests.fixtures.terraform",
+    "tests.fixtures.agents",
     "tests.fixtures.tiny_model",
 ]
 

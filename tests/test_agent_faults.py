@@ -8,7 +8,6 @@ import signal
 import time
 
 import psutil
-import pytest
 
 from agent.runstore import RunStore
 from agent.store_s3 import S3Store
@@ -17,13 +16,6 @@ from tests.trainers.fake_trainer import expected_lines
 from tests.trainers.harness import Agents, chunk_seqs, trainer_cmd, wait_for
 
 RUN = "fault-20260101-120000"
-
-
-@pytest.fixture
-def agents(tmp_path):
-    a = Agents(tmp_path)
-    yield a
-    a.close()
 
 
 def _s3(server):

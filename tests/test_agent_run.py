@@ -20,13 +20,6 @@ RUN = "fake-20260101-120000"
 
 
 @pytest.fixture
-def agents(tmp_path):
-    a = Agents(tmp_path)
-    yield a
-    a.close()
-
-
-@pytest.fixture
 def s3(moto_server, s3_bucket):
     store = S3Store(s3_bucket, "training-runs", endpoint_url=moto_server.endpoint, region=REGION)
     return {"rs": RunStore(store), "url": f"s3://{s3_bucket}/training-runs", "env": moto_server.env(),

@@ -18,6 +18,7 @@ import pytest
 
 from agent.runstore import RunStore
 from agent.store_s3 import S3Store
+from tests.e2e.harness import agent_pids
 
 REPO = Path(__file__).resolve().parent.parent
 CTL = [sys.executable, "-c", "import sys; from controller.cli import main; sys.argv[0] = 'ctl'; main()"]
@@ -140,38 +141,6 @@ def ctl(args, env, timeout=180, check=None) -> subprocess.CompletedProcess:
     if check is not None:
         assert r.returncode == check, f"rc={r.returncode}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr}"
     return r
-
-
-def agent_pids(run_id: str) -> list[int]:
-    """Live processes whose command line runs the agent for `run_id` (read from /proc, nothing killed)."""
-    out = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                cmd = (d / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if b"agent" in cmd and b"run" in cmd and run_id.encode() in cmd:
-                stat = (d / "stat").read_text()
-                if ") Z " not in stat:
-                    out.append(int(d.name))
-    return out
-
-
-@pytest.fixture
-def reap():
-    """Run ids whose agents must be ended (by pid) when the test ends."""
-    ids: list[str] = []
-    yield ids
-    for rid in ids:
-        for pid in agent_pids(rid):
-            try:
-                os.killpg(pid, signal.SIGTERM)
-            except OSError:
-                pass
-        deadline = time.monotonic() + 20  # gone before the next test launches on the same box
-        while agent_pids(rid) and time.monotonic() < deadline:
-            time.sleep(0.1)
 
 
 def store_for(moto_server, bucket):

@@ -54,13 +54,6 @@ def fault_suite(tmp_path_factory):
     suite.finish()
 
 
-@pytest.fixture
-def agents(tmp_path):
-    a = Agents(tmp_path)
-    yield a
-    a.close()
-
-
 def lines(n: int) -> bytes:
     return b"".join(expected_lines(n))
 

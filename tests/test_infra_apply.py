@@ -12,7 +12,6 @@ import base64
 import json
 import os
 import shlex
-import signal
 import subprocess
 import sys
 import time
@@ -196,22 +195,7 @@ def check_watcher_lambda_runs_the_ops_handler_every_minute_with_a_narrow_role(st
     assert sorted(writes) == ["logs:PutLogEvents", "s3:PutObject"]
 
 
-@pytest.fixture
-def reap_agents():
-    """Run ids whose agents (started on "the box", which is this machine) are ended by pid at teardown."""
-    from tests.test_controller_launch import agent_pids
-
-    ids: list[str] = []
-    yield ids
-    for rid in ids:
-        for pid in agent_pids(rid):
-            try:
-                os.killpg(pid, signal.SIGTERM)
-            except OSError:
-                pass
-
-
-def check_ctl_launch_existing_on_the_provisioned_box(stack, sshd, tmp_path, reap_agents, monkeypatch):
+def check_ctl_launch_existing_on_the_provisioned_box(stack, sshd, tmp_path, reap, monkeypatch):
     """The command `ctl provision` printed works: its public IP maps to the sshd fixture, the
     run goes to the store it created, and the agent's fake trainer completes."""
     from agent.runstore import RunStore
@@ -239,7 +223,7 @@ def check_ctl_launch_existing_on_the_provisioned_box(stack, sshd, tmp_path, reap
     args = shlex.split(line.strip())[1:]
     args[args.index("--config") + 1] = str(cfg)
     rid = "infra-20260101-000001"
-    reap_agents.append(rid)
+    reap.append(rid)
     r = ctl([*args, "--run-id", rid], env, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr
 
@@ -254,7 +238,7 @@ def check_ctl_launch_existing_on_the_provisioned_box(stack, sshd, tmp_path, reap
     assert md.instance_id == out["instance_id"] and md.instance_type == "g5.2xlarge"
 
 
-def check_ctl_launch_new_reapplies_the_stack_then_launches(stack, sshd, tmp_path, reap_agents):
+def check_ctl_launch_new_reapplies_the_stack_then_launches(stack, sshd, tmp_path, reap):
     """`ctl launch --new` provisions (here: re-applies the same stack, nothing to change) and launches
     on the instance it outputs, with the store and region from the outputs, not from flags."""
     from tests import test_controller_launch as launch
@@ -272,7 +256,7 @@ def check_ctl_launch_new_reapplies_the_stack_then_launches(stack, sshd, tmp_path
     raw = cfg.read_text()
     cfg.write_text("\n".join(ln for ln in raw.splitlines() if not ln.startswith("url =")) + "\n")  # store from outputs
     rid = "infranew-20260101-000002"
-    reap_agents.append(rid)
+    reap.append(rid)
     r = ctl(["launch", "--new", "--var-file", str(stack.var_file), "--yes", "--config", str(cfg), "--run-id", rid],
             env, timeout=400)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr
@@ -338,7 +322,7 @@ def check_next_provision_plans_to_reattach_the_kept_volume_and_reuse_the_bucket(
     assert "aws_ssm_parameter.slack_webhook[0]" not in changes  # the webhook already there is kept
 
 
-def test_provision_check_launch_destroy_and_plan_the_next_provision(stack, sshd, tmp_path, reap_agents, monkeypatch):
+def test_provision_check_launch_destroy_and_plan_the_next_provision(stack, sshd, tmp_path, reap, monkeypatch):
     """The whole life of one stack, in order (one apply is a minute; pytest-xdist may split a
     module across workers, so the steps that need order share one test). Each check is named for
     the property it proves."""
@@ -349,8 +333,8 @@ def test_provision_check_launch_destroy_and_plan_the_next_provision(stack, sshd,
     check_instance_role_writes_only_under_the_runs_prefix_and_has_no_wildcard_action(stack)
     check_bucket_blocks_public_access_and_is_encrypted_versioned_with_lifecycle(stack)
     check_watcher_lambda_runs_the_ops_handler_every_minute_with_a_narrow_role(stack)
-    check_ctl_launch_existing_on_the_provisioned_box(stack, sshd, tmp_path, reap_agents, monkeypatch)
-    check_ctl_launch_new_reapplies_the_stack_then_launches(stack, sshd, tmp_path, reap_agents)
+    check_ctl_launch_existing_on_the_provisioned_box(stack, sshd, tmp_path, reap, monkeypatch)
+    check_ctl_launch_new_reapplies_the_stack_then_launches(stack, sshd, tmp_path, reap)
     check_destroy_asks_first_and_says_what_it_keeps(stack)
     check_destroy_keeps_the_data_volume_and_says_so(stack)
     check_next_provision_plans_to_reattach_the_kept_volume_and_reuse_the_bucket(stack, monkeypatch)

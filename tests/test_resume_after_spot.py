@@ -39,13 +39,6 @@ def imds():
     s.close()
 
 
-@pytest.fixture
-def agents(tmp_path):
-    a = Agents(tmp_path)
-    yield a
-    a.close()
-
-
 def steps(progress: Path) -> list[int]:
     if not progress.exists():
         return []

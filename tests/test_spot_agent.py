@@ -17,13 +17,6 @@ RUN = "spotfake-20260101-120000"
 
 
 @pytest.fixture
-def agents(tmp_path):
-    a = Agents(tmp_path)
-    yield a
-    a.close()
-
-
-@pytest.fixture
 def imds():
     s = ImdsStandIn()
     yield s
