@@ -20,17 +20,16 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PIP) install -q -e '.[agent,train,dev]'
 	touch $(STAMP)
 
-# sshd is a real server in the tests; install it when the machine lacks it.
+# Debian packages the tests use for real: sshd (the box), sudo (the box's non-root user escalates
+# as on a Deep Learning AMI), shellcheck (lints the instance user-data script).
+SYSDEPS := /usr/sbin/sshd:openssh-server /usr/bin/ssh:openssh-client /usr/bin/sudo:sudo /usr/bin/shellcheck:shellcheck
+
 sysdeps:
-	@if [ ! -x /usr/sbin/sshd ] || ! command -v ssh >/dev/null; then \
-		echo "installing openssh-server (needed by the SSH tests)"; \
+	@missing=""; for dep in $(SYSDEPS); do [ -x "$${dep%%:*}" ] || missing="$$missing $${dep#*:}"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing$$missing (used by the tests)"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq openssh-server openssh-client >/dev/null; \
-	fi
-	@if ! command -v shellcheck >/dev/null; then \
-		echo "installing shellcheck (lints the instance user-data script)"; \
-		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq shellcheck >/dev/null; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
 # checkov pins its own boto3, pydantic and friends: it gets a venv of its own (tests run it on infra/).

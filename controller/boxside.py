@@ -25,29 +25,43 @@ def main(argv: list[str]) -> int:
         # Credentials travel in a 0600 file, never on a command line that `ps` would show.
         os.environ.update(read_env_file(spec["env_file"]))
     if argv[1] == "stage":
-        from controller.stage import stage_all
+        from controller.stage import StageError, stage_all
 
-        out = stage_all(spec, say=lambda m: print(m, flush=True))
+        try:
+            out = stage_all(spec, say=lambda m: print(m, flush=True))
+        except StageError as exc:  # one line with the fix travels back; the controller says it
+            print(RESULT + json.dumps({"error": str(exc)}), flush=True)
+            return 1
     else:
         out = start_agent(spec)
     print(RESULT + json.dumps(out), flush=True)
     return 0
 
 
-def wait_exec(pid: int, argv: list[str], timeout: float = 5.0) -> None:
-    """Wait until /proc/<pid>/cmdline shows `argv` (or the process is gone).
+def shows_argv(cmdline: bytes, argv: list[str]) -> bool:
+    """Whether a /proc cmdline is `argv` as exec'd: as is, or behind the interpreter a `#!` line names.
+
+    A script such as venv/bin/ctl runs as `<python> <script> args...`: the kernel puts the
+    interpreter (and its one optional argument) in front of the script's path."""
+    want = "\0".join(argv) + "\0"
+    got = cmdline.decode(errors="replace")
+    return got == want or got.endswith("\0" + want)
+
+
+def wait_exec(pid: int, argv: list[str], timeout: float = 5.0) -> bool:
+    """Wait until /proc/<pid>/cmdline shows `argv`; False if it never did (or the process is gone).
 
     Popen returns once the child is inside exec, but the kernel fills the new command line a moment
     later: a second launch that looked in between would think the process dead and start another."""
     deadline = time.monotonic() + timeout
-    want = "\0".join(argv) + "\0"
     while time.monotonic() < deadline:
         try:
-            if open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="replace") == want:
-                return
+            if shows_argv(open(f"/proc/{pid}/cmdline", "rb").read(), argv):
+                return True
         except OSError:
-            return
+            return False
         time.sleep(0.01)
+    return False
 
 
 def parse_result(stdout: str) -> dict | list | None:

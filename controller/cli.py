@@ -39,20 +39,30 @@ class TrainctlGroup(click.Group):
             raise CleanError(str(exc), exc.exit_code) from None
 
 
-store_option = click.option(
-    "--store", "store_url", envvar="TRAINCTL_STORE", default=None, metavar="URL",
-    help="Run store: s3://bucket/prefix, file:///path or a folder (env TRAINCTL_STORE; default ~/.trainctl/runs).")
-endpoint_option = click.option(
-    "--endpoint-url", envvar="TRAINCTL_S3_ENDPOINT", default=None, metavar="URL",
-    help="S3 endpoint for S3-compatible stores (env TRAINCTL_S3_ENDPOINT).")
+_STORE_OPTIONS = (
+    click.option("--store", "store_url", envvar="TRAINCTL_STORE", default=None, metavar="URL",
+                 help="Run store: s3://bucket/prefix, file:///path or a folder (env TRAINCTL_STORE; "
+                      "default ~/.trainctl/runs)."),
+    click.option("--endpoint-url", envvar="TRAINCTL_S3_ENDPOINT", default=None, metavar="URL",
+                 help="S3 endpoint for S3-compatible stores (env TRAINCTL_S3_ENDPOINT)."),
+    click.option("--store-region", "store_region", envvar="TRAINCTL_S3_REGION", default=None, metavar="REGION",
+                 help="Region of the store's bucket (env TRAINCTL_S3_REGION; default: the AWS settings')."),
+)
 
 
-def open_run_store(store_url: str | None, endpoint_url: str | None = None):
-    """The RunStore a command's --store/--endpoint-url options name."""
+def store_options(fn):
+    """--store, --endpoint-url and --store-region: where a command finds the run store (declared once)."""
+    for option in reversed(_STORE_OPTIONS):
+        fn = option(fn)
+    return fn
+
+
+def open_run_store(store_url: str | None, endpoint_url: str | None = None, region: str | None = None):
+    """The RunStore a command's store options name."""
     from agent.runstore import RunStore
     from agent.store import open_store
 
-    return RunStore(open_store(store_url, endpoint_url=endpoint_url))
+    return RunStore(open_store(store_url, endpoint_url=endpoint_url, region=region))
 
 
 @click.group(cls=TrainctlGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -62,17 +72,16 @@ def main():
 
 
 @main.command("runs")
-@store_option
-@endpoint_option
+@store_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts instead of a table.")
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True, help="Newest runs to show.")
-def runs_cmd(store_url, endpoint_url, as_json, limit):
+def runs_cmd(store_url, endpoint_url, store_region, as_json, limit):
     """List runs in the store: id, phase, step, heartbeat age, outcome, cost."""
     from agent.pricing import fmt_cost
     from agent.protocol import fmt_metric
     from controller.runs import fmt_age, list_rows, rows_as_dicts
 
-    rs = open_run_store(store_url, endpoint_url)
+    rs = open_run_store(store_url, endpoint_url, store_region)
     rows = list_rows(rs, time.time(), limit)
     if as_json:
         click.echo(json.dumps(rows_as_dicts(rows), indent=2))

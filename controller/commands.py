@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from agent.errors import ConfigError
-from controller.cli import endpoint_option, open_run_store, store_option
+from controller.cli import open_run_store, store_options
 
 
 def _local_defaults() -> dict:
@@ -118,7 +118,7 @@ def launch_cmd(instance_id, host, local, new, var_files, stack_name, auto_approv
     if follow and res.status in ("started", "already_running"):
         from controller.tail import Tail
 
-        rs = open_run_store(res.store_url, cfg.store.endpoint_url or None)
+        rs = open_run_store(res.store_url, cfg.store.endpoint_url or None, cfg.store.region or None)
         try:
             code = Tail(rs, res.run_id, show_status=sys.stdout.isatty()).run()
         except KeyboardInterrupt:
@@ -129,8 +129,7 @@ def launch_cmd(instance_id, host, local, new, var_files, stack_name, auto_approv
 
 @click.command("tail")
 @click.argument("run_id")
-@store_option
-@endpoint_option
+@store_options
 @click.option("--lines", "-n", type=click.IntRange(min=0), default=20, show_default=True, help="Lines of history.")
 @click.option("--from-start", is_flag=True, help="Print the whole log from the first chunk.")
 @click.option("--no-follow", is_flag=True, help="Print what is there and exit.")
@@ -138,13 +137,13 @@ def launch_cmd(instance_id, host, local, new, var_files, stack_name, auto_approv
               help="Seconds between looks at the store.")
 @click.option("--stale-after-s", type=click.FloatRange(min=0.1), default=None,
               help="Heartbeat age that counts as stale (default 3 heartbeats + 30s).")
-def tail_cmd(run_id, store_url, endpoint_url, lines, from_start, no_follow, poll_s, stale_after_s):
+def tail_cmd(run_id, store_url, endpoint_url, store_region, lines, from_start, no_follow, poll_s, stale_after_s):
     """Follow a run's log; exit 0 completed, 1 failed, 3 stale."""
     from agent.runid import validate_run_id
     from controller.tail import Tail, last_lines_cursor
 
     validate_run_id(run_id)
-    rs = open_run_store(store_url, endpoint_url)
+    rs = open_run_store(store_url, endpoint_url, store_region)
     rs.require_run(run_id)
     t = Tail(rs, run_id, poll_s=poll_s, stale_after_s=stale_after_s, show_status=sys.stdout.isatty())
     try:
@@ -162,18 +161,17 @@ def tail_cmd(run_id, store_url, endpoint_url, lines, from_start, no_follow, poll
 
 @click.command("status")
 @click.argument("run_id")
-@store_option
-@endpoint_option
+@store_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @click.option("--no-instance", is_flag=True, help="Do not ask EC2 for the instance state.")
-def status_cmd(run_id, store_url, endpoint_url, as_json, no_instance):
+def status_cmd(run_id, store_url, endpoint_url, store_region, as_json, no_instance):
     """One screen about a run: phase, progress, heartbeat, outcome, instance state."""
     from agent.runid import validate_run_id
     from controller.ec2 import instance_state
     from controller.status import collect, render
 
     validate_run_id(run_id)
-    rs = open_run_store(store_url, endpoint_url)
+    rs = open_run_store(store_url, endpoint_url, store_region)
     now = time.time()
     d = collect(rs, run_id, now, None if no_instance else
                 (lambda iid, region: instance_state(iid, region, os.environ.get("TRAINCTL_EC2_ENDPOINT", ""))))
@@ -182,21 +180,20 @@ def status_cmd(run_id, store_url, endpoint_url, as_json, no_instance):
 
 @click.command("stop")
 @click.argument("run_id")
-@store_option
-@endpoint_option
+@store_options
 @click.option("--wait", is_flag=True, help="Wait until the agent has stopped the trainer.")
 @click.option("--timeout-s", type=click.FloatRange(min=0.1), default=600, show_default=True,
               help="With --wait: give up (exit 3) after this many seconds.")
 @click.option("--poll-s", type=click.FloatRange(min=0.05), default=2.0, show_default=True,
               help="With --wait: seconds between looks at the store.")
 @click.option("--reason", default="stopped by user", show_default=True, help="Recorded in control/stop.")
-def stop_cmd(run_id, store_url, endpoint_url, wait, timeout_s, poll_s, reason):
+def stop_cmd(run_id, store_url, endpoint_url, store_region, wait, timeout_s, poll_s, reason):
     """Ask the agent to stop the trainer gracefully (writes control/stop)."""
     from agent.runid import validate_run_id
     from controller.status import request_stop, wait_for_marker
 
     validate_run_id(run_id)
-    rs = open_run_store(store_url, endpoint_url)
+    rs = open_run_store(store_url, endpoint_url, store_region)
     result = request_stop(rs, run_id, reason)
     if result == "finished":
         click.echo(f"run {run_id} already finished; nothing to stop")

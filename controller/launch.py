@@ -180,17 +180,22 @@ def launch(cfg: RunConfig, target: Target, run_id: str | None = None, dry_run: b
         for step in steps:
             _run_step(box, step, cfg.ssh.command_timeout_s)
         lap("setup")
-        targets = plan_stage(cfg)
-        box.check(f"mkdir -p {shlex.quote(workdir)}", "creating the run folder")
-        env_file = f"{workdir}/agent.env"
-        box.put_bytes(env_file_bytes(cfg, region, targets), env_file, 0o600)
-        if cfg.trainer.config:
-            box.put_file(os.path.expanduser(cfg.trainer.config), f"{workdir}/train.toml")
-        if targets:
-            spec = {"targets": targets, "endpoint_url": cfg.store.endpoint_url, "region": region,
-                    "workers": cfg.stage.workers, "env_file": env_file}
-            _boxside(box, lay, "stage", spec, "staging model/data", cfg.ssh.command_timeout_s, stream=True)
-        check_memory(box, plan.estimate_argv(cfg, lay, workdir, facts.gpus), say)
+        fresh = _make_workdir(box, workdir)
+        try:
+            targets = plan_stage(cfg)
+            env_file = f"{workdir}/agent.env"
+            box.put_bytes(env_file_bytes(cfg, region, targets), env_file, 0o600)
+            if cfg.trainer.config:
+                box.put_file(os.path.expanduser(cfg.trainer.config), f"{workdir}/train.toml")
+            if targets:
+                spec = {"targets": targets, "endpoint_url": cfg.store.endpoint_url, "region": region,
+                        "workers": cfg.stage.workers, "env_file": env_file}
+                _boxside(box, lay, "stage", spec, "staging model/data", cfg.ssh.command_timeout_s, stream=True)
+            check_memory(box, plan.estimate_argv(cfg, lay, workdir, facts.gpus), say)
+        except TrainctlError:
+            if fresh:  # a refused launch leaves nothing of its run on the box (the 0600 agent.env included)
+                box.run(f"rm -rf {shlex.quote(workdir)}")
+            raise
         if resuming:
             claimed = resume_box(box, rs, resuming, workdir, lambda spec: _boxside(
                 box, lay, "stage", {"endpoint_url": cfg.store.endpoint_url, "region": region, "workers": cfg.stage.workers,
@@ -218,7 +223,7 @@ def launch(cfg: RunConfig, target: Target, run_id: str | None = None, dry_run: b
         lap("start")
     finally:
         box.close()
-    return _report(res, rs, run_id, box, timings, wrote_metadata=prior is None)
+    return _report(res, rs, run_id, box, timings, wrote_metadata=prior is None, cfg=cfg)
 
 
 def _print_plan(steps: list[plan.Step], cfg: RunConfig, lay: plan.Layout, run_id: str, store_url: str,
@@ -244,7 +249,18 @@ def _finished(rs: RunStore, run_id: str) -> bool:
         return False
 
 
-def _report(res: dict, rs: RunStore, run_id: str, box: Box, timings: dict, wrote_metadata: bool) -> LaunchResult:
+def follow_options(store_url: str, endpoint_url: str, region: str) -> str:
+    """The store options a printed follow-up command needs to find this run (pure)."""
+    opts = [f"--store {shlex.quote(store_url)}"]
+    if endpoint_url:
+        opts.append(f"--endpoint-url {shlex.quote(endpoint_url)}")
+    if region:
+        opts.append(f"--store-region {shlex.quote(region)}")
+    return " ".join(opts)
+
+
+def _report(res: dict, rs: RunStore, run_id: str, box: Box, timings: dict, wrote_metadata: bool,
+            cfg: RunConfig) -> LaunchResult:
     status = res.get("status")
     if status == "already_running":
         say(f"run {run_id} is already running on {box.name} (agent pid {res.get('pid')})")
@@ -267,9 +283,10 @@ def _report(res: dict, rs: RunStore, run_id: str, box: Box, timings: dict, wrote
     say(f"\nrun {run_id} started on {box.name} (agent pid {res.get('pid')}, {res.get('via')}) "
         f"in {sum(timings.values()):.1f}s")
     say("  timings:    " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
-    say(f"  follow it:  ctl tail {run_id} --store {rs.url}")
-    say(f"  status:     ctl status {run_id} --store {rs.url}")
-    say(f"  stop it:    ctl stop {run_id} --store {rs.url}")
+    where = follow_options(rs.url, cfg.store.endpoint_url, cfg.store.region)
+    say(f"  follow it:  ctl tail {run_id} {where}")
+    say(f"  status:     ctl status {run_id} {where}")
+    say(f"  stop it:    ctl stop {run_id} {where}")
     if console:
         say(f"  S3 console: {console}")
     return LaunchResult(run_id, "started", rs.url, box.name, timings, console)
@@ -302,10 +319,22 @@ def _run_step(box: Box, step: plan.Step, timeout: float) -> None:
     say(f"setup: {step.name}: done in {time.monotonic() - t:.1f}s")
 
 
+def _make_workdir(box: Box, workdir: str) -> bool:
+    """Create the run's folder on the box; True when this launch created it (so may remove it)."""
+    r = box.check(f"if [ -e {shlex.quote(workdir)} ]; then echo existed; fi; mkdir -p {shlex.quote(workdir)}",
+                  "creating the run folder")
+    return "existed" not in r.stdout
+
+
 def _boxside(box: Box, lay: plan.Layout, cmd: str, spec: dict, what: str, timeout: float, stream=False):
     line = f"{shlex.quote(lay.box_python)} -m controller.boxside {cmd} {shlex.quote(json.dumps(spec))}"
-    r = box.check(line, what, timeout=timeout, stream=stream)
+    r = box.run(line, timeout=timeout, stream=stream)
     res = parse_result(r.stdout)
+    if isinstance(res, dict) and res.get("error"):
+        raise TrainctlError(f"{what} failed on {box.name}: {res['error']}")
+    if not r.ok:
+        tail = "\n".join((r.stderr.strip() or r.stdout.strip()).splitlines()[-8:])
+        raise TrainctlError(f"{what} failed on {box.name} (exit {r.exited}):\n{tail}")
     if res is None:
         raise TrainctlError(f"{what} on {box.name} gave no result: {r.stdout.strip()[-300:]}")
     return res

@@ -161,17 +161,37 @@ def _locked(lay: Layout, lines: list[str], done_test: str) -> str:
             f"if {done_test}; then echo cached; else {body}; fi")
 
 
-def setup_steps(facts: Facts, cfg: RunConfig, lay: Layout, wheel: Wheel | None, user: str,
-                box_needs_sudo: bool) -> list[Step]:
-    """Folders, wheel upload, venv, wheel install: each skipped (cached) when the facts say done."""
-    sudo = "sudo -n " if box_needs_sudo else ""
+def privileged(cmd: str, needs_sudo: bool) -> str:
+    """`cmd` with sudo when the login user is not root: the one place that decides how to escalate."""
+    return f"sudo -n {cmd}" if needs_sudo else cmd
+
+
+def folders_script(dirs: list[str], user: str, needs_sudo: bool) -> str:
+    """Create `dirs` for the login user: as root they are made, then handed to the user (never left
+    root-owned where the user writes later, as the AMI's root-owned /mnt/training would have them)."""
+    quoted = " ".join(q(d) for d in dirs)
+    if not needs_sudo:
+        return f"mkdir -p {quoted}"
+    return f"{privileged(f'mkdir -p {quoted}', True)} && {privileged(f'chown {q(user)} {quoted}', True)}"
+
+
+def box_folders(cfg: RunConfig, lay: Layout, wheel: Wheel | None) -> list[str]:
+    """Every folder under the data root that a launch writes into: trainctl's home and the staging targets."""
+    from controller.stage import stage_targets
+
     home = lay.home
     dirs = [home, f"{home}/venvs", f"{home}/runs", f"{home}/wheels"]
     if wheel is not None and lay.wheel_path:
         dirs.append(lay.wheel_path.rsplit("/", 1)[0])
-    mk = "mkdir -p " + " ".join(q(d) for d in dirs)
-    prep = f"{sudo}{mk} && {sudo}chown {q(user)} " + " ".join(q(d) for d in dirs) if box_needs_sudo else mk
-    steps = [Step("prepare folders", prep)]
+    for target in stage_targets(cfg.stage.model, cfg.stage.data, cfg.box.data_root):
+        dirs += [target["dest"].rsplit("/", 1)[0], target["dest"]]
+    return list(dict.fromkeys(dirs))
+
+
+def setup_steps(facts: Facts, cfg: RunConfig, lay: Layout, wheel: Wheel | None, user: str,
+                box_needs_sudo: bool) -> list[Step]:
+    """Folders, wheel upload, venv, wheel install: each skipped (cached) when the facts say done."""
+    steps = [Step("prepare folders", folders_script(box_folders(cfg, lay, wheel), user, box_needs_sudo))]
     if cfg.setup.mode == "current":
         steps.append(Step("check trainctl is importable",
                           f"{q(lay.python)} -c 'import agent.runstore, controller.cli'"))

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from controller.config import RunConfig
 from controller.facts import Facts
-from controller.plan import Step
+from controller.plan import Step, privileged
 
 q = shlex.quote
 
@@ -53,7 +53,6 @@ def preflight(facts: Facts, cfg: RunConfig, box_needs_sudo: bool) -> tuple[list[
     problems: list[Problem] = []
     steps: list[Step] = []
     b, root = cfg.box, cfg.box.data_root
-    sudo = "sudo -n " if box_needs_sudo else ""
     if b.require_gpu and not facts.gpus:
         why = "nvidia-smi shows no GPU" if facts.nvidia_smi else "nvidia-smi is not installed"
         problems.append(Problem(f"no GPU visible ({why})",
@@ -86,8 +85,10 @@ def preflight(facts: Facts, cfg: RunConfig, box_needs_sudo: bool) -> tuple[list[
             else:
                 mounting = True
                 if not d.get("fstype"):
-                    steps.append(Step(f"format blank volume {dev} (ext4)", f"{sudo}mkfs.ext4 -q -L trainctl-data {q(dev)}"))
-                steps.append(Step(f"mount {dev} at {root}", f"{sudo}mkdir -p {q(root)} && {sudo}mount {q(dev)} {q(root)}"))
+                    steps.append(Step(f"format blank volume {dev} (ext4)",
+                                      privileged(f"mkfs.ext4 -q -L trainctl-data {q(dev)}", box_needs_sudo)))
+                steps.append(Step(f"mount {dev} at {root}", privileged(f"mkdir -p {q(root)}", box_needs_sudo) + " && "
+                                      + privileged(f"mount {q(dev)} {q(root)}", box_needs_sudo)))
         elif not cands:
             problems.append(Problem(f"no data volume is mounted at {root} and no unmounted volume is attached",
                                     "attach the data volume (infra/ does), or set box.require_mount = false "

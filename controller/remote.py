@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.errors import ConfigError, TrainctlError
+from controller.boxside import RESULT
 from controller.hostkeys import HostKeyChanged, PinnedPolicy, PinStore
 
 # Paramiko logs connection failures with tracebacks from its transport thread; ctl reports them
@@ -38,7 +39,7 @@ class Result:
 
 
 class Box:
-    """A machine commands run on. `sudo` is decided once facts tell who we are."""
+    """A machine commands run on. `needs_sudo` is decided once facts tell who we are (plan.privileged)."""
 
     name = "box"
     needs_sudo = False
@@ -55,10 +56,6 @@ class Box:
     def close(self) -> None:
         pass
 
-    def priv(self, cmd: str) -> str:
-        """`cmd` with sudo when the login user is not root (the one place that decides)."""
-        return f"sudo -n {cmd}" if self.needs_sudo else cmd
-
     def check(self, cmd: str, what: str, *, timeout: float | None = None, stream: bool = False) -> Result:
         """Run `cmd`; a non-zero exit is a TrainctlError naming `what` with the output's tail."""
         r = self.run(cmd, timeout=timeout, stream=stream)
@@ -66,6 +63,32 @@ class Box:
             tail = "\n".join((r.stderr.strip() or r.stdout.strip()).splitlines()[-8:])
             raise TrainctlError(f"{what} failed on {self.name} (exit {r.exited}):\n{tail}")
         return r
+
+
+class HumanLines:
+    """A box command's output on its way to the terminal, line by line: the `RESULT {json}` line
+    is for the controller (boxside.parse_result), never for the user's eyes."""
+
+    def __init__(self, out=None):
+        self.out = out or sys.stdout
+        self.partial = ""
+
+    def write(self, text: str) -> None:
+        *lines, self.partial = (self.partial + text).split("\n")
+        for line in lines:
+            if not line.startswith(RESULT):
+                self.out.write(line + "\n")
+        self.out.flush()
+
+    def flush(self) -> None:
+        self.out.flush()
+
+    def finish(self) -> None:
+        """Write a last line that had no newline (unless it is the wire line)."""
+        if self.partial and not self.partial.startswith(RESULT):
+            self.out.write(self.partial + "\n")
+        self.partial = ""
+        self.out.flush()
 
 
 def _fabric_config(ssh_config: str):
@@ -136,10 +159,12 @@ class SshBox(Box):
     def run(self, cmd: str, *, timeout: float | None = None, stream: bool = False) -> Result:
         from invoke.exceptions import CommandTimedOut
 
-        out = sys.stdout if stream else None
+        out = HumanLines() if stream else None
         try:
             r = self.conn.run(cmd, hide=not stream, warn=True, timeout=timeout, in_stream=False,
                               out_stream=out, err_stream=sys.stderr if stream else None)
+            if out is not None:
+                out.finish()
         except CommandTimedOut:
             raise TrainctlError(f"command on {self.name} timed out after {timeout:.0f}s: {cmd[:120]}") from None
         except (OSError, EOFError) as exc:
@@ -177,8 +202,9 @@ class LocalBox(Box):
         except subprocess.TimeoutExpired:
             raise TrainctlError(f"local command timed out after {timeout:.0f}s: {cmd[:120]}") from None
         if stream:
-            sys.stdout.write(p.stdout)
-            sys.stdout.flush()
+            lines = HumanLines()
+            lines.write(p.stdout or "")
+            lines.finish()
         return Result(p.stdout or "", p.stderr or "", p.returncode)
 
     def put_bytes(self, data: bytes, path: str, mode: int = 0o644) -> None:

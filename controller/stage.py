@@ -17,6 +17,32 @@ from urllib.parse import urlparse
 MANIFEST = ".trainctl-manifest.json"
 
 
+class StageError(Exception):
+    """Staging cannot go on: one line naming what and the fix (boxside sends it to the controller)."""
+
+
+def describe_failure(target: dict, exc: BaseException) -> str:
+    """The one line for a failed stage of `target` (pure)."""
+    what = f"stage {target['name']}"
+    if isinstance(exc, PermissionError):
+        folder = exc.filename or target["dest"]
+        return (f"{what}: cannot write {folder} (permission denied as {_login()}): make it writable by that user "
+                f"(sudo chown -R {_login()} {folder}), or set box.data_root to a folder it owns")
+    if isinstance(exc, OSError) and exc.filename:
+        return f"{what}: cannot write {exc.filename} ({exc.strerror}): free space or fix the folder, then launch again"
+    code = getattr(exc, "response", {}).get("Error", {}).get("Code") if hasattr(exc, "response") else None
+    if code in ("NoSuchBucket", "AccessDenied", "403", "404"):
+        return (f"{what}: {target['src']} cannot be read ({code}): check stage.{target['name']} and the box's "
+                f"access to that bucket (instance profile, or store.forward_aws_credentials)")
+    return f"{what}: fetching {target['src']} failed ({type(exc).__name__}: {exc}); launch again to retry"
+
+
+def _login() -> str:
+    import pwd
+
+    return pwd.getpwuid(os.getuid()).pw_name
+
+
 def stage_targets(model: str, data: str, data_root: str) -> list[dict]:
     """[(name, src, dest)] for the configured S3 prefixes (pure)."""
     out = []
@@ -62,10 +88,11 @@ def stage_one(client, target: dict, workers: int, say=print) -> dict:
     if prefix and not prefix.endswith("/"):
         prefix += "/"
     dest = Path(target["dest"])
-    dest.mkdir(parents=True, exist_ok=True)
     remote = _list(client, bucket, prefix)
     if not remote:
-        raise SystemExit(f"stage {target['name']}: nothing under {target['src']} (check the prefix)")
+        raise StageError(f"stage {target['name']}: nothing under {target['src']}: check stage.{target['name']} "
+                         f"(the prefix holds the files, e.g. s3://bucket/models/name/)")
+    dest.mkdir(parents=True, exist_ok=True)  # only once there is something to stage
     mpath = dest / MANIFEST
     try:
         manifest = json.loads(mpath.read_text())
@@ -107,4 +134,12 @@ def stage_all(spec: dict, say=print) -> list[dict]:
     from agent.store_s3 import s3_client
 
     client = s3_client(spec.get("endpoint_url") or None, spec.get("region") or None)
-    return [stage_one(client, t, int(spec.get("workers", 8)), say) for t in spec["targets"]]
+    out = []
+    for target in spec["targets"]:
+        try:
+            out.append(stage_one(client, target, int(spec.get("workers", 8)), say))
+        except StageError:
+            raise
+        except Exception as exc:  # OSError, botocore's errors: one line, not a box-side traceback
+            raise StageError(describe_failure(target, exc)) from None
+    return out

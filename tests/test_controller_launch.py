@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import pytest
 from agent.runstore import RunStore
 from agent.store_s3 import S3Store
 from tests.e2e.harness import agent_pids
+from tests.fixtures.box import shared_folder
 
 REPO = Path(__file__).resolve().parent.parent
 CTL = [sys.executable, "-c", "import sys; from controller.cli import main; sys.argv[0] = 'ctl'; main()"]
@@ -71,14 +73,15 @@ def trainer_script(tmp_path_factory, wheel):
 
 
 @pytest.fixture
-def box_root(tmp_path):
-    return tmp_path / "box"
+def box_root(data_root):
+    """The box's data root: root-owned and mounted, as /mnt/training on the AMI."""
+    return data_root
 
 
 @pytest.fixture(scope="module")
-def shared_box(tmp_path_factory):
-    """A box folder kept across tests, as a real box is: its venv is built once."""
-    return tmp_path_factory.mktemp("shared-box")
+def shared_box(shared_data_root):
+    """A data root kept across tests, as a real box is: its venv is built once."""
+    return shared_data_root
 
 
 @pytest.fixture
@@ -181,7 +184,11 @@ def test_launch_stopped_instance_tail_complete_then_cached_relaunch_fails(
     installs = install_log_lines(shared_box)
     assert len(installs) - len(before) in (0, 2)  # a venv and a wheel install, unless a test before made them
     assert "stage model: 2 files, 0 up to date, fetching 2" in r.stdout
+    assert "RESULT" not in r.stdout  # the box's wire line stays off the terminal
     assert (shared_box / "models" / "tiny" / "shard-1.bin").stat().st_size == 70000
+    user = pwd.getpwnam(sshd.user).pw_uid
+    assert shared_box.stat().st_uid == 0  # the data root stays root's; what the launch made is the user's
+    assert {(shared_box / d).stat().st_uid for d in ("trainctl", "trainctl/runs", "models", "models/tiny")} == {user}
 
     t = ctl(["tail", rid, "--store", url, "--poll-s", "0.2", "--from-start"], env, check=0)
     assert "fake step 4/4" in t.stdout and "COMPLETED" in t.stdout
@@ -208,6 +215,35 @@ def test_launch_stopped_instance_tail_complete_then_cached_relaunch_fails(
 
     t2 = ctl(["tail", rid2, "--store", url, "--poll-s", "0.2", "--lines", "3"], env, check=1)
     assert "FAILED" in t2.stdout and "fix:" in t2.stdout
+
+
+def test_a_failed_stage_is_one_line_and_leaves_nothing_of_the_run(moto_server, sshd, s3_bucket, env, tmp_path,
+                                                                   box_root, trainer_script):
+    iid = new_instance(moto_server, sshd)
+    cfg = write_config(tmp_path / "run.toml", s3_bucket, moto_server.endpoint, box_root, trainer_script,
+                       model=f"s3://{s3_bucket}/models/not-uploaded/")
+    rid = "stagefail-20260101-000001"
+    r = ctl(["launch", "--existing", iid, "--config", str(cfg), "--run-id", rid], env, check=1)
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stdout + r.stderr and "RESULT" not in r.stdout
+    assert f"nothing under s3://{s3_bucket}/models/not-uploaded/: check stage.model" in r.stderr
+    assert not (box_root / "trainctl" / "runs" / rid).exists()  # agent.env (0600) and all
+    assert not store_for(moto_server, s3_bucket).run_exists(rid)
+
+
+def test_launch_as_root_still_works(moto_server, sshd, s3_bucket, env, tmp_path, box_root, trainer_script, reap):
+    """A box whose login user is root (no sudo on any step): the path every test took before."""
+    ssh_config = tmp_path / "ssh_config"
+    ssh_config.write_text(sshd.root_block("root-box"))
+    cfg = write_config(tmp_path / "run.toml", s3_bucket, moto_server.endpoint, box_root, trainer_script)
+    rid = "root-20260101-000001"
+    reap.append(rid)
+    r = ctl(["launch", "--host", "root-box", "--ssh-config", str(ssh_config), "--config", str(cfg), "--run-id", rid],
+            env, check=0)
+    assert "connecting to root@" in r.stdout and f"run {rid} started" in r.stdout
+    t = ctl(["tail", rid, "--store", f"s3://{s3_bucket}/training-runs", "--poll-s", "0.2", "--from-start"], env,
+            check=0)
+    assert "fake step 4/4" in t.stdout and "COMPLETED" in t.stdout
+    assert (box_root / "trainctl" / "runs" / rid).stat().st_uid == 0
 
 
 def test_second_launch_refused_while_active_then_stop(moto_server, sshd, s3_bucket, env, tmp_path, shared_box,
@@ -241,7 +277,8 @@ def test_second_launch_refused_while_active_then_stop(moto_server, sshd, s3_buck
 def test_killed_ssh_during_setup_then_relaunch_starts_one_trainer(moto_server, sshd, s3_bucket, env, tmp_path,
                                                                    box_root, trainer_script, reap):
     iid = new_instance(moto_server, sshd)
-    gate, entered = tmp_path / "release", tmp_path / "in-setup"
+    shared = shared_folder(tmp_path / "gate")  # the box user's setup command writes here too
+    gate, entered = shared / "release", shared / "in-setup"
     hold = f"touch {entered}; while [ ! -e {gate} ]; do sleep 0.1; done"
     cfg = write_config(tmp_path / "run.toml", s3_bucket, moto_server.endpoint, box_root, trainer_script,
                        steps=4000, pause=0.05, commands=[hold])  # outlives a slow relaunch; stopped below
@@ -307,8 +344,8 @@ def test_unusable_instances_are_clear_errors(moto_server, sshd, s3_bucket, env, 
     assert r.stderr.count("\n") == 1  # one clean line
 
 
-def test_host_launch_preflight_lists_every_problem(sshd, s3_bucket, moto_server, env, tmp_path, box_root,
-                                                   trainer_script):
+def test_host_launch_preflight_lists_every_problem(sshd, s3_bucket, moto_server, env, tmp_path, trainer_script):
+    box_root = tmp_path / "no-volume-here"  # a plain folder, not a mount
     cfg = write_config(tmp_path / "run.toml", s3_bucket, moto_server.endpoint, box_root, trainer_script)
     r = ctl(["launch", "--host", f"{sshd.user}@127.0.0.1:{sshd.port}", "--ssh-key", str(sshd.user_key),
              "--config", str(cfg), "--set", "box.require_gpu=true", "--set", "box.require_mount=true",

@@ -115,6 +115,26 @@ def test_setup_steps_cached_from_facts(over, cached):
     assert steps[1].upload == (WHEEL.path, "/mnt/training/trainctl/wheels/abc123/" + WHEEL.filename)
 
 
+def test_every_folder_a_launch_writes_is_made_for_the_login_user():
+    c = cfg(stage={"model": "s3://b/models/mistral-7b/", "data": "s3://b/data/chat"})
+    script = plan.setup_steps(facts(), c, layout(c), WHEEL, "ubuntu", box_needs_sudo=True)[0].script
+    made, owned = script.split(" && ")
+    for folder in ("/mnt/training/trainctl/runs", "/mnt/training/models", "/mnt/training/models/mistral-7b",
+                   "/mnt/training/datasets", "/mnt/training/datasets/chat"):
+        assert f" {folder} " in f"{made} " and f" {folder} " in f"{owned} "
+    assert made.startswith("sudo -n mkdir -p ") and owned.startswith("sudo -n chown ubuntu ")
+    as_root = plan.setup_steps(facts(uid=0), c, layout(c), WHEEL, "root", box_needs_sudo=False)[0].script
+    assert as_root.startswith("mkdir -p ") and "sudo" not in as_root and "chown" not in as_root
+
+
+def test_follow_up_commands_carry_every_store_option():
+    from controller.launch import follow_options
+
+    assert follow_options("s3://b/runs", "", "") == "--store s3://b/runs"
+    assert follow_options("s3://b/runs", "http://127.0.0.1:5000", "eu-west-1") == \
+        "--store s3://b/runs --endpoint-url http://127.0.0.1:5000 --store-region eu-west-1"
+
+
 def test_venv_script_reuses_seed_packages_and_is_locked():
     c = cfg(setup={"python": "/opt/conda/envs/pytorch/bin/python", "commands": ["pip install flash-attn"]})
     lay = layout(c)

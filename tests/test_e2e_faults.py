@@ -34,6 +34,7 @@ from tests.e2e.harness import (
     wait_for,
     wildcard_ssh_config,
 )
+from tests.fixtures.box import shared_folder
 from tests.trainers.fake_trainer import expected_lines
 from tests.trainers.harness import TRAINER, Agents
 
@@ -268,8 +269,9 @@ def test_fault_8_slack_answers_429_then_500(agents, moto_server, slack, tmp_path
 
 
 @pytest.fixture
-def box(moto_server, sshd, tmp_path):
-    """A moto g5 instance reached through sshd (any IP: a restarted instance gets a new one) and a shell env."""
+def box(moto_server, sshd, tmp_path, data_root):
+    """A moto g5 instance reached through sshd (any IP: a restarted instance gets a new one), its data root
+    mounted at <tmp_path>/box, and a shell env."""
     iid = new_instance(moto_server, sshd)
     env = ctl_env(moto_server, sshd, tmp_path / "home", wildcard_ssh_config(sshd, tmp_path / "ssh_config"))
     started: list[str] = []
@@ -345,7 +347,8 @@ def test_fault_6_ssh_cut_during_launch_then_relaunch(box, moto_server, slack, tm
     run = new_run(moto_server, rid, tmp_path / "box" / "trainctl" / "runs" / rid, slack, grace_s=30.0)
     bucket = run.url.split("/")[2]
     n = 400
-    gate, entered = tmp_path / "release", tmp_path / "in-setup"
+    shared = shared_folder(tmp_path / "gate")  # the box user's setup command writes here too
+    gate, entered = shared / "release", shared / "in-setup"
     hold = f"touch {entered}; while [ ! -e {gate} ]; do sleep 0.1; done"
     cfg = run_toml(tmp_path / "run.toml", bucket=bucket, endpoint=moto_server.endpoint, data_root=tmp_path / "box",
                    command=[sys.executable, TRAINER, "--lines", str(n), "--interval", "0.02", "--adapter", "ok"],

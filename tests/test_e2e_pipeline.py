@@ -25,7 +25,7 @@ def prepared(tiny_model, tmp_path_factory):
 
 
 @pytest.fixture
-def launched(moto_server, sshd, s3_bucket, tiny_model, prepared, tmp_path):
+def launched(moto_server, sshd, s3_bucket, tiny_model, prepared, tmp_path, data_root):
     """Launch a tiny QLoRA run on a moto instance; yields (run id, env, store url, run store)."""
     started: list[tuple[str, object]] = []
     train_toml = tmp_path / "train.toml"
@@ -37,9 +37,9 @@ def launched(moto_server, sshd, s3_bucket, tiny_model, prepared, tmp_path):
     def go(run_id: str, *train_sets: str):
         iid = new_instance(moto_server, sshd)
         cfg = run_toml(tmp_path / f"{run_id}.toml", bucket=s3_bucket, endpoint=moto_server.endpoint,
-                       data_root=tmp_path / "box", trainer_config=train_toml,
+                       data_root=data_root, trainer_config=train_toml,
                        train_sets=[f"model.path={tiny_model}", f"data.path={prepared}", *train_sets])
-        started.append((run_id, tmp_path / "box" / "trainctl" / "runs" / run_id))
+        started.append((run_id, data_root / "trainctl" / "runs" / run_id))
         r = ctl(["launch", "--existing", iid, "--config", str(cfg), "--run-id", run_id], env, check=0)
         assert f"run {run_id} started" in r.stdout
         return iid, env, f"s3://{s3_bucket}/training-runs", run_store(moto_server, s3_bucket)

@@ -41,6 +41,20 @@ def test_sshd_maps_an_ip(sshd):
     assert r.stdout.strip() == "mapped"
 
 
+def test_the_box_is_built_like_a_deep_learning_ami(sshd, data_root, tmp_path):
+    """Non-root login with passwordless sudo; a root-owned data root that is a real mount; root login too."""
+    r = sshd.ssh(f"id -u; sudo -n id -u; python3 -c 'import os; print(os.path.ismount(\"{data_root}\"))'; "
+                 f"touch {data_root}/x 2>/dev/null && echo writable || echo read-only")
+    uid, sudo_uid, mounted, access = r.stdout.split()
+    assert r.returncode == 0 and uid != "0" and sudo_uid == "0"
+    assert mounted == "True" and access == "read-only" and data_root.stat().st_uid == 0
+    cfg = tmp_path / "ssh_config"
+    cfg.write_text(sshd.root_block("as-root"))
+    root = subprocess.run(["ssh", "-F", str(cfg), "-o", "BatchMode=yes", "as-root", "id -u"], capture_output=True,
+                          text=True, timeout=30)
+    assert root.stdout.strip() == "0"
+
+
 def test_slack_standin_records_and_rate_limits(slack):
     client = WebhookClient(slack.webhook_url)
     assert client.send(text="hello").status_code == 200

@@ -67,8 +67,8 @@ def imds():
 
 
 @pytest.fixture
-def box(tmp_path):
-    root = tmp_path / "box"
+def box(data_root):
+    root = data_root
     yield root
     end_run_processes(RUN, root / "trainctl" / "runs" / RUN)
     try:
