@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from agent.autostop import AutostopDaemon
-from agent.durations import parse_duration
+from agent.daemon.autostop import AutostopDaemon
+from agent.protocol.durations import parse_duration
 
 
 @click.command("autostop")

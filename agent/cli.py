@@ -1,4 +1,4 @@
-"""`ctl agent run`: the on-box daemon's command line, a thin layer over agent.daemon.
+"""`ctl agent run`: the on-box daemon's command line, a thin layer over agent.daemon.loop.
 
 Runs in the foreground; the controller daemonises it (setsid / systemd). Imports stay light
 (click here; boto3, watchdog and psutil inside the command) so the agent starts fast on the box.
@@ -15,7 +15,7 @@ import click
 
 class _RedactingFormatter(logging.Formatter):
     def format(self, record):
-        from agent.redact import redact
+        from agent.protocol.redact import redact
 
         return redact(super().format(record))
 
@@ -78,10 +78,10 @@ def run_cmd(run_id, store_url, endpoint_url, workdir, heartbeat_s, log_flush_s, 
     Example: ctl agent run --run-id mistral-20250804-171621 --store s3://bucket/training-runs
     -- python -m train.qlora --config run.toml
     """
-    from agent.daemon import Agent
-    from agent.runid import validate_run_id
-    from agent.settings import AgentSettings
-    from agent.workdir import Workdir, default_workdir
+    from agent.daemon.loop import Agent
+    from agent.daemon.settings import AgentSettings
+    from agent.daemon.workdir import Workdir, default_workdir
+    from agent.protocol.runid import validate_run_id
 
     validate_run_id(run_id)
     _setup_logging(verbose)
@@ -91,7 +91,7 @@ def run_cmd(run_id, store_url, endpoint_url, workdir, heartbeat_s, log_flush_s, 
                              finalize_timeout_s=finalize_timeout_s, shutdown_timeout_s=shutdown_timeout_s,
                              partial_line_s=partial_line_s, tick_s=tick_s, nice=nice, imds_endpoint=imds_endpoint,
                              imds_poll_s=imds_poll_s, spot_checkpoint_s=spot_checkpoint_s)
-    from agent.reqstats import RequestStats
+    from agent.protocol.reqstats import RequestStats
 
     stats = RequestStats()
     store = _open_store(store_url, endpoint_url, settings, stats)
@@ -104,11 +104,11 @@ def _open_store(url: str, endpoint_url: str | None, settings, stats):
     """The store, with short S3 timeouts: the agent's own backoff rides out long outages."""
     from urllib.parse import urlparse
 
-    from agent.store import open_store
+    from agent.protocol.stores import open_store
 
     parsed = urlparse(url)
     if parsed.scheme == "s3" and parsed.netloc:
-        from agent.store_s3 import S3Store
+        from agent.protocol.store_s3 import S3Store
 
         store = S3Store(parsed.netloc, parsed.path.strip("/"), endpoint_url=endpoint_url, max_attempts=3,
                         timeout=settings.store_timeout_s)

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-CTL = [sys.executable, "-c", "import sys; from controller.cli import main; sys.argv[0] = 'ctl'; main()"]
+CTL = [sys.executable, "-c", "import sys; from trainctl.cli import main; sys.argv[0] = 'ctl'; main()"]
 RUN = "bench-20260101-000000"
 SETTLE_S = "1.5"
 
@@ -101,8 +101,8 @@ class _Moto:
         return name
 
     def run_store(self, bucket: str):
-        from agent.runstore import RunStore
-        from agent.store_s3 import S3Store
+        from agent.protocol.runstore import RunStore
+        from agent.protocol.store_s3 import S3Store
 
         return RunStore(S3Store(bucket, "runs", endpoint_url=self.endpoint, region="us-east-1"))
 

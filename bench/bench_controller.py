@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-CTL = [sys.executable, "-c", "import sys; from controller.cli import main; sys.argv[0] = 'ctl'; main()"]
+CTL = [sys.executable, "-c", "import sys; from trainctl.cli import main; sys.argv[0] = 'ctl'; main()"]
 TRAINER = "import json, os; open(os.environ['TRAINCTL_PROGRESS_FILE'], 'a').write(json.dumps({'step': 1}) + '\\n')"
 
 
@@ -68,7 +68,7 @@ def run(quick: bool = True) -> list[dict]:
         old_home = os.environ.get("TRAINCTL_HOME")
         os.environ["TRAINCTL_HOME"] = str(tmp / "home")
         try:
-            from controller.wheel import build
+            from controller.launch.wheel import build
 
             wheel = build(say=lambda m: None).path
         finally:

@@ -56,8 +56,8 @@ def _servers():
 
 
 def _run_store(moto):
-    from agent.runstore import RunStore
-    from agent.store_s3 import S3Store
+    from agent.protocol.runstore import RunStore
+    from agent.protocol.store_s3 import S3Store
 
     return RunStore(S3Store(moto.new_bucket(), "training-runs", endpoint_url=moto.endpoint, region="us-east-1"))
 
@@ -74,7 +74,7 @@ def _wait(pred, timeout: float, what: str):
 
 def _latency(scenario: str, moto, slack, tmp: Path) -> float:
     """Seconds from the event (or the hung deadline) to the alert, over heartbeat + grace."""
-    from ops.slack import ConsoleSink, Notifier, WebhookSink
+    from ops.alerts.slack import ConsoleSink, Notifier, WebhookSink
     from ops.state import Settings
     from ops.sweep import Watcher
 
@@ -139,7 +139,7 @@ def _count(rs) -> list[str]:
 
 
 def _populate(rs, n_runs: int, n_active: int, now: float) -> None:
-    from agent import protocol as p
+    from agent.protocol import records as p
 
     def one(i: int):
         rid = f"run{i:05d}-20270101-000000"
@@ -157,7 +157,7 @@ def _populate(rs, n_runs: int, n_active: int, now: float) -> None:
 
 def _naive_sweep(rs, now: float) -> None:
     """What a watcher without an index does: read every run, every sweep."""
-    from agent import protocol as p
+    from agent.protocol import records as p
 
     for rid in rs.list_runs():
         rs.read_metadata(rid)
@@ -167,7 +167,7 @@ def _naive_sweep(rs, now: float) -> None:
 
 
 def _scale(moto, n_runs: int, n_active: int) -> list[dict]:
-    from ops.slack import ConsoleSink, Notifier
+    from ops.alerts.slack import ConsoleSink, Notifier
     from ops.sweep import Watcher
 
     rs = _run_store(moto)
@@ -207,9 +207,9 @@ def _orphan_scan(moto, n_boxes: int, n_idle: int) -> list[dict]:
     `_orphans/` listing, one read per idle box) against the same sweep with the scan off."""
     import boto3
 
-    from agent import protocol as p
+    from agent.protocol import records as p
+    from ops.alerts.slack import ConsoleSink, Notifier
     from ops.ec2 import TAG_KEY, TAG_VALUE, Ec2Enricher
-    from ops.slack import ConsoleSink, Notifier
     from ops.state import Settings
     from ops.sweep import Watcher
 

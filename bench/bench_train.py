@@ -24,7 +24,7 @@ import json, resource, sys, time
 import datasets, datasets.arrow_writer, transformers  # one-time imports, outside the timed region as for the baseline
 from transformers import AutoTokenizer
 from train.config import load_config
-from train.prepare import prepare
+from train.data.prepare import prepare
 from train.schemas import DataConfig
 cfg = load_config(DataConfig, sys.argv[1])
 t0 = time.perf_counter()
@@ -89,8 +89,8 @@ def _prep(root: Path, model: Path, src: Path, name: str) -> dict:
 def _packing_rows(lengths: list[int], prepared: Path) -> list[dict]:
     from datasets import load_from_disk
 
-    from train.collate import collate_blocks
-    from train.pack import padded_efficiency
+    from train.data.pack import padded_efficiency
+    from train.sft.collate import collate_blocks
 
     ds = load_from_disk(str(prepared / "train"))
     real = computed = 0

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import click
 
-from agent.errors import ConfigError
-from controller.cli import open_run_store, store_options
+from agent.protocol.errors import ConfigError
+from agent.protocol.options import open_run_store, store_options
 
 
 def _local_defaults() -> dict:
-    from controller.hostkeys import trainctl_home
+    from controller.launch.hostkeys import trainctl_home
 
     return {"box": {"data_root": str(trainctl_home() / "box"), "require_mount": False, "require_gpu": False,
                     "min_free_gb": 1.0}}
@@ -63,7 +63,7 @@ def launch_cmd(instance_id, host, local, new, var_files, stack_name, auto_approv
                dry_run, follow, trainer_command):
     """Launch a run: `ctl launch --existing i-0abc --config run.toml [-- trainer command...]`."""
     from controller import config as c
-    from controller.launch import Target, launch
+    from controller.launch.run import Target, launch
 
     if sum(bool(x) for x in (instance_id, host, local, new)) > 1:
         raise ConfigError("choose one of --existing, --host, --local and --new")
@@ -116,7 +116,7 @@ def launch_cmd(instance_id, host, local, new, var_files, stack_name, auto_approv
         raise ConfigError(f"--resume {resume_id} continues that run under its own id: drop --run-id {run_id}")
     res = launch(cfg, target, resume_id or run_id, dry_run=dry_run, resume=bool(resume_id))
     if follow and res.status in ("started", "already_running"):
-        from controller.tail import Tail
+        from controller.views.tail import Tail
 
         rs = open_run_store(res.store_url, cfg.store.endpoint_url or None, cfg.store.region or None)
         try:
@@ -139,8 +139,8 @@ def launch_cmd(instance_id, host, local, new, var_files, stack_name, auto_approv
               help="Heartbeat age that counts as stale (default 3 heartbeats + 30s).")
 def tail_cmd(run_id, store_url, endpoint_url, store_region, lines, from_start, no_follow, poll_s, stale_after_s):
     """Follow a run's log; exit 0 completed, 1 failed, 3 stale."""
-    from agent.runid import validate_run_id
-    from controller.tail import Tail, last_lines_cursor
+    from agent.protocol.runid import validate_run_id
+    from controller.views.tail import Tail, last_lines_cursor
 
     validate_run_id(run_id)
     rs = open_run_store(store_url, endpoint_url, store_region)
@@ -166,9 +166,9 @@ def tail_cmd(run_id, store_url, endpoint_url, store_region, lines, from_start, n
 @click.option("--no-instance", is_flag=True, help="Do not ask EC2 for the instance state.")
 def status_cmd(run_id, store_url, endpoint_url, store_region, as_json, no_instance):
     """One screen about a run: phase, progress, heartbeat, outcome, instance state."""
-    from agent.runid import validate_run_id
-    from controller.ec2 import instance_state
-    from controller.status import collect, render
+    from agent.protocol.runid import validate_run_id
+    from controller.launch.ec2 import instance_state
+    from controller.views.status import collect, render
 
     validate_run_id(run_id)
     rs = open_run_store(store_url, endpoint_url, store_region)
@@ -189,8 +189,8 @@ def status_cmd(run_id, store_url, endpoint_url, store_region, as_json, no_instan
 @click.option("--reason", default="stopped by user", show_default=True, help="Recorded in control/stop.")
 def stop_cmd(run_id, store_url, endpoint_url, store_region, wait, timeout_s, poll_s, reason):
     """Ask the agent to stop the trainer gracefully (writes control/stop)."""
-    from agent.runid import validate_run_id
-    from controller.status import request_stop, wait_for_marker
+    from agent.protocol.runid import validate_run_id
+    from controller.views.status import request_stop, wait_for_marker
 
     validate_run_id(run_id)
     rs = open_run_store(store_url, endpoint_url, store_region)
@@ -208,6 +208,37 @@ def stop_cmd(run_id, store_url, endpoint_url, store_region, wait, timeout_s, pol
         click.echo(f"run {run_id} stopped ({'_complete' if got == 'complete' else '_error'} written)")
 
 
+@click.command("runs")
+@store_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts instead of a table.")
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True, help="Newest runs to show.")
+def runs_cmd(store_url, endpoint_url, store_region, as_json, limit):
+    """List runs in the store: id, phase, step, heartbeat age, outcome, cost."""
+    from agent.protocol.records import fmt_metric
+    from controller.views.runs import fmt_age, list_rows, rows_as_dicts
+    from ops.pricing import fmt_cost
+
+    rs = open_run_store(store_url, endpoint_url, store_region)
+    rows = list_rows(rs, time.time(), limit)
+    if as_json:
+        click.echo(json.dumps(rows_as_dicts(rows), indent=2))
+        return
+    if not rows:
+        click.echo(f"no runs in {rs.url}")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"runs in {rs.url}")
+    for col in ("run id", "phase", "step", "loss", "heartbeat", "outcome", "cost"):
+        table.add_column(col, justify="right" if col == "cost" else "left")
+    for r in rows:
+        step = "-" if r.step is None else (f"{r.step}/{r.total_steps}" if r.total_steps else str(r.step))
+        loss = "-" if r.loss is None else fmt_metric(r.loss)
+        table.add_row(r.run_id, r.phase or "-", step, loss, fmt_age(r.heartbeat_age_s), r.outcome, fmt_cost(r.cost_usd))
+    Console(file=sys.stdout, width=120).print(table)
+
+
 @click.group("hosts")
 def hosts_group():
     """Host keys ctl pinned on first use (per instance id, or host:port)."""
@@ -216,7 +247,7 @@ def hosts_group():
 @hosts_group.command("list")
 def hosts_list():
     """Show pinned host keys."""
-    from controller.hostkeys import PinStore
+    from controller.launch.hostkeys import PinStore
 
     for name, typ, fp in PinStore().names():
         click.echo(f"{name}  {typ}  {fp}")
@@ -226,7 +257,7 @@ def hosts_list():
 @click.argument("name")
 def hosts_forget(name):
     """Forget the pinned key of a box (after it was rebuilt)."""
-    from controller.hostkeys import PinStore
+    from controller.launch.hostkeys import PinStore
 
     if PinStore().forget(name):
         click.echo(f"forgot the host key pinned for {name}; the next launch pins the key it sees")
@@ -234,4 +265,4 @@ def hosts_forget(name):
         click.echo(f"no host key pinned for {name}")
 
 
-COMMANDS = [launch_cmd, tail_cmd, status_cmd, stop_cmd, hosts_group]
+COMMANDS = [launch_cmd, tail_cmd, status_cmd, stop_cmd, runs_cmd, hosts_group]

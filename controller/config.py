@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.errors import ConfigError
+from agent.protocol.errors import ConfigError
 
 
 def _f(default, *, min=None, max=None, choices=None, help=""):
@@ -258,12 +258,12 @@ def resolve(raw: dict, overrides: dict[str, Any] | None = None, source: str = "r
 def semantic_errors(cfg: RunConfig) -> list[str]:
     """Cross-field rules the per-key checks cannot see."""
     errs = []
-    from agent.runid import NAME_RE
+    from agent.protocol.runid import NAME_RE
 
     if not NAME_RE.match(cfg.name):
         errs.append(f"name: {cfg.name!r} must be 1-48 letters, digits, _ or -")
     try:
-        from agent.durations import parse_duration
+        from agent.protocol.durations import parse_duration
 
         parse_duration(cfg.autostop, what="autostop", allow_never=True)
     except ConfigError as exc:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "demo-out"
-CTL = [sys.executable, "-c", "import sys; from controller.cli import main; sys.argv[0] = 'ctl'; main()"]
+CTL = [sys.executable, "-c", "import sys; from trainctl.cli import main; sys.argv[0] = 'ctl'; main()"]
 
 
 def ctl(*args: str, env: dict, expect: int = 0) -> int:
@@ -69,9 +69,9 @@ def sparkline(values: list[float]) -> str:
 
 def where_things_are(store_root: Path, good: str, bad: str) -> str:
     """The closing summary: the adapter, the logs and the loss curve of the good run."""
-    from agent import protocol as p
-    from agent.runstore import RunStore
-    from agent.store_local import LocalStore
+    from agent.protocol import records as p
+    from agent.protocol.runstore import RunStore
+    from agent.protocol.store_local import LocalStore
 
     rs = RunStore(LocalStore(store_root))
     done = rs.read_complete(good)

@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from agent.errors import ConfigError
+from agent.protocol.errors import ConfigError
 from infra.stack import KEEP_FLAGS
 
 KEEP_WORDS = {"data_volume": "data volume", "store_bucket": "store bucket",

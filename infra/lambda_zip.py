@@ -14,7 +14,7 @@ import os
 import zipfile
 from pathlib import Path
 
-from agent.errors import ConfigError
+from agent.protocol.errors import ConfigError
 
 HANDLER = "ops.lambda_handler.handler"
 PACKAGES = ("agent", "ops", "slack_sdk")

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.errors import ConfigError, TrainctlError
+from agent.protocol.errors import ConfigError, TrainctlError
 from infra.lambda_zip import build_zip
 from infra.tf import Terraform, summarize
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.errors import TrainctlError
+from agent.protocol.errors import TrainctlError
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 ERROR_TAIL_LINES = 40

@@ -51,7 +51,7 @@ def watch_cmd(store_url, endpoint_url, once, interval, slack_webhook, slack_toke
                               "launch_timeout_s": launch_timeout, "orphan_after_s": orphan_after})
     every = parse_duration(interval, "--interval")
     if every <= 0:
-        from agent.errors import ConfigError
+        from agent.protocol.errors import ConfigError
 
         raise ConfigError(f"--interval must be positive, got {interval!r}")
     w = build_watcher(store_url, endpoint_url, settings=settings, webhook_url=slack_webhook, token=slack_token,
@@ -59,7 +59,7 @@ def watch_cmd(store_url, endpoint_url, once, interval, slack_webhook, slack_toke
                       region=region)
     sink = w.notifier.sink.via
     click.echo(f"watching {w.rs.url} every {every:g}s; alerts to {sink}", err=True)
-    from agent.errors import StoreError
+    from agent.protocol.errors import StoreError
 
     try:
         while True:
@@ -96,12 +96,12 @@ def ack_cmd(run_id, duration, by, store_url, endpoint_url):
     """Acknowledge a run's alert: mute its alerts and repeats for a while (completion/failure still post)."""
     import os
 
-    from agent.protocol import iso
-    from agent.runid import validate_run_id
-    from agent.runstore import RunStore
-    from agent.store import open_store
+    from agent.protocol.records import iso
+    from agent.protocol.runid import validate_run_id
+    from agent.protocol.runstore import RunStore
+    from agent.protocol.stores import open_store
+    from ops.alerts.ledger import snooze_run
     from ops.config import parse_duration
-    from ops.ledger import snooze_run
 
     validate_run_id(run_id)
     secs = parse_duration(duration, "--for")

@@ -6,7 +6,7 @@ import dataclasses
 import os
 import re
 
-from agent.errors import ConfigError
+from agent.protocol.errors import ConfigError
 from ops.state import Settings
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -68,10 +68,10 @@ def build_watcher(store_url: str | None, endpoint_url: str | None = None, *, set
                   api_url: str | None = None, ec2: bool = True, ec2_endpoint_url: str | None = None,
                   region: str | None = None, console_file=None):
     """A Watcher over `store_url` with the configured Slack sink (or the terminal) and EC2 enrichment."""
-    from agent.runstore import RunStore
-    from agent.store import open_store
+    from agent.protocol.runstore import RunStore
+    from agent.protocol.stores import open_store
+    from ops.alerts.slack import make_notifier
     from ops.ec2 import Ec2Enricher
-    from ops.slack import make_notifier
     from ops.sweep import Watcher
 
     rs = RunStore(open_store(store_url, endpoint_url=endpoint_url))

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from agent import protocol as p
-from agent.runstore import RunStore
-from ops import ledger as L
-from ops.message import MessageFacts
+from agent.protocol import records as p
+from agent.protocol.runstore import RunStore
+from ops.alerts import ledger as L
+from ops.alerts.message import MessageFacts
 from ops.state import DEFAULT_HEARTBEAT_S, RunFacts, Settings
 
 CACHED = ("created", "phase", "heartbeat_s", "instance_id", "instance_type", "region", "trainer_pid")

@@ -13,9 +13,9 @@ from __future__ import annotations
 import json
 import time
 
-from agent import protocol as p
-from agent.runid import validate_run_id
-from agent.runstore import RunStore
+from agent.protocol import records as p
+from agent.protocol.runid import validate_run_id
+from agent.protocol.runstore import RunStore
 
 
 def done_runs(rs: RunStore) -> set[str]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import time
 
-from agent.errors import ConfigError
+from agent.protocol.errors import ConfigError
 
 _webhooks: dict[str, str] = {}  # SSM parameter name -> URL, for the container's lifetime
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from agent import protocol as p
+from agent.protocol import records as p
 
 LAUNCHING, HEALTHY, LATE = "launching", "healthy", "late"
 AGENT_SILENT, HUNG, INSTANCE_GONE = "agent_silent", "hung", "instance_gone"

@@ -13,16 +13,16 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from agent.errors import StoreError
-from agent.runstore import RunStore
+from agent.protocol.errors import StoreError
+from agent.protocol.runstore import RunStore
 from ops import facts as F
 from ops import index
-from ops import ledger as L
+from ops.alerts import ledger as L
+from ops.alerts.message import build
+from ops.alerts.policy import decide
+from ops.alerts.slack import Notifier
 from ops.ec2 import Ec2Enricher
-from ops.message import build
-from ops.orphan_scan import OrphanScan
-from ops.policy import decide
-from ops.slack import Notifier
+from ops.orphans.scan import OrphanScan
 from ops.state import INTERRUPTED, TERMINAL_STATES, Settings, assess
 
 

@@ -68,6 +68,6 @@ def tmp_path_factory(tmp_path_factory):
 @pytest.fixture
 def local_store(tmp_path):
     """A local-folder store in a temp dir."""
-    from agent.store_local import LocalStore
+    from agent.protocol.store_local import LocalStore
 
     return LocalStore(tmp_path / "store")

@@ -10,10 +10,10 @@ import sys
 import click
 from click.testing import CliRunner
 
-from agent import protocol as p
-from agent.runstore import RunStore
-from agent.store_local import LocalStore
-from controller.cli import main
+from agent.protocol import records as p
+from agent.protocol.runstore import RunStore
+from agent.protocol.store_local import LocalStore
+from trainctl.cli import main
 
 
 def _walk(cmd: click.Command, path=()):
@@ -24,7 +24,7 @@ def _walk(cmd: click.Command, path=()):
 
 
 def test_importing_the_cli_imports_no_heavy_libraries():
-    code = ("import sys, controller.cli; heavy=[m for m in ('torch','transformers','datasets','peft','bitsandbytes') "
+    code = ("import sys, trainctl.cli; heavy=[m for m in ('torch','transformers','datasets','peft','bitsandbytes') "
             "if m in sys.modules]; print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
@@ -68,14 +68,14 @@ def test_runs_table_and_json(tmp_path):
 def test_runs_against_s3(moto_server, s3_store):
     RunStore(s3_store).write_metadata(p.Metadata(run_id="s3run-20250101-000000", created=1.0))
     env = {**os.environ, **moto_server.env()}
-    r = subprocess.run([sys.executable, "-m", "controller", "runs", "--store", s3_store.url, "--json"],
+    r = subprocess.run([sys.executable, "-m", "trainctl", "runs", "--store", s3_store.url, "--json"],
                        capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr
     assert [row["run_id"] for row in json.loads(r.stdout)] == ["s3run-20250101-000000"]
 
 
 def test_bad_store_is_one_clean_line():
-    r = subprocess.run([sys.executable, "-m", "controller", "runs", "--store", "gs://nope/x"],
+    r = subprocess.run([sys.executable, "-m", "trainctl", "runs", "--store", "gs://nope/x"],
                        capture_output=True, text=True)
     assert r.returncode == 2
     assert "Traceback" not in r.stderr
@@ -87,7 +87,7 @@ def test_unreachable_s3_store_is_one_clean_line(tmp_path):
     from tests.fixtures.net import free_port
 
     env = {**os.environ, "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y", "AWS_MAX_ATTEMPTS": "1"}
-    r = subprocess.run([sys.executable, "-m", "controller", "runs", "--store", "s3://b/p",
+    r = subprocess.run([sys.executable, "-m", "trainctl", "runs", "--store", "s3://b/p",
                         "--endpoint-url", f"http://127.0.0.1:{free_port()}"], capture_output=True, text=True, env=env,
                        timeout=120)
     assert r.returncode == 1 and "Traceback" not in r.stderr

@@ -23,7 +23,7 @@ def test_reference_covers_every_key():
 
 
 def test_runbook_is_current_and_complete():
-    from agent.classify import REMEDIATION
+    from agent.protocol.causes import REMEDIATION
 
     on_disk = (ROOT / "docs" / "runbook.md").read_text()
     assert on_disk == render_runbook(), "docs/runbook.md is stale: run `.venv/bin/python -m controller.reference runbook > docs/runbook.md`"
@@ -34,7 +34,7 @@ def test_remediation_texts_name_only_real_config_keys():
     # The seeds' config drift, in words: a fix that names a knob the config does not have is worse than none.
     import re
 
-    from agent.classify import REMEDIATION
+    from agent.protocol.causes import REMEDIATION
     from train.schemas import DataConfig, TrainConfig
 
     keys = {k for k, *_ in rows(TrainConfig)} | {k for k, *_ in rows(DataConfig)}

@@ -26,7 +26,7 @@ def train_group():
 def prepare_cmd(config_path, overrides, as_json):
     """Validate, dedupe, split, tokenize and pack the sources into Arrow datasets."""
     from train.config import load_config
-    from train.prepare import prepare
+    from train.data.prepare import prepare
     from train.schemas import DataConfig
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
@@ -49,7 +49,7 @@ def prepare_cmd(config_path, overrides, as_json):
 
 def _torchrun_argv(nproc: int, config_path: str, overrides) -> list[str]:
     argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-            "-m", "train.cli", "sft", "--config", config_path]
+            "-m", "trainctl", "train", "sft", "--config", config_path]
     for o in overrides:
         argv += ["--set", o]
     return argv
@@ -72,7 +72,7 @@ def sft_cmd(config_path, overrides):
         click.echo(f"starting {nproc} processes with torchrun", err=True)
         sys.stdout.flush()
         os.execv(sys.executable, _torchrun_argv(nproc, config_path, overrides))
-    from train.sft import run_sft
+    from train.sft.loop import run_sft
 
     run_sft(cfg)
 
@@ -88,7 +88,7 @@ def sft_cmd(config_path, overrides):
 @click.option("--json", "as_json", is_flag=True, help="Print the estimate as JSON (for the controller's preflight).")
 def estimate_cmd(config_path, overrides, gpu_mem, seq_len, arch, as_json):
     """Estimate GPU memory for a train config: fits or not, and what to change. Exits 1 when it does not fit."""
-    from agent.errors import ConfigError, TrainctlError
+    from agent.protocol.errors import ConfigError, TrainctlError
     from train.config import load_config
     from train.estimate import PRESETS, estimate, parse_bytes
     from train.schemas import TrainConfig
@@ -115,9 +115,3 @@ def make_tiny_model_cmd(out, corpus):
         with open(corpus, encoding="utf-8") as fh:
             texts = [json.loads(line)["text"] for line in fh if line.strip()]
     click.echo(f"tiny model written to {make_tiny_model(out, texts)}")
-
-
-if __name__ == "__main__":  # how torchrun starts each rank: the full `ctl` root, for its clean errors
-    from controller.cli import main
-
-    main(["train", *sys.argv[1:]], prog_name="ctl")

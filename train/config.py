@@ -15,7 +15,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from agent.errors import ConfigError
+from agent.protocol.errors import ConfigError
 
 
 def _field_names(cls) -> list[str]:

@@ -1,6 +1,6 @@
 """GPU memory estimate for a QLoRA run, so a run that cannot fit fails in seconds at preflight.
 
-Sources the numbers are checked against (tests/test_train_estimate.py):
+Sources the numbers are checked against (tests/train/test_estimate.py):
 - QLoRA paper, Dettmers et al. 2023, arXiv:2305.14314, section 3: NF4 with blocksize 64 costs
   4 + 32/64 = 4.5 bits/param; double quantisation brings the constants to
   8/64 + 32/(64*256) = 0.127 bits/param, i.e. 4.127 bits/param for the quantised linears.
@@ -23,7 +23,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from agent.errors import ConfigError
+from agent.protocol.errors import ConfigError
 from train.schemas import TrainConfig
 
 GiB = 1024**3

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.errors import ConfigError
+from agent.protocol.errors import ConfigError
 
 
 def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:

@@ -1,1 +1,1 @@
-"""Helpers of the end-to-end suite (tests/test_e2e_*.py): real moto, sshd, Slack stand-in, agents, ctl."""
+"""Helpers of the end-to-end suite (tests/e2e/test_*.py): real moto, sshd, Slack stand-in, agents, ctl."""

@@ -10,8 +10,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.runstore import RunStore
-from agent.store_s3 import S3Store
+from agent.protocol.runstore import RunStore
+from agent.protocol.store_s3 import S3Store
 from tests.e2e.harness import wait_for
 from tests.fixtures.moto_server import REGION
 from tests.trainers.harness import Agents, trainer_cmd

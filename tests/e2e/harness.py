@@ -15,13 +15,13 @@ import sys
 import time
 from pathlib import Path
 
-from agent.runstore import RunStore
-from agent.store_s3 import S3Store
+from agent.protocol.runstore import RunStore
+from agent.protocol.store_s3 import S3Store
 from tests.fixtures.moto_server import REGION
 from tests.trainers.harness import wait_for as _wait_for
 
 REPO = Path(__file__).resolve().parents[2]
-CTL = [sys.executable, "-c", "import sys; from controller.cli import main; sys.argv[0] = 'ctl'; main()"]
+CTL = [sys.executable, "-c", "import sys; from trainctl.cli import main; sys.argv[0] = 'ctl'; main()"]
 # Two test workers share two cores: trainers run single-threaded and offline.
 TRAINER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
                "HF_HUB_OFFLINE": "1", "TRAINCTL_PROGRESS_S": "0.1", "TRAINCTL_LATEST_S": "0.2",
@@ -151,7 +151,7 @@ def wait_for(pred, timeout: float = 60, what: str = "condition", interval: float
 
 def assert_lossless(rs: RunStore, run_id: str, printed: bytes) -> int:
     """The stored chunks, concatenated, are the trainer's output byte for byte; chunk numbers have no gap."""
-    from agent.protocol import chunk_seq
+    from agent.protocol.records import chunk_seq
 
     data = rs.read_logs(run_id).data
     if data != printed:
@@ -171,7 +171,7 @@ def headlines(slack) -> list[str]:
 
 def ledger_kinds(rs: RunStore, run_id: str) -> list[str]:
     """What the watcher's ledger says it sent for the run: `alert:hung`, `resolved:hung`, `final:failed`..."""
-    from ops import ledger as L
+    from ops.alerts import ledger as L
 
     led = L.load(rs, run_id).ledger
     out = []

@@ -23,8 +23,8 @@ FAST = ["--heartbeat-s", "0.5", "--log-flush-s", "0.3", "--stop-poll-s", "0.3", 
         "--partial-line-s", "1", "--tick-s", "0.1"]
 
 
-# The console script, as on a box; `python -m controller.cli` would import the CLI module twice.
-CTL = [sys.executable, "-c", "import sys; from controller.cli import main; sys.argv[0] = 'ctl'; main()"]
+# The console script, as on a box; `python -m trainctl.cli` would import the CLI module twice.
+CTL = [sys.executable, "-c", "import sys; from trainctl.cli import main; sys.argv[0] = 'ctl'; main()"]
 
 
 def trainer_cmd(*args: str) -> list[str]:
@@ -93,7 +93,7 @@ def wait_for(pred, timeout: float = 30, what: str = "condition", interval: float
 
 
 def chunk_seqs(rs, run_id: str) -> list[int]:
-    from agent.protocol import chunk_seq
+    from agent.protocol.records import chunk_seq
 
     return [chunk_seq(k) for k in rs.list_log_chunks(run_id)]
 

@@ -1,0 +1,157 @@
+"""The end of a run: deliver the rest of the log, decide complete-or-error, write exactly one marker.
+
+Order matters for readers: logs, latest, progress, history and a last heartbeat go first, the
+marker after them, and the metadata phase last, so nobody sees "completed" without `_complete`.
+A store outage here is ridden out with backoff up to `finalize_timeout_s`; if it lasts longer the
+agent exits non-zero with the spool intact, and a restarted agent finishes the job.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from agent.daemon import hostfacts
+from agent.daemon.artifacts import ArtifactError, sync_artifact
+from agent.daemon.backoff import Backoff
+from agent.daemon.progress import finite_or_str
+from agent.daemon.trainer import ExitStatus
+from agent.protocol import records as p
+from agent.protocol.causes import REMEDIATION, classify
+from agent.protocol.errors import StoreError
+from agent.protocol.redact import redact
+
+log = logging.getLogger("trainctl.agent")
+_PERMANENT = ("s3_access_denied", "no_credentials")
+PHASE_OF_CAUSE = {"stopped_by_user": "stopped", "interrupted": "interrupted"}
+
+
+def error_marker(status: ExitStatus, facts: dict, tail: list[str], *, phase: str | None, duration_s: float | None,
+                 last_step: int | None, last_loss: float | None, summary: str | None = None,
+                 cause: str | None = None, tail_lines: int = 50) -> p.ErrorMarker:
+    """The `_error` record: classified cause (unless given), remediation, redacted last lines."""
+    if cause is None:
+        cause, remediation, found = classify(tail, status.exit_code, status.signal, facts)
+        summary = summary or found
+    else:
+        remediation = REMEDIATION[cause]
+    return p.ErrorMarker(
+        ts=time.time(), cause=cause, remediation=remediation, summary=redact(summary or ""),
+        exit_code=status.exit_code, signal=status.signal, phase=phase, duration_s=duration_s,
+        last_step=last_step, last_loss=finite_or_str(last_loss), log_tail=[redact(x) for x in tail[-tail_lines:]])
+
+
+def complete_marker(duration_s: float, final_metrics: dict, artifacts: list[dict]) -> p.CompleteMarker:
+    """The `_complete` record; call only once every final artifact is verified in the store."""
+    return p.CompleteMarker(ts=time.time(), duration_s=duration_s, final_metrics=final_metrics, artifacts=artifacts)
+
+
+def terminal_phase(marker: p.ErrorMarker | p.CompleteMarker) -> str:
+    """The metadata phase that goes with a marker."""
+    if isinstance(marker, p.CompleteMarker):
+        return "completed"
+    return PHASE_OF_CAUSE.get(marker.cause, "failed")
+
+
+def gather_facts(agent, status: ExitStatus) -> dict:
+    """Host facts for the classifier, looked up only when they can matter (OOM evidence on SIGKILL)."""
+    st = agent.state
+    facts = {"stop_requested": st.stop_seen, "agent_interrupted": st.interrupted and not st.stop_seen,
+             "trainer_lost": status.lost, "last_loss": agent.progress.last_loss}
+    facts["disk_free_bytes"] = hostfacts.host_stats(agent.wd.root).get("disk_free_bytes")
+    if status.signal == "SIGKILL" or status.exit_code == 137 or status.lost:
+        count = hostfacts.oom_kill_count()
+        if count is not None and st.oom_kill_base is not None:
+            facts["oom_kill_delta"] = count - st.oom_kill_base
+        pids = {x for x in (st.wrapper_pid, agent.trainer.trainer_pid if agent.trainer else None,
+                            agent.wd.read_pid(agent.wd.trainer_pid)) if x}
+        facts["kernel_oom_lines"] = hostfacts.kernel_oom_lines(pids, since=st.started_ts)
+    return facts
+
+
+def decide(agent, status: ExitStatus, facts: dict, duration: float | None):
+    """`_complete` if the trainer succeeded and every final artifact is verified, else `_error`."""
+    tail = agent.shipper.tail(200)
+    common = {"phase": agent.progress.phase, "duration_s": duration, "last_step": agent.progress.last_step,
+              "last_loss": agent.progress.last_loss}
+    if agent.spot.notice is not None and not status.ok:  # a trainer that finished anyway completes
+        return agent.spot.interrupted_marker(agent, status, facts, tail, common)
+    if not status.ok or facts["stop_requested"] or facts["agent_interrupted"]:
+        return error_marker(status, facts, tail, **common)
+    finals = {d.name: d for d in agent.progress.declared if d.final}  # a later declaration wins
+    verified = []
+    for d in finals.values():
+        try:
+            verified.append(sync_artifact(agent.rs, agent.run_id, agent.wd.output, d.name, d.path, True).to_dict())
+        except ArtifactError as exc:
+            cause = "path_missing" if exc.missing else "unknown"
+            return error_marker(status, facts, tail, cause=cause, summary=f"exit 0 but {exc}", **common)
+        except StoreError as exc:
+            cause, _, _ = classify([str(exc)], None, None, {})
+            if cause not in _PERMANENT:
+                raise  # transient: the caller retries
+            return error_marker(status, facts, tail, cause=cause, summary=f"artifact upload refused: {exc}", **common)
+    others = [u.to_dict() for n, u in agent.artifacts.uploaded.items() if n not in finals]
+    return complete_marker(duration or 0.0, agent.progress.final_metrics(), verified + others)
+
+
+def finalize(agent, status: ExitStatus) -> int:
+    """Deliver everything and the marker. 0 when a marker is in the store, 1 when the store never came back."""
+    s = agent.s
+    # Told to shut down (reboot, systemctl stop): do not outstay the service manager's patience; a
+    # restarted agent recovers the exit status and delivers the rest.
+    timeout = min(s.finalize_timeout_s, s.shutdown_timeout_s) if agent.state.interrupted else s.finalize_timeout_s
+    deadline = time.monotonic() + timeout
+    agent.progress.read_new()
+    started = agent.state.started_ts
+    duration = round(time.time() - started, 3) if started else None
+    facts = gather_facts(agent, status)
+    if agent.trainer is not None:
+        left = agent.trainer.reap_stragglers()
+        if left:
+            log.warning("killed %d process(es) the trainer left behind: %s", len(left), left)
+    backoff = Backoff(max_s=s.retry_max_s)
+    marker = None
+    while True:
+        now = time.monotonic()
+        try:
+            while agent.shipper.backlog() or agent.state.log.pending:
+                agent.shipper.ship(now, final=True, max_chunks=64)
+            agent.shipper.refresh_latest(now, force=True)
+            if agent.progress.metrics or agent.progress.phase:
+                agent.rs.write_progress(agent.run_id, agent.progress.record(time.time()))
+                agent.rs.write_history(agent.run_id, agent.progress.history_points())
+            agent._heartbeat(alive=False)
+            if marker is None:
+                agent.wait_artifacts(max(0.0, deadline - time.monotonic()))  # incl. ones declared at the end
+                marker = decide(agent, status, facts, duration)
+            _write_marker(agent, marker)
+            agent._write_metadata(terminal_phase(marker))
+            _record_stats(agent)
+            return 0
+        except (StoreError, OSError) as exc:  # OSError: e.g. the workdir volume is full for the state file
+            if time.monotonic() >= deadline:
+                log.error("gave up delivering the end of run %s after %.0fs: %s (the spool in %s is intact; "
+                          "rerun the agent to finish)", agent.run_id, timeout, exc, agent.wd.root)
+                return 1
+            delay = backoff.failed(now, str(exc))
+            log.warning("store unreachable while finishing (retry in %.1fs): %s", delay, exc)
+            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+
+
+def _record_stats(agent) -> None:
+    if agent.stats is None:
+        return
+    agent.state.stats = agent.stats.to_dict()
+    agent._save()
+    log.info("store requests this session: %d PUTs, %d bytes", agent.state.stats["puts"], agent.state.stats["put_bytes"])
+
+
+def _write_marker(agent, marker) -> None:
+    if isinstance(marker, p.CompleteMarker):
+        wrote = agent.rs.write_complete(agent.run_id, marker)
+        what = "_complete"
+    else:
+        wrote = agent.rs.write_error(agent.run_id, marker)
+        what = f"_error ({marker.cause}: {marker.summary})"
+    log.info("%s %s", "wrote" if wrote else "a marker already existed; did not write", what)

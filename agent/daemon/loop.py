@@ -1,0 +1,290 @@
+"""The on-box agent: wraps one trainer run and keeps the run store up to date until a marker is written.
+
+One loop, no threads of our own (watchdog's observer only wakes it): the trainer writes to the
+spool file and never waits for the agent; the agent ships what is new whenever the store answers,
+backs off while it does not, and on exit writes exactly one terminal marker. Everything it needs
+to carry on after a crash is in the workdir (see agent.daemon.workdir).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import signal
+import threading
+import time
+
+import psutil
+
+from agent.daemon import hostfacts
+from agent.daemon.artifacts import ArtifactQueue
+from agent.daemon.backoff import Backoff
+from agent.daemon.filewatch import FileWatch
+from agent.daemon.logship import LogShipper
+from agent.daemon.progress import ProgressTracker
+from agent.daemon.settings import AgentSettings
+from agent.daemon.spot import SpotWatch
+from agent.daemon.trainer import ExitStatus, Trainer, read_exit_status
+from agent.daemon.workdir import AgentState, Workdir, write_atomic
+from agent.protocol import records as p
+from agent.protocol.attempts import next_log_seq
+from agent.protocol.errors import ConfigError, StoreError
+from agent.protocol.redact import redact_argv
+from agent.protocol.runstore import RunStore
+from agent.protocol.store import Store
+
+log = logging.getLogger("trainctl.agent")
+_STORE_ERRORS = (StoreError, OSError)
+
+
+class Agent:
+    """One run's agent. `run()` returns the process exit code (0 once a marker is in the store)."""
+
+    def __init__(self, run_id: str, store: Store, wd: Workdir, command: list[str], settings: AgentSettings,
+                 stats=None):
+        self.run_id, self.wd, self.command, self.s, self.stats = run_id, wd, command, settings, stats
+        self.rs = RunStore(store)
+        self.backoff = Backoff(max_s=settings.retry_max_s)
+        self.wake = threading.Event()
+        self.progress = ProgressTracker(wd.progress)
+        self.trainer: Trainer | None = None
+        self.state: AgentState | None = None
+        self.shipper: LogShipper | None = None
+        self._signal: str | None = None
+        self._stop_stage, self._stop_at = 0, 0.0
+        self._next = {"hb": 0.0, "progress": 0.0, "history": 0.0, "stop": 0.0}
+        self._metadata_dirty = True
+        self._md_trainer_pid: int | None = None
+        self.artifacts = ArtifactQueue(self.rs, run_id, wd.output)
+        self.spot = SpotWatch.from_settings(settings)
+
+    # -- startup -------------------------------------------------------------------------------
+    def run(self) -> int:
+        try:
+            self.wd.create()
+        except OSError as exc:
+            raise ConfigError(f"cannot use workdir {self.wd.root}: {exc.strerror or exc}; pass --workdir (or set "
+                              "TRAINCTL_WORKDIR_ROOT) to a writable folder") from None
+        self._claim_pidfile()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+        try:
+            if self._already_finished():
+                log.info("run %s already has a terminal marker; nothing to do", self.run_id)
+                return 0
+            status = self._start_or_adopt()
+            self._lower_priority()
+            self.watch = self._watch()
+            try:
+                if status is None:
+                    status = self._loop()
+            finally:
+                self.watch.close()
+            return self._finalize(status)
+        finally:
+            self.artifacts.close()
+            self.wd.agent_pid.unlink(missing_ok=True)
+
+    def _claim_pidfile(self) -> None:
+        """One agent per workdir: an exclusive flock held for the agent's life (the kernel drops it
+        when the agent dies, even by SIGKILL), so two agents started at once cannot both run."""
+        self._lock = open(self.wd.lock, "a+b")  # held open until the agent exits
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            other = self.wd.read_pid(self.wd.agent_pid)
+            who = f"an agent (pid {other})" if other else "another agent"
+            raise ConfigError(f"{who} is already running run {self.run_id} in {self.wd.root};"
+                              " stop it first or use another --workdir") from None
+        write_atomic(self.wd.agent_pid, f"{os.getpid()}\n".encode())
+
+    def _already_finished(self) -> bool:
+        try:
+            return any(self.rs.store.exists(self.rs.k(self.run_id, k)) for k in (p.ERROR, p.COMPLETE))
+        except _STORE_ERRORS:
+            return False  # store down: carry on spooling; the marker write is create-only anyway
+
+    def _start_or_adopt(self) -> ExitStatus | None:
+        """Start the trainer, or find the one a previous agent started. Returns its status if it already ended."""
+        state = AgentState.load(self.wd.state)
+        if state is not None and state.run_id != self.run_id:
+            raise ConfigError(f"{self.wd.root} belongs to run {state.run_id}, not {self.run_id}: use another --workdir")
+        if state is None:
+            if not self.command:
+                raise ConfigError("no trainer command: put it after `--`, e.g. ctl agent run ... -- python train.py")
+            state = AgentState(run_id=self.run_id, command=redact_argv(self.command), started_ts=time.time(),
+                               oom_kill_base=hostfacts.oom_kill_count())
+            state.log.next_seq = next_log_seq(self.rs, self.run_id)  # a resumed run appends to its log
+            state.save(self.wd.state)  # before the trainer starts: a crash now must not start a second one
+            self.trainer = Trainer.start(self.wd, self.command, self._trainer_env())
+            state.wrapper_pid, state.wrapper_create_time = self.trainer.pgid, self.trainer.create_time()
+            state.save(self.wd.state)
+            log.info("started trainer (group %s): %s", self.trainer.pgid, " ".join(state.command))
+        self.state = state
+        self.shipper = LogShipper(self.rs, self.run_id, self.wd, state.log, self._save, self.s.log_flush_s,
+                                  self.s.latest_s, self.s.partial_line_s)
+        self.progress.read_new()
+        if self.trainer is None:
+            self.trainer = Trainer.adopt(self.wd, state.wrapper_pid, state.wrapper_create_time)
+            if self.trainer is None:
+                st = read_exit_status(self.wd) or ExitStatus(None, None, lost=True)
+                log.warning("trainer of run %s ended while the agent was down: %s", self.run_id, st)
+                return st
+            log.info("resumed: trainer group %s still running, shipping from byte %d", self.trainer.pgid,
+                     state.log.offset)
+        return None
+
+    def _lower_priority(self) -> None:
+        """Yield the CPU to the trainer (it was started before this, at normal priority). Threads
+        started from here on (file watch, uploads) inherit the lower priority."""
+        if self.s.nice > 0:
+            try:
+                os.nice(self.s.nice)
+            except OSError as exc:
+                log.debug("could not lower the agent's priority: %s", exc)
+
+    def _trainer_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(TRAINCTL_RUN_ID=self.run_id, TRAINCTL_PROGRESS_FILE=str(self.wd.progress),
+                   TRAINCTL_OUTPUT_DIR=str(self.wd.output), TRAINCTL_WORKDIR=str(self.wd.root))
+        env.setdefault("PYTHONUNBUFFERED", "1")  # so print() lines reach the spool (and the store) promptly
+        return env
+
+    def _save(self) -> None:
+        self.state.save(self.wd.state)
+
+    def _watch(self) -> FileWatch:
+        return FileWatch(self.wd.root, [self.wd.log, self.wd.progress], self.wake)
+
+    def _on_signal(self, signum, _frame) -> None:
+        self._signal = signal.Signals(signum).name
+        self.wake.set()
+
+    # -- the loop ----------------------------------------------------------------------------
+    def _loop(self) -> ExitStatus:
+        while True:
+            now = time.monotonic()
+            status = self.trainer.poll()
+            if status is not None:
+                return status
+            if self._signal and not self._stop_stage:
+                log.info("agent got %s: stopping the trainer gracefully", self._signal)
+                self.state.interrupted = True
+                self._begin_stop(now)
+            self._escalate(now)
+            self.spot.tick(self, now)
+            self.progress.read_new()
+            if self.backoff.ready(now):
+                try:
+                    self._store_duties(now)
+                    if self.backoff.down:
+                        log.info("store reachable again")
+                    self.backoff.succeeded()
+                except _STORE_ERRORS as exc:
+                    if not self.backoff.down:
+                        log.warning("store unreachable, spooling locally: %s", exc)
+                    self.backoff.failed(now, str(exc))
+            if self.shipper.backlog() or self.backoff.down:
+                self.watch.disarm()
+                time.sleep(self.s.tick_s)
+            else:
+                self.watch.arm()
+                if self.wake.wait(self.s.tick_s):
+                    self.watch.disarm()  # a change: stop the event stream before doing the work
+                self.wake.clear()
+
+    def _begin_stop(self, now: float) -> None:
+        self._save()
+        self.trainer.send(signal.SIGINT)
+        self._stop_stage, self._stop_at = 1, now
+
+    def _escalate(self, now: float) -> None:
+        if self._stop_stage == 1 and now - self._stop_at >= self.s.stop_grace_s:
+            log.warning("trainer still running %.0fs after SIGINT: sending SIGTERM", self.s.stop_grace_s)
+            self.trainer.send(signal.SIGTERM)
+            self._stop_stage, self._stop_at = 2, now
+        elif self._stop_stage == 2 and now - self._stop_at >= self.s.kill_grace_s:
+            log.warning("trainer still running %.0fs after SIGTERM: sending SIGKILL", self.s.kill_grace_s)
+            self.trainer.send(signal.SIGKILL)
+            self._stop_stage = 3
+
+    def _store_duties(self, now: float) -> None:
+        if self._md_trainer_pid is None and self.trainer.trainer_pid:
+            self._metadata_dirty = True  # the wrapper wrote trainer.pid after the first metadata write
+        if self._metadata_dirty or self.progress.phase_changed:
+            self._write_metadata(self.progress.phase or "running")
+        if self.shipper.due(now):
+            self.shipper.ship(now)
+        self.shipper.refresh_latest(now)
+        if now >= self._next["hb"]:
+            self._heartbeat(alive=True)
+            self._next["hb"] = now + self.s.heartbeat_s
+        if self.progress.changed and now >= self._next["progress"]:
+            self.rs.write_progress(self.run_id, self.progress.record(time.time()))
+            self.progress.changed = False
+            self._next["progress"] = now + self.s.progress_s
+            if now >= self._next["history"]:
+                self.rs.write_history(self.run_id, self.progress.history_points())
+                self._next["history"] = now + self.s.history_s
+        if now >= self._next["stop"] and not self._stop_stage:
+            self._next["stop"] = now + self.s.stop_poll_s
+            if self.rs.store.exists(self.rs.k(self.run_id, p.STOP)):
+                log.info("control/stop found: stopping the trainer")
+                self.state.stop_seen = True
+                self._begin_stop(now)
+        self.artifacts.pump(self.progress.declared)
+
+    def wait_artifacts(self, timeout: float) -> None:
+        """Finish declared uploads (heartbeating meanwhile); store errors propagate to the caller."""
+        deadline = time.monotonic() + timeout
+        while self.artifacts.done < len(self.progress.declared) and time.monotonic() < deadline:
+            self.artifacts.pump(self.progress.declared)
+            if self.artifacts.busy:
+                now = time.monotonic()
+                if now >= self._next["hb"]:
+                    self._heartbeat(alive=False)
+                    self._next["hb"] = now + self.s.heartbeat_s
+                time.sleep(min(0.2, self.s.tick_s))
+
+    def _write_metadata(self, phase: str) -> None:
+        try:
+            md = self.rs.read_metadata(self.run_id)
+        except p.RecordError:
+            md = None
+        md = md or p.Metadata(run_id=self.run_id, created=self.state.started_ts or time.time())
+        md.phase, md.agent_pid, md.heartbeat_s, md.workdir = phase, os.getpid(), self.s.heartbeat_s, str(self.wd.root)
+        md.trainer_pid = self._md_trainer_pid = self.trainer.trainer_pid if self.trainer else md.trainer_pid
+        md.command = md.command or self.state.command
+        md.host = md.host or hostfacts.host_stats(self.wd.root).get("hostname")
+        md.trainctl_version = md.trainctl_version or _version()
+        self.rs.write_metadata(md)
+        self._metadata_dirty = self.progress.phase_changed = False
+
+    def _heartbeat(self, alive: bool) -> None:
+        self.state.hb_seq += 1
+        tp = self.trainer.trainer_pid if self.trainer else None
+        host = hostfacts.host_stats(self.wd.root)
+        host.update(hostfacts.process_tree_stats(self.trainer.pgid if self.trainer and alive else None))
+        host["agent_rss_bytes"] = psutil.Process().memory_info().rss
+        hb = p.Heartbeat(ts=time.time(), seq=self.state.hb_seq, agent_pid=os.getpid(), trainer_alive=alive,
+                         heartbeat_s=self.s.heartbeat_s, trainer_pid=tp, phase=self.progress.phase,
+                         last_progress_ts=self.progress.last_progress_ts, last_step=self.progress.last_step,
+                         host=host, gpus=hostfacts.gpu_stats(), spool_backlog_bytes=self.shipper.backlog())
+        self.rs.write_heartbeat(self.run_id, hb)
+
+    # -- the end -----------------------------------------------------------------------------
+    def _finalize(self, status: ExitStatus) -> int:
+        from agent.daemon.finalize import finalize
+
+        return finalize(self, status)
+
+
+def _version() -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("trainctl")
+    except PackageNotFoundError:
+        return None

@@ -1,0 +1,237 @@
+"""The run-store protocol: key layout and typed records, read and written only here.
+
+Every record carries `schema_version`; readers accept unknown fields (newer writers) and fill
+missing optional ones, so an old watcher can read a newer agent's run. Timestamps are unix
+seconds (`ts`, `created`, ...) with an ISO twin added for humans browsing with `aws s3 cp`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+SCHEMA_VERSION = 1
+
+
+def trainctl_version() -> str:
+    """The installed trainctl's version (recorded in metadata, shown by `ctl --version`)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("trainctl")
+    except PackageNotFoundError:  # a source tree without an install
+        return "0.0.0+src"
+
+# Phases the trainer or agent reports. The first four make no training steps by nature, so the
+# watcher gives them a longer progress timeout.
+SETUP_PHASES = ("launching", "setup", "staging", "preparing_data", "loading_model")
+TRAINER_PHASES = ("setup", "staging", "preparing_data", "loading_model", "training", "evaluating", "saving")
+TERMINAL_PHASES = ("completed", "failed", "stopped", "interrupted")
+
+METADATA = "metadata.json"
+HEARTBEAT = "heartbeat.json"
+PROGRESS = "progress.json"
+HISTORY = "history.json"
+LOGS = "logs/"
+LOG_LATEST = "logs/training_log_latest.txt"
+ARTIFACTS = "artifacts/"
+ERROR = "_error"
+COMPLETE = "_complete"
+STOP = "control/stop"
+ALERTS = "_alerts.json"
+# The watcher's index: one empty-ish marker per run that is finished and fully alerted, so a
+# sweep lists these once instead of reading every finished run (ops/index.py).
+INDEX = "_index/"
+INDEX_DONE = "_index/done/"
+# The watcher's orphan ledger: `_orphans/<region>/<instance-id>.json` per tagged instance seen idle
+# (ops/orphans.py), so an idle GPU box is reported once however many watchers sweep.
+ORPHANS = "_orphans/"
+CHUNK_DIGITS = 8
+# S3 lifecycle expires old log chunks by this tag (infra/terraform/store.tf): a prefix filter
+# cannot reach `<runs>/<run-id>/logs/` across run ids.
+LOG_CHUNK_TAGS = {"trainctl-kind": "log-chunk"}
+
+
+def key(run_id: str, name: str) -> str:
+    """The store key of `name` inside run `run_id` (the run id must already be validated)."""
+    return f"{run_id}/{name}"
+
+
+def chunk_name(seq: int) -> str:
+    """`logs/00000042.log`: zero-padded so names sort in upload order."""
+    return f"{LOGS}{seq:0{CHUNK_DIGITS}d}.log"
+
+
+def chunk_seq(key_or_name: str) -> int | None:
+    """The sequence number of a log chunk key, or None for other keys under logs/."""
+    base = key_or_name.rsplit("/", 1)[-1]
+    stem, dot, ext = base.partition(".")
+    if ext != "log" or len(stem) != CHUNK_DIGITS or not stem.isdigit():
+        return None
+    return int(stem)
+
+
+def iso(ts: float | None) -> str | None:
+    """Unix seconds as an ISO-8601 UTC string."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def fmt_metric(v, spec: str = ".4f") -> str:
+    """A metric as `spec`. JSON has no NaN, so a diverged loss is stored as the string "nan" (or
+    "inf"): anything that is not a number is shown as it is, never crashes a table or an alert."""
+    if isinstance(v, int | float) and not isinstance(v, bool):
+        return format(v, spec)
+    return str(v)
+
+
+class RecordError(ValueError):
+    """A stored record that cannot be read as its type (not JSON, wrong fields)."""
+
+
+@dataclass
+class Record:
+    """Base of all records: dict round-trip with a schema version and ISO twins of timestamps."""
+
+    NAME: ClassVar[str] = ""
+    TIME_FIELDS: ClassVar[tuple[str, ...]] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["schema_version"] = SCHEMA_VERSION
+        for f in self.TIME_FIELDS:
+            if d.get(f) is not None:
+                d[f + "_iso"] = iso(d[f])
+        return d
+
+    def to_bytes(self) -> bytes:
+        return (json.dumps(self.to_dict(), indent=2, sort_keys=True, default=str) + "\n").encode()
+
+    @classmethod
+    def from_dict(cls, d: Any):
+        if not isinstance(d, dict):
+            raise RecordError(f"{cls.NAME or cls.__name__}: expected a JSON object, got {type(d).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        required = {f.name for f in dataclasses.fields(cls)
+                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+        missing = required - d.keys()
+        if missing:
+            raise RecordError(f"{cls.NAME or cls.__name__}: missing field(s) {', '.join(sorted(missing))}")
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    @classmethod
+    def from_bytes(cls, raw: bytes):
+        try:
+            d = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise RecordError(f"{cls.NAME or cls.__name__}: not JSON ({exc})") from None
+        return cls.from_dict(d)
+
+
+@dataclass
+class Metadata(Record):
+    """Who, what and where: written at launch by the controller, updated by the agent."""
+
+    NAME: ClassVar[str] = METADATA
+    TIME_FIELDS: ClassVar[tuple[str, ...]] = ("created", "updated")
+    run_id: str
+    created: float
+    phase: str = "launching"
+    updated: float | None = None
+    config: dict = field(default_factory=dict)
+    command: list = field(default_factory=list)
+    instance_id: str | None = None
+    instance_type: str | None = None
+    region: str | None = None
+    host: str | None = None
+    git_sha: str | None = None
+    agent_pid: int | None = None
+    trainer_pid: int | None = None
+    heartbeat_s: float = 30.0
+    workdir: str | None = None
+    trainctl_version: str | None = None
+
+
+@dataclass
+class Heartbeat(Record):
+    """The agent's pulse, every `heartbeat_s`."""
+
+    NAME: ClassVar[str] = HEARTBEAT
+    TIME_FIELDS: ClassVar[tuple[str, ...]] = ("ts", "last_progress_ts")
+    ts: float
+    seq: int
+    agent_pid: int
+    trainer_alive: bool
+    heartbeat_s: float = 30.0
+    trainer_pid: int | None = None
+    phase: str | None = None
+    last_progress_ts: float | None = None
+    last_step: int | None = None
+    host: dict = field(default_factory=dict)
+    gpus: list = field(default_factory=list)
+    spool_backlog_bytes: int = 0
+
+
+@dataclass
+class Progress(Record):
+    """The latest training step as the trainer reported it, plus the agent's ETA."""
+
+    NAME: ClassVar[str] = PROGRESS
+    TIME_FIELDS: ClassVar[tuple[str, ...]] = ("ts",)
+    ts: float
+    step: int | None = None
+    total_steps: int | None = None
+    epoch: float | None = None
+    loss: float | None = None
+    lr: float | None = None
+    tokens_per_s: float | None = None
+    eta_s: float | None = None
+    phase: str | None = None
+
+
+@dataclass
+class ErrorMarker(Record):
+    """`_error`: the run failed; cause and remediation for the on-call engineer."""
+
+    NAME: ClassVar[str] = ERROR
+    TIME_FIELDS: ClassVar[tuple[str, ...]] = ("ts",)
+    ts: float
+    cause: str
+    remediation: str
+    summary: str = ""
+    exit_code: int | None = None
+    signal: str | None = None
+    phase: str | None = None
+    duration_s: float | None = None
+    last_step: int | None = None
+    last_loss: float | None = None
+    log_tail: list = field(default_factory=list)
+    checkpoint: str | None = None  # store location of the verified checkpoint to resume from (spot interruption)
+
+
+@dataclass
+class CompleteMarker(Record):
+    """`_complete`: written only after every declared final artifact was verified in the store."""
+
+    NAME: ClassVar[str] = COMPLETE
+    TIME_FIELDS: ClassVar[tuple[str, ...]] = ("ts",)
+    ts: float
+    duration_s: float
+    final_metrics: dict = field(default_factory=dict)
+    artifacts: list = field(default_factory=list)  # [{"name", "uri", "size", "files"}]
+    cost_usd: float | None = None
+
+
+@dataclass
+class StopRequest(Record):
+    """`control/stop`: the controller asks the agent to stop the trainer gracefully."""
+
+    NAME: ClassVar[str] = STOP
+    TIME_FIELDS: ClassVar[tuple[str, ...]] = ("ts",)
+    ts: float
+    requested_by: str = ""
+    reason: str = "stopped by user"

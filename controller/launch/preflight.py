@@ -1,0 +1,106 @@
+"""PURE: preflight from facts: every failure with its fix, and the steps that prepare the volume.
+
+One pass lists everything wrong with the box (GPU, Python, the data volume, free space, the
+store), so the user fixes it all at once. The data volume is mounted when attached but
+unmounted, and formatted only when blkid calls it blank.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+
+from controller.config import RunConfig
+from controller.launch.facts import Facts
+from controller.launch.plan import Step, privileged
+
+q = shlex.quote
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A preflight failure and how to fix it."""
+
+    what: str
+    fix: str
+
+    def __str__(self) -> str:
+        return f"{self.what}\n      fix: {self.fix}"
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split("."))
+
+
+_NOT_VOLUMES = ("zram", "ram", "loop", "nbd", "sr")
+
+
+def _mount_candidates(facts: Facts, device: str) -> list[dict]:
+    """Attached disks with nothing mounted from them (and no partitions): the data volume."""
+    out = []
+    for d in facts.block_devices:
+        if device and device not in (d.get("path"), d.get("name"), f"/dev/{d.get('name')}"):
+            continue
+        if str(d.get("name", "")).startswith(_NOT_VOLUMES) or not d.get("size"):
+            continue  # compressed swap, ramdisks, loop/nbd images, empty slots: never the data volume
+        if d.get("type") == "disk" and not d.get("children") and not d.get("mountpoint"):
+            out.append(d)
+    return out
+
+
+def preflight(facts: Facts, cfg: RunConfig, box_needs_sudo: bool) -> tuple[list[Problem], list[Step]]:
+    """Every preflight failure with its fix, plus the steps that prepare the data volume."""
+    problems: list[Problem] = []
+    steps: list[Step] = []
+    b, root = cfg.box, cfg.box.data_root
+    if b.require_gpu and not facts.gpus:
+        why = "nvidia-smi shows no GPU" if facts.nvidia_smi else "nvidia-smi is not installed"
+        problems.append(Problem(f"no GPU visible ({why})",
+                                "use a GPU instance with NVIDIA drivers (a Deep Learning AMI), or pass --allow-no-gpu"))
+    if not facts.python:
+        problems.append(Problem("python3 is not installed on the box", "use a Deep Learning AMI, or apt install python3"))
+    elif tuple(facts.python[:2]) < _version(b.min_python)[:2]:
+        problems.append(Problem(f"python3 on the box is {'.'.join(map(str, facts.python))}, need >= {b.min_python}",
+                                "use a newer AMI, or point setup.python at a newer interpreter"))
+    if cfg.setup.mode == "venv" or cfg.setup.python != "python3":
+        if facts.seed is None:
+            problems.append(Problem(f"setup.python {cfg.setup.python!r} does not run on the box",
+                                    "set setup.python to an interpreter that exists there (DLAMI: its PyTorch python)"))
+        elif tuple(facts.seed["version"][:2]) < _version(b.min_python)[:2]:
+            problems.append(Problem(f"setup.python is Python {'.'.join(map(str, facts.seed['version']))}, "
+                                    f"need >= {b.min_python}", "point setup.python at a newer interpreter"))
+    if not facts.has_flock:
+        problems.append(Problem("flock is missing on the box (needed for the per-box lock)", "apt install util-linux"))
+    mounting = False
+    if b.require_mount and not facts.data_root_mounted:
+        cands = _mount_candidates(facts, b.volume_device)
+        if len(cands) == 1:
+            d = cands[0]
+            dev = d.get("path") or f"/dev/{d['name']}"
+            if not d.get("fstype") and (d.get("pttype") or d.get("probe") != "blank"):
+                why = f"partition table {d['pttype']}" if d.get("pttype") else (d.get("probe") or "not probed")
+                problems.append(Problem(f"{dev} has no filesystem but is not blank ({why}); refusing to format it",
+                                        "check the volume by hand (sudo blkid -p " + dev + "), or set "
+                                        "box.volume_device to the right disk"))
+            else:
+                mounting = True
+                if not d.get("fstype"):
+                    steps.append(Step(f"format blank volume {dev} (ext4)",
+                                      privileged(f"mkfs.ext4 -q -L trainctl-data {q(dev)}", box_needs_sudo)))
+                steps.append(Step(f"mount {dev} at {root}", privileged(f"mkdir -p {q(root)}", box_needs_sudo) + " && "
+                                      + privileged(f"mount {q(dev)} {q(root)}", box_needs_sudo)))
+        elif not cands:
+            problems.append(Problem(f"no data volume is mounted at {root} and no unmounted volume is attached",
+                                    "attach the data volume (infra/ does), or set box.require_mount = false "
+                                    "and box.data_root to a folder with enough space"))
+        else:
+            names = ", ".join(c.get("path") or c["name"] for c in cands)
+            problems.append(Problem(f"several unmounted volumes are attached ({names}); not guessing which to use",
+                                    "set box.volume_device to the data volume's device"))
+    if not mounting and facts.free_bytes < b.min_free_gb * 1e9:
+        problems.append(Problem(f"only {facts.free_bytes / 1e9:.1f} GB free under {root}, the run needs "
+                                f"{b.min_free_gb:g} GB", "free space on the volume, grow it, or lower box.min_free_gb"))
+    if not facts.store_reachable:
+        problems.append(Problem(f"the run store is not reachable from the box ({facts.store_error or 'no route'})",
+                                "allow HTTPS egress (or add an S3 VPC endpoint), and check store.endpoint_url"))
+    return problems, steps

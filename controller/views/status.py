@@ -1,0 +1,105 @@
+"""`ctl status` (one screen, instance state included) and `ctl stop` (writes control/stop)."""
+
+from __future__ import annotations
+
+import getpass
+import socket
+import time
+
+from agent.protocol import records as p
+from agent.protocol.runstore import RunStore
+from controller.launch.autostop import countdown
+from controller.views.runs import fmt_age, run_row
+from controller.views.tail import fmt_duration, stale_reason
+
+
+def collect(rs: RunStore, run_id: str, now: float, instance_state=None) -> dict:
+    """Everything `ctl status` shows, as plain data (also the --json output)."""
+    rs.require_run(run_id)
+    row = run_row(rs, run_id, now)
+    md, hb, pr = rs.read_metadata(run_id), rs.read_heartbeat(run_id), rs.read_progress(run_id)
+    err, done, stop = rs.read_error(run_id), rs.read_complete(run_id), rs.read_stop(run_id)
+    state = None
+    if md and md.instance_id and instance_state is not None:
+        state = instance_state(md.instance_id, md.region or "")
+    outcome = row.outcome
+    if outcome == "running" and stale_reason(now, hb, md, None):
+        outcome = "stale"
+    return {
+        "run_id": run_id, "store": rs.url, "outcome": outcome, "phase": row.phase,
+        "created": md.created if md else None, "host": md.host if md else None,
+        "instance_id": md.instance_id if md else None, "instance_type": md.instance_type if md else None,
+        "instance_state": state, "region": md.region if md else None,
+        "step": pr.step if pr else row.step, "total_steps": pr.total_steps if pr else None,
+        "loss": pr.loss if pr else None, "tokens_per_s": pr.tokens_per_s if pr else None,
+        "eta_s": pr.eta_s if pr else None,
+        "heartbeat_age_s": row.heartbeat_age_s, "heartbeat_s": hb.heartbeat_s if hb else None,
+        "agent_pid": hb.agent_pid if hb else (md.agent_pid if md else None),
+        "trainer_alive": hb.trainer_alive if hb else None,
+        "stop_requested": stop is not None,
+        "error": err.to_dict() if err else None, "complete": done.to_dict() if done else None,
+        "command": md.command if md else [], "git_sha": md.git_sha if md else None,
+        "console_url": rs.store.console_url(run_id),
+        "autostop": countdown(md, (err or done).ts if (err or done) else None, now, state),
+    }
+
+
+def render(d: dict, now: float) -> str:
+    """The one-screen text view."""
+    step = "-" if d["step"] is None else (f"{d['step']}/{d['total_steps']}" if d["total_steps"] else str(d["step"]))
+    lines = [
+        f"run        {d['run_id']}  ({d['outcome']})",
+        f"store      {d['store']}",
+        f"created    {p.iso(d['created']) or '-'}" + (f"  ({fmt_duration(now - d['created'])} ago)" if d["created"] else ""),
+        f"host       {d['host'] or '-'}",
+    ]
+    if d["instance_id"]:
+        lines.append(f"instance   {d['instance_id']} {d['instance_type'] or ''} in {d['region'] or '?'}: "
+                     f"{d['instance_state'] or 'not checked'}")
+    lines += [
+        f"phase      {d['phase'] or '-'}",
+        f"step       {step}" + (f"   loss {p.fmt_metric(d['loss'])}" if d["loss"] is not None else "")
+        + (f"   {p.fmt_metric(d['tokens_per_s'], ',.0f')} tok/s" if d["tokens_per_s"] else "")
+        + (f"   ETA {fmt_duration(d['eta_s'])}" if d["eta_s"] is not None and d["outcome"] == "running" else ""),
+        f"heartbeat  {fmt_age(d['heartbeat_age_s'])} ago" + (f" (every {d['heartbeat_s']:g}s)" if d["heartbeat_s"] else "")
+        + (f", agent pid {d['agent_pid']}" if d["agent_pid"] else "")
+        + ("" if d["trainer_alive"] is None else (", trainer alive" if d["trainer_alive"] else ", trainer NOT running")),
+    ]
+    if d["stop_requested"]:
+        lines.append("stop       requested")
+    if d["error"]:
+        e = d["error"]
+        lines += [f"failed     {e.get('cause')}", f"fix        {e.get('remediation')}"]
+    if d["complete"]:
+        c = d["complete"]
+        lines.append(f"completed  in {fmt_duration(c.get('duration_s'))}, "
+                     + ", ".join(f"{k} {v}" for k, v in sorted((c.get("final_metrics") or {}).items())))
+        for a in c.get("artifacts") or []:
+            lines.append(f"artifact   {a.get('name')}: {a.get('uri')}")
+    if d["console_url"]:
+        lines.append(f"console    {d['console_url']}")
+    if d.get("autostop"):
+        lines.append(f"autostop   {d['autostop']}")
+    return "\n".join(lines)
+
+
+def request_stop(rs: RunStore, run_id: str, reason: str = "stopped by user") -> str:
+    """Write control/stop: 'requested', 'already_requested' or 'finished' (nothing to stop)."""
+    rs.require_run(run_id)
+    if rs.store.exists(rs.k(run_id, p.COMPLETE)) or rs.store.exists(rs.k(run_id, p.ERROR)):
+        return "finished"
+    who = f"{getpass.getuser()}@{socket.gethostname()}"
+    return "requested" if rs.request_stop(run_id, requested_by=who, reason=reason) else "already_requested"
+
+
+def wait_for_marker(rs: RunStore, run_id: str, timeout_s: float, poll_s: float = 2.0) -> str | None:
+    """'complete' / 'error' once a marker appears, None on timeout."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if rs.store.exists(rs.k(run_id, p.COMPLETE)):
+            return "complete"
+        if rs.store.exists(rs.k(run_id, p.ERROR)):
+            return "error"
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(poll_s)

@@ -1,0 +1,147 @@
+"""The Slack payload, field by field, for every cause and watcher state, as posted to the stand-in."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from agent.protocol.causes import REMEDIATION
+from agent.protocol.runstore import RunStore
+from ops.alerts.message import LOG_CHARS
+from ops.alerts.slack import ConsoleSink, Notifier, WebhookSink
+from ops.state import InstanceInfo
+from ops.sweep import Watcher
+from tests.ops.test_fakes import SECRET_LINES, SECRETS, T0, assert_no_secret, beat, complete, fail, make_run
+
+CAUSES = [c for c in REMEDIATION if c != "interrupted"]  # interrupted has its own state: test_ops_orphans
+
+
+def sweep_once(rs, slack, now, console=None):
+    w = Watcher(rs, Notifier(WebhookSink(slack.webhook_url), ConsoleSink(console or io.StringIO())))
+    return w.sweep(now)
+
+
+def parts(post: dict) -> tuple[str, dict[str, str], dict[str, dict]]:
+    """(header, {field: value}, {block type or section role: block}) of a webhook post."""
+    blocks = post["body"]["blocks"]
+    assert blocks[0]["type"] == "header"
+    fields = {}
+    for f in blocks[1]["fields"]:
+        key, _, value = f["text"].partition(":*\n")
+        fields[key.strip("*")] = value
+    by_role = {}
+    for b in blocks[2:]:
+        text = (b.get("text") or {}).get("text", "")
+        role = ("action" if "Action required" in text else "log" if "Last log lines" in text else b["type"])
+        by_role[role] = b
+    return blocks[0]["text"]["text"], fields, by_role
+
+
+@pytest.mark.parametrize("cause", CAUSES)
+def test_failure_payload_for_each_cause(s3_store, slack, cause):
+    rs = RunStore(s3_store)
+    rid = make_run(rs, instance_id="i-0abc1234def567890")
+    summary = f"{cause}: details {SECRETS[0]}"
+    fail(rs, rid, T0 + 1, cause, summary=summary, log_tail=SECRET_LINES + [f"last line for {cause}"])
+    sweep_once(rs, slack, T0 + 2)
+    [post] = slack.posts
+    header, fields, blocks = parts(post)
+    state = "stopped_by_user" if cause == "stopped_by_user" else "failed"
+    assert header == ("🛑 Stopped by user" if state == "stopped_by_user" else f"🔥 Training FAILED: {cause}")
+    assert fields["Run ID"] == f"`{rid}`"
+    assert fields["Status"] == state.upper().replace("_", " ")
+    assert fields["Reason"] == f"{cause}: details [REDACTED]"
+    assert fields["Instance"] == "i-0abc1234def567890"
+    assert fields["Phase"] == "training"
+    assert fields["Duration"] == "45 min 0 s"
+    assert fields["Step/Loss"] == "step 100/1000, loss 1.2345"
+    assert fields["Cost"] == "$0.91 (g5.2xlarge, 45 min 0 s at $1.21/h)"  # 2700 s at $1.212/h
+    assert blocks["action"]["text"]["text"] == f"🔧 *Action required:* {REMEDIATION[cause]}"
+    log = blocks["log"]["text"]["text"]
+    assert f"last line for {cause}" in log and log.count("[REDACTED]") == 4
+    [button] = blocks["actions"]["elements"]
+    assert button["url"].startswith(f"https://s3.console.aws.amazon.com/s3/buckets/{s3_store.bucket}?")
+    assert f"prefix=training-runs/{rid}/" in button["url"]
+    assert f"ctl tail {rid} --store {s3_store.url}" in blocks["context"]["elements"][0]["text"]
+    text = post["body"]["text"]
+    assert text.splitlines()[0] == header and f"Run ID: `{rid}`" in text and REMEDIATION[cause] in text
+    assert_no_secret(post["body"])
+
+
+def test_completed_payload_has_duration_loss_and_artifacts(s3_store, slack):
+    rs = RunStore(s3_store)
+    rid = make_run(rs)
+    complete(rs, rid, T0 + 1, loss=0.8765)
+    sweep_once(rs, slack, T0 + 2)
+    header, fields, blocks = parts(slack.posts[0])
+    assert header == "✅ Training completed"
+    assert fields["Status"] == "COMPLETED" and fields["Duration"] == "2 h 1 min"
+    assert fields["Step/Loss"] == "final loss 0.8765"
+    assert fields["Artifacts"] == f"{s3_store.url}/{rid}/artifacts/adapter/"
+    assert fields["Cost"] == "$2.42"
+    assert "action" not in blocks
+
+
+def test_hung_payload_names_py_spy_and_the_trainer_pid(s3_store, slack):
+    rs = RunStore(s3_store)
+    make_run(rs, progress_age=2000, log=["step 100 loss 1.23", f"token={SECRETS[2]}"])
+    sweep_once(rs, slack, T0)
+    header, fields, blocks = parts(slack.posts[0])
+    assert header == "🧊 Training hung"
+    assert fields["Status"] == "HUNG" and fields["Reason"].startswith("no training progress for 33 min")
+    assert "py-spy dump --pid 31337" in blocks["action"]["text"]["text"]
+    assert "nvidia-smi" in blocks["action"]["text"]["text"]
+    assert "step 100 loss 1.23" in blocks["log"]["text"]["text"]
+    assert_no_secret(slack.posts[0]["body"])
+
+
+def test_silent_then_resolved_payloads(s3_store, slack):
+    rs = RunStore(s3_store)
+    rid = make_run(rs, hb_age=400)
+    sweep_once(rs, slack, T0)
+    beat(rs, rid, T0 + 1200, seq=9)
+    sweep_once(rs, slack, T0 + 1205)
+    (h1, f1, b1), (h2, f2, b2) = (parts(p) for p in slack.posts)
+    assert h1 == "🔇 Agent silent" and f1["Reason"].startswith("no heartbeat for 6 min 40 s")
+    assert f"ctl status {rid}" in b1["action"]["text"]["text"]
+    assert h2 == "🟢 Resolved: agent silent for 25 min 15 s"
+    assert f2["Status"] == "HEALTHY" and f2["Reason"].startswith("recovered after 25 min 15 s")
+    assert "action" not in b2
+
+
+def test_corrupt_run_payload(s3_store, slack):
+    rs = RunStore(s3_store)
+    rid = make_run(rs)
+    complete(rs, rid, T0 + 1)
+    rs.store.put_if_absent(rs.k(rid, "_error"), rs.read_complete(rid).to_bytes())  # a buggy writer
+    sweep_once(rs, slack, T0 + 2)
+    header, fields, blocks = parts(slack.posts[0])
+    assert header == "⚠️ Run corrupt (both markers)" and fields["Status"] == "CORRUPT"
+    assert "unverified" in blocks["action"]["text"]["text"]
+
+
+def test_long_log_is_capped_and_blocks_stay_in_limits(local_store):
+    from ops.alerts.message import MessageFacts, build
+
+    mf = MessageFacts("r-20270101-000000", log_tail=["x" * 500] * 40, store_url="file:///tmp/s")
+    msg = {"id": "0001-alert", "kind": "alert", "state": "hung", "reason": "y" * 5000, "created": T0,
+           "cause": None}
+    m = build(msg, mf)
+    log_block = next(b for b in m.blocks if "Last log lines" in b.get("text", {}).get("text", ""))
+    assert len(log_block["text"]["text"]) <= LOG_CHARS + 30
+    assert all(len(f["text"]) <= 2000 for f in m.blocks[1]["fields"])
+    assert not any(b["type"] == "actions" for b in m.blocks)  # no console link for a local store
+
+
+def test_instance_gone_payload_from_facts():
+    from ops.alerts.message import MessageFacts, build
+
+    inst = InstanceInfo("i-0abc", "stopped", reason_code="Server.SpotInstanceTermination", transition_at=T0)
+    mf = MessageFacts("r-20270101-000000", instance=inst)
+    m = build({"id": "1", "kind": "alert", "state": "instance_gone", "reason": inst.describe(), "created": T0,
+               "cause": None}, mf)
+    assert m.header == "💀 Instance gone"
+    assert m.fields["Reason"] == "instance i-0abc was stopped by spot interruption at 08:00 UTC"
+    assert m.fields["Instance"] == "i-0abc (stopped)"
+    assert "Spot capacity was reclaimed" in m.text
