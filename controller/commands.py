@@ -214,8 +214,9 @@ def stop_cmd(run_id, store_url, endpoint_url, store_region, wait, timeout_s, pol
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True, help="Newest runs to show.")
 def runs_cmd(store_url, endpoint_url, store_region, as_json, limit):
     """List runs in the store: id, phase, step, heartbeat age, outcome, cost."""
+    from agent.protocol.durations import fmt_duration
     from agent.protocol.records import fmt_metric
-    from controller.views.runs import fmt_age, list_rows, rows_as_dicts
+    from controller.views.runs import list_rows, rows_as_dicts
     from ops.pricing import fmt_cost
 
     rs = open_run_store(store_url, endpoint_url, store_region)
@@ -235,7 +236,7 @@ def runs_cmd(store_url, endpoint_url, store_region, as_json, limit):
     for r in rows:
         step = "-" if r.step is None else (f"{r.step}/{r.total_steps}" if r.total_steps else str(r.step))
         loss = "-" if r.loss is None else fmt_metric(r.loss)
-        table.add_row(r.run_id, r.phase or "-", step, loss, fmt_age(r.heartbeat_age_s), r.outcome, fmt_cost(r.cost_usd))
+        table.add_row(r.run_id, r.phase or "-", step, loss, fmt_duration(r.heartbeat_age_s), r.outcome, fmt_cost(r.cost_usd))
     Console(file=sys.stdout, width=120).print(table)
 
 

@@ -6,15 +6,11 @@ import time
 
 import click
 
-_store = click.option("--store", "store_url", envvar="TRAINCTL_STORE", default=None, metavar="URL",
-                      help="Run store: s3://bucket/prefix, file:///path or a folder (env TRAINCTL_STORE).")
-_endpoint = click.option("--endpoint-url", envvar="TRAINCTL_S3_ENDPOINT", default=None, metavar="URL",
-                         help="S3 endpoint for S3-compatible stores (env TRAINCTL_S3_ENDPOINT).")
+from agent.protocol.options import store_options
 
 
 @click.command("watch")
-@_store
-@_endpoint
+@store_options
 @click.option("--once", is_flag=True, help="Sweep once and exit (for cron); default: sweep forever.")
 @click.option("--interval", default="30", show_default=True, metavar="DURATION", help="Time between sweeps.")
 @click.option("--slack-webhook", envvar="SLACK_WEBHOOK_URL", default=None, metavar="URL",
@@ -40,23 +36,24 @@ _endpoint = click.option("--endpoint-url", envvar="TRAINCTL_S3_ENDPOINT", defaul
               help="Ask EC2 about each run's instance and look for idle tagged instances.")
 @click.option("--ec2-endpoint-url", envvar="TRAINCTL_EC2_ENDPOINT", default=None, metavar="URL", hidden=True)
 @click.option("--region", default=None, help="Region of instances whose metadata names none.")
-def watch_cmd(store_url, endpoint_url, once, interval, slack_webhook, slack_token, slack_channel, slack_api_url,
-              heartbeat_s, heartbeat_grace, progress_timeout, setup_timeout, launch_timeout, orphan_after, ec2,
+def watch_cmd(store_url, endpoint_url, store_region, once, interval, slack_webhook, slack_token, slack_channel,
+              slack_api_url, heartbeat_s, heartbeat_grace, progress_timeout, setup_timeout, launch_timeout, orphan_after, ec2,
               ec2_endpoint_url, region):
     """Watch every run in the store and alert on Slack when one fails, hangs, goes silent or finishes."""
-    from ops.config import build_watcher, parse_duration, settings_from
+    from agent.protocol.durations import parse_duration
+    from ops.config import build_watcher, settings_from
 
     settings = settings_from({"heartbeat_s": heartbeat_s, "grace_s": heartbeat_grace,
                               "progress_timeout_s": progress_timeout, "setup_progress_timeout_s": setup_timeout,
                               "launch_timeout_s": launch_timeout, "orphan_after_s": orphan_after})
-    every = parse_duration(interval, "--interval")
+    every = parse_duration(interval, what="--interval")
     if every <= 0:
         from agent.protocol.errors import ConfigError
 
         raise ConfigError(f"--interval must be positive, got {interval!r}")
     w = build_watcher(store_url, endpoint_url, settings=settings, webhook_url=slack_webhook, token=slack_token,
                       channel=slack_channel, api_url=slack_api_url, ec2=ec2, ec2_endpoint_url=ec2_endpoint_url,
-                      region=region)
+                      region=region, store_region=store_region)
     sink = w.notifier.sink.via
     click.echo(f"watching {w.rs.url} every {every:g}s; alerts to {sink}", err=True)
     from agent.protocol.errors import StoreError
@@ -90,22 +87,20 @@ def watch_cmd(store_url, endpoint_url, once, interval, slack_webhook, slack_toke
 @click.option("--for", "duration", default="4h", show_default=True, metavar="DURATION",
               help="How long to mute alerts and repeats for this run (0 lifts a snooze).")
 @click.option("--by", default=None, help="Who acknowledged (shown in the ledger); default $USER.")
-@_store
-@_endpoint
-def ack_cmd(run_id, duration, by, store_url, endpoint_url):
+@store_options
+def ack_cmd(run_id, duration, by, store_url, endpoint_url, store_region):
     """Acknowledge a run's alert: mute its alerts and repeats for a while (completion/failure still post)."""
     import os
 
+    from agent.protocol.durations import parse_duration
+    from agent.protocol.options import open_run_store
     from agent.protocol.records import iso
     from agent.protocol.runid import validate_run_id
-    from agent.protocol.runstore import RunStore
-    from agent.protocol.stores import open_store
     from ops.alerts.ledger import snooze_run
-    from ops.config import parse_duration
 
     validate_run_id(run_id)
-    secs = parse_duration(duration, "--for")
-    rs = RunStore(open_store(store_url, endpoint_url=endpoint_url))
+    secs = parse_duration(duration, what="--for")
+    rs = open_run_store(store_url, endpoint_url, store_region)
     until = snooze_run(rs, run_id, secs, by or os.environ.get("USER", ""), time.time())
     if until is None:
         click.echo(f"{run_id}: snooze lifted; alerts resume on the next sweep")

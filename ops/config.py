@@ -4,32 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 
+from agent.protocol.durations import parse_duration
 from agent.protocol.errors import ConfigError
 from ops.state import Settings
-
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$", re.I)
 
 # env name -> Settings field (the Lambda reads these; the CLI has flags of the same meaning)
 ENV_SETTINGS = {"TRAINCTL_HEARTBEAT_S": "heartbeat_s", "TRAINCTL_HEARTBEAT_GRACE": "grace_s",
                 "TRAINCTL_PROGRESS_TIMEOUT": "progress_timeout_s",
                 "TRAINCTL_SETUP_PROGRESS_TIMEOUT": "setup_progress_timeout_s",
                 "TRAINCTL_LAUNCH_TIMEOUT": "launch_timeout_s", "TRAINCTL_ORPHAN_AFTER": "orphan_after_s"}
-NEVER = ("never", "off", "none")  # accepted for settings that can be turned off (orphan_after_s)
-OPTIONAL = ("orphan_after_s",)
-
-
-def parse_duration(text: str | float | int, what: str = "duration") -> float:
-    """`90`, `90s`, `15m`, `4h`, `1d` as seconds; a ConfigError that shows the form otherwise."""
-    if isinstance(text, int | float):
-        return float(text)
-    m = _DURATION.match(str(text))
-    if not m:
-        raise ConfigError(f"{what} {text!r} is not a duration: use e.g. 90s, 15m, 4h or 1d")
-    return float(m.group(1)) * _UNITS[(m.group(2) or "s").lower()]
-
+OPTIONAL = ("orphan_after_s",)  # settings that `never` (or off, none, 0) turns off
 
 FLAGS = {"heartbeat_s": "--heartbeat", "grace_s": "--heartbeat-grace", "progress_timeout_s": "--progress-timeout",
          "setup_progress_timeout_s": "--setup-timeout", "launch_timeout_s": "--launch-timeout",
@@ -47,10 +32,10 @@ def settings_from(values: dict[str, str | float | None], base: Settings = Settin
         if raw is None or raw == "":
             continue
         label = labels.get(name, name)
-        if name in OPTIONAL and str(raw).strip().lower() in NEVER:
+        secs = parse_duration(raw, what=label, allow_never=name in OPTIONAL)
+        if secs is None:
             changes[name] = None
             continue
-        secs = parse_duration(raw, label)
         if secs <= 0:
             raise ConfigError(f"{label} must be positive, got {raw!r}")
         changes[name] = secs
@@ -66,15 +51,17 @@ def settings_from_env(env=os.environ) -> Settings:
 def build_watcher(store_url: str | None, endpoint_url: str | None = None, *, settings: Settings = Settings(),
                   webhook_url: str | None = None, token: str | None = None, channel: str | None = None,
                   api_url: str | None = None, ec2: bool = True, ec2_endpoint_url: str | None = None,
-                  region: str | None = None, console_file=None):
-    """A Watcher over `store_url` with the configured Slack sink (or the terminal) and EC2 enrichment."""
+                  region: str | None = None, console_file=None, store_region: str | None = None):
+    """A Watcher over `store_url` with the configured Slack sink (or the terminal) and EC2 enrichment.
+
+    `region` is for instances whose metadata names none; `store_region` is the bucket's."""
     from agent.protocol.runstore import RunStore
     from agent.protocol.stores import open_store
     from ops.alerts.slack import make_notifier
     from ops.ec2 import Ec2Enricher
     from ops.sweep import Watcher
 
-    rs = RunStore(open_store(store_url, endpoint_url=endpoint_url))
+    rs = RunStore(open_store(store_url, endpoint_url=endpoint_url, region=store_region))  # no click: the Lambda
     notifier = make_notifier(webhook_url, token, channel, api_url, console_file=console_file)
     enricher = Ec2Enricher(ec2_endpoint_url, default_region=region or os.environ.get("AWS_REGION")
                            or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1") if ec2 else None

@@ -11,6 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from agent.protocol import records as p
+from agent.protocol.durations import fmt_duration
 
 LAUNCHING, HEALTHY, LATE = "launching", "healthy", "late"
 AGENT_SILENT, HUNG, INSTANCE_GONE = "agent_silent", "hung", "instance_gone"
@@ -122,13 +123,6 @@ class RunState:
     clock_skew_s: float | None = None
 
 
-def _fmt(seconds: float) -> str:
-    s = int(max(0, seconds))
-    if s >= 3600:
-        return f"{s // 3600} h {s % 3600 // 60} min"
-    return f"{s // 60} min {s % 60} s" if s >= 60 else f"{s} s"
-
-
 def by_spot_reclaim(e: p.ErrorMarker, inst: InstanceInfo | None) -> bool:
     """Whether an `interrupted` run was ended by EC2 reclaiming spot capacity: the agent's summary
     names the interruption notice, or EC2 says the instance is (or was stopped as) spot."""
@@ -186,14 +180,14 @@ def assess(f: RunFacts, now: float, s: Settings = Settings()) -> RunState:
             return RunState(LAUNCHING, "no metadata.json or heartbeat yet", phase=phase)
         deadline = md.created + s.launch_timeout_s
         if now <= deadline:
-            return RunState(LAUNCHING, f"launched {_fmt(now - md.created)} ago, waiting for the first heartbeat",
+            return RunState(LAUNCHING, f"launched {fmt_duration(now - md.created)} ago, waiting for the first heartbeat",
                             since=md.created, phase=phase)
-        return RunState(AGENT_SILENT, f"no heartbeat since launch {_fmt(now - md.created)} ago "
+        return RunState(AGENT_SILENT, f"no heartbeat since launch {fmt_duration(now - md.created)} ago "
                         "(the agent never started or cannot reach the store)", since=deadline, phase=phase)
 
     age = now - hb.ts
     if age < -s.max_clock_skew_s:
-        return RunState(AGENT_SILENT, f"heartbeat is stamped {_fmt(-age)} in the future: the instance clock is "
+        return RunState(AGENT_SILENT, f"heartbeat is stamped {fmt_duration(-age)} in the future: the instance clock is "
                         "wrong, so the agent cannot be proven alive", phase=phase, clock_skew_s=-age)
     skew = -age if age < 0 else None
     age = max(age, 0.0)
@@ -201,8 +195,8 @@ def assess(f: RunFacts, now: float, s: Settings = Settings()) -> RunState:
         if f.stop_requested:
             return RunState(STOPPED_BY_USER, "a stop was requested and the agent has gone quiet",
                             since=hb.ts + hb_s + s.grace_s, phase=phase)
-        return RunState(AGENT_SILENT, f"no heartbeat for {_fmt(age)} (expected every {_fmt(hb_s)}, "
-                        f"grace {_fmt(s.grace_s)})", since=hb.ts + hb_s + s.grace_s, phase=phase)
+        return RunState(AGENT_SILENT, f"no heartbeat for {fmt_duration(age)} (expected every {fmt_duration(hb_s)}, "
+                        f"grace {fmt_duration(s.grace_s)})", since=hb.ts + hb_s + s.grace_s, phase=phase)
 
     first_step_pending = hb.last_step is None
     slow_phase = phase in p.SETUP_PHASES or first_step_pending
@@ -211,10 +205,10 @@ def assess(f: RunFacts, now: float, s: Settings = Settings()) -> RunState:
     if ref is not None and now - ref > timeout and not f.stop_requested:
         where = f"step {hb.last_step}" if hb.last_step is not None else "before the first step"
         who = "the agent is alive" + ("" if hb.trainer_alive else " but the trainer process is gone")
-        return RunState(HUNG, f"no training progress for {_fmt(now - ref)} ({where}, phase {phase or '?'}); {who}",
+        return RunState(HUNG, f"no training progress for {fmt_duration(now - ref)} ({where}, phase {phase or '?'}); {who}",
                         since=ref + timeout, phase=phase, clock_skew_s=skew)
     if age > hb_s:
-        return RunState(LATE, f"heartbeat {_fmt(age)} old, inside the {_fmt(s.grace_s)} grace",
+        return RunState(LATE, f"heartbeat {fmt_duration(age)} old, inside the {fmt_duration(s.grace_s)} grace",
                         since=hb.ts + hb_s, phase=phase, clock_skew_s=skew)
-    return RunState(HEALTHY, "heartbeat fresh" + (f" (agent clock {_fmt(skew)} ahead)" if skew else ""),
+    return RunState(HEALTHY, "heartbeat fresh" + (f" (agent clock {fmt_duration(skew)} ahead)" if skew else ""),
                     since=hb.ts, phase=phase, clock_skew_s=skew)

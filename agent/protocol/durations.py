@@ -1,4 +1,9 @@
-"""Human durations for settings and flags: `90s`, `15m`, `4h`, `1d`, `1h30m`, or `never`."""
+"""Human durations, one grammar and one style for every part: settings, flags, tables and alerts.
+
+Read: a number (seconds), or unit parts `90s`, `15m`, `4h`, `1d`, `2w`, `250ms`, combined as
+`1h30m`; `never` (or `off`, `none`, `0`) where a setting can be turned off. Written: the two
+largest units, the second zero-padded (`42s`, `14m 03s`, `2h 05m`, `1d 01h`), `-` when unknown.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +11,24 @@ import re
 
 from agent.protocol.errors import ConfigError
 
-_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)")
-_UNIT_S = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)")
+_UNIT_S = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+# Words that turn a setting off where that is allowed (`autostop = "never"`, `--orphan-after off`).
+NEVER = ("never", "off", "none", "0")
 
 
 def parse_duration(text: str | float | int, *, what: str = "duration", allow_never: bool = False) -> float | None:
-    """Seconds in `text` (a number means seconds); None for `never` when allowed."""
-    if isinstance(text, int | float):
+    """Seconds in `text` (a number means seconds); None for `never` when allowed.
+
+    A ConfigError naming `what` (the flag, setting or env var as the user typed it) and the
+    accepted forms otherwise.
+    """
+    if isinstance(text, int | float) and not isinstance(text, bool):
         if text < 0:
             raise ConfigError(f"{what} must not be negative, got {text}")
         return float(text)
     s = str(text).strip().lower()
-    if allow_never and s in ("never", "off", "0"):
+    if allow_never and s in NEVER:
         return None
     try:
         value = float(s)
@@ -38,10 +49,10 @@ def parse_duration(text: str | float | int, *, what: str = "duration", allow_nev
 
 
 def fmt_duration(seconds: float | None) -> str:
-    """`2h 05m`, `14m 03s`, `42s`; `-` when unknown."""
+    """`42s`, `14m 03s`, `2h 05m`, `1d 01h`; `-` when unknown; negative counts as 0."""
     if seconds is None:
         return "-"
-    s = int(round(max(0.0, seconds)))
+    s = int(max(0.0, seconds))  # whole seconds, rounded down: "no heartbeat for 59s" until it is 1m
     d, rem = divmod(s, 86400)
     h, rem = divmod(rem, 3600)
     m, sec = divmod(rem, 60)

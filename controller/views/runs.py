@@ -100,14 +100,3 @@ def list_rows(rs: RunStore, now: float, limit: int | None = None) -> list[RunRow
 
 def rows_as_dicts(rows: list[RunRow]) -> list[dict]:
     return [asdict(r) for r in rows]
-
-
-def fmt_age(seconds: float | None) -> str:
-    """`42s`, `5m`, `3h`, `2d`, or `-`."""
-    if seconds is None:
-        return "-"
-    s = max(0, int(seconds))
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if s >= size:
-            return f"{s // size}{unit}"
-    return f"{s}s"

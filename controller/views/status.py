@@ -7,10 +7,11 @@ import socket
 import time
 
 from agent.protocol import records as p
+from agent.protocol.durations import fmt_duration
 from agent.protocol.runstore import RunStore
 from controller.launch.autostop import countdown
-from controller.views.runs import fmt_age, run_row
-from controller.views.tail import fmt_duration, stale_reason
+from controller.views.runs import run_row
+from controller.views.tail import stale_reason
 
 
 def collect(rs: RunStore, run_id: str, now: float, instance_state=None) -> dict:
@@ -61,7 +62,7 @@ def render(d: dict, now: float) -> str:
         f"step       {step}" + (f"   loss {p.fmt_metric(d['loss'])}" if d["loss"] is not None else "")
         + (f"   {p.fmt_metric(d['tokens_per_s'], ',.0f')} tok/s" if d["tokens_per_s"] else "")
         + (f"   ETA {fmt_duration(d['eta_s'])}" if d["eta_s"] is not None and d["outcome"] == "running" else ""),
-        f"heartbeat  {fmt_age(d['heartbeat_age_s'])} ago" + (f" (every {d['heartbeat_s']:g}s)" if d["heartbeat_s"] else "")
+        f"heartbeat  {fmt_duration(d['heartbeat_age_s'])} ago" + (f" (every {d['heartbeat_s']:g}s)" if d["heartbeat_s"] else "")
         + (f", agent pid {d['agent_pid']}" if d["agent_pid"] else "")
         + ("" if d["trainer_alive"] is None else (", trainer alive" if d["trainer_alive"] else ", trainer NOT running")),
     ]

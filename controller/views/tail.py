@@ -12,18 +12,11 @@ import time
 from dataclasses import dataclass, field
 
 from agent.protocol import records as p
+from agent.protocol.durations import fmt_duration
 from agent.protocol.errors import StoreError
 from agent.protocol.runstore import RunStore
 
 COMPLETED, FAILED, STALE, RUNNING = 0, 1, 3, None
-
-
-def fmt_duration(s: float | None) -> str:
-    if s is None:
-        return "-"
-    s = int(max(0, s))
-    h, m = divmod(s // 60, 60)
-    return f"{h}h{m:02d}m" if h else (f"{m}m{s % 60:02d}s" if m else f"{s}s")
 
 
 def stale_reason(now: float, hb: p.Heartbeat | None, md: p.Metadata | None, stale_after_s: float | None) -> str | None:

@@ -18,10 +18,11 @@ from slack_sdk.models.blocks import (
 )
 
 from agent.protocol import records as p
+from agent.protocol.durations import fmt_duration
 from agent.protocol.redact import redact
 from ops import state as S
 from ops.pricing import fmt_cost, hourly_price, run_cost
-from ops.state import InstanceInfo, _fmt
+from ops.state import InstanceInfo
 
 LOG_LINES = 15
 LOG_CHARS = 2000  # well under the 3000-char section limit, with room for the fences
@@ -94,9 +95,9 @@ def _header(msg: dict) -> str:
     state, kind = msg.get("was_state") or msg["state"], msg["kind"]
     label = LABELS.get(state, state)
     if kind == "resolved":
-        return f"🟢 Resolved: {label.lower()} for {_fmt(msg.get('lasted_s') or 0)}"
+        return f"🟢 Resolved: {label.lower()} for {fmt_duration(msg.get('lasted_s') or 0)}"
     if kind == "repeat":
-        return f"🔁 Still {label.lower()} ({_fmt(msg.get('lasted_s') or 0)})"
+        return f"🔁 Still {label.lower()} ({fmt_duration(msg.get('lasted_s') or 0)})"
     if state == S.FAILED and msg.get("cause"):
         return f"🔥 Training FAILED: {msg['cause']}"
     if state == S.INTERRUPTED and "spot reclaim at" in (msg.get("reason") or ""):
@@ -107,9 +108,9 @@ def _header(msg: dict) -> str:
 def _duration(msg: dict, f: MessageFacts) -> str | None:
     for marker in (f.complete, f.error):
         if marker and marker.duration_s is not None:
-            return _fmt(marker.duration_s)
+            return fmt_duration(marker.duration_s)
     if f.metadata:
-        return _fmt(msg["created"] - f.metadata.created)
+        return fmt_duration(msg["created"] - f.metadata.created)
     return None
 
 
@@ -124,7 +125,7 @@ def cost_text(msg: dict, f: MessageFacts) -> str | None:
     usd = run_cost(itype, dur)
     if usd is None:
         return None
-    return f"{fmt_cost(usd)} ({itype}, {_fmt(dur)} at {fmt_cost(hourly_price(itype))}/h)"
+    return f"{fmt_cost(usd)} ({itype}, {fmt_duration(dur)} at {fmt_cost(hourly_price(itype))}/h)"
 
 
 def _step_loss(f: MessageFacts) -> str | None:
@@ -157,7 +158,7 @@ def build(msg: dict, f: MessageFacts) -> Message:
     fields: dict[str, str] = {"Run ID": f"`{run}`", "Status": msg["state"].upper().replace("_", " ")}
     reason = msg.get("reason") or ""
     if msg["kind"] == "resolved":
-        reason = f"recovered after {_fmt(msg.get('lasted_s') or 0)} ({reason})"
+        reason = f"recovered after {fmt_duration(msg.get('lasted_s') or 0)} ({reason})"
     fields["Reason"] = reason
     inst = f.instance
     iid = inst.instance_id if inst else (f.metadata.instance_id if f.metadata else None)

@@ -15,11 +15,11 @@ from dataclasses import asdict, dataclass, fields
 from slack_sdk.models.blocks import ContextBlock, HeaderBlock, MarkdownTextObject, SectionBlock
 
 from agent.protocol import records as p
+from agent.protocol.durations import fmt_duration
 from agent.protocol.redact import redact
 from ops.alerts.message import Message
 from ops.ec2 import TaggedInstance
 from ops.pricing import PRICE_TABLE_DATE, fmt_cost, hourly_price, run_cost
-from ops.state import _fmt
 
 RECORD_VERSION = 1
 WAIT, START, CLAIM = "wait", "start", "claim"
@@ -121,7 +121,7 @@ def build_message(rec: OrphanRecord, now: float, store_url: str = "") -> Message
     header = f"💸 Idle GPU instance {iid}" + (f" ({per_hour})" if price is not None else "")
     fields_ = {"Instance": f"{iid} ({itype or '?'}, {rec.region})" + (f" “{rec.name}”" if rec.name else ""),
                "Status": "RUNNING, NO ACTIVE RUN",
-               "Reason": f"no active trainctl run on it for {_fmt(idle)} (since {p.iso(rec.idle_since)})",
+               "Reason": f"no active trainctl run on it for {fmt_duration(idle)} (since {p.iso(rec.idle_since)})",
                "Hourly cost": f"{per_hour} (on-demand price table {PRICE_TABLE_DATE})" if price else per_hour,
                "Idle so far": fmt_cost(run_cost(itype, idle))}
     if rec.launch_time:

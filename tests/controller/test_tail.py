@@ -70,7 +70,7 @@ def test_follow_prints_new_chunks_then_exits_0_on_complete(rs):
     assert t.run() == 0
     text = out.getvalue()
     assert text.startswith("c\nfinal line\n") and "a\n" not in text  # never replays what was shown
-    assert "COMPLETED in 1h02m" in text and "loss 0.9" in text
+    assert "COMPLETED in 1h 02m" in text and "loss 0.9" in text
 
 
 def test_error_marker_exits_1_with_cause_and_fix(rs):
@@ -112,7 +112,7 @@ def test_stale_reason_and_status_line_are_pure():
     assert stale_reason(1059.0, hb, md, None) is None and stale_reason(1061.0, hb, md, None)
     pr = p.Progress(ts=1.0, step=120, total_steps=3000, loss=1.83, tokens_per_s=2150.0, eta_s=3700, phase="training")
     assert status_line(pr, hb, 1012.0) == ("phase training | step 120/3000 | loss 1.8300 | 2,150 tok/s | "
-                                           "ETA 1h01m | heartbeat 12s ago")
+                                           "ETA 1h 01m | heartbeat 12s ago")
 
 
 def test_store_outage_is_retried_with_backoff(private_moto):

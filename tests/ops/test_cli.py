@@ -55,11 +55,11 @@ def test_watch_without_slack_prints_the_same_content(tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--interval", "soon"], "--interval 'soon' is not a duration: use e.g. 90s, 15m, 4h or 1d"),
+    (["--interval", "soon"], "--interval: cannot read 'soon' as a duration; use e.g. 90s, 15m, 4h, 1d"),
     (["--interval", "0"], "--interval must be positive"),
-    (["--heartbeat-grace", "-5m"], "--heartbeat-grace '-5m' is not a duration"),
+    (["--heartbeat-grace", "-5m"], "--heartbeat-grace: cannot read '-5m' as a duration"),
     (["--progress-timeout", "0"], "--progress-timeout must be positive"),
-    (["--orphan-after", "soon"], "--orphan-after 'soon' is not a duration"),
+    (["--orphan-after", "soon"], "--orphan-after: cannot read 'soon' as a duration; use e.g. 90s, 15m, 4h, 1d or 'never'"),
     (["--slack-webhook", "hooks.slack.com/x"], "--slack-webhook must be an https:// URL"),
     (["--slack-token", "xoxb-123456789012-abcdefghijkl"], "--slack-token needs --slack-channel"),
     (["--store", "ftp://nowhere"], "unsupported store URL"),

@@ -65,7 +65,7 @@ def test_spot_interrupted_run_alert_says_so_with_resume_command_and_cost(s3_stor
     assert header == "⏸️ Run interrupted by a spot reclaim"
     assert fields["Status"] == "INTERRUPTED"
     assert fields["Reason"] == "interrupted by a spot reclaim at step 420"
-    assert fields["Cost"] == "$0.91 (g5.2xlarge, 45 min 0 s at $1.21/h)"
+    assert fields["Cost"] == "$0.91 (g5.2xlarge, 45m 00s at $1.21/h)"
     action = blocks["action"]["text"]["text"]
     assert f"`ctl launch --existing <new-instance> --resume {rid}` (it continues at step 420)" in action
     assert index.done_runs(rs) == {rid}
@@ -95,7 +95,7 @@ def test_completed_without_agent_cost_is_priced_from_type_and_duration(s3_store,
     out = io.StringIO()
     watcher(rs, slack, console=out).sweep(T0 + 2)
     _, fields, _ = parts(slack.posts[0])
-    assert fields["Cost"] == "$2.44 (g5.2xlarge, 2 h 1 min at $1.21/h)"  # 7260 s at $1.212/h
+    assert fields["Cost"] == "$2.44 (g5.2xlarge, 2h 01m at $1.21/h)"  # 7260 s at $1.212/h
 
 
 def test_terminal_alert_prints_the_cost(tmp_path, monkeypatch):
@@ -107,7 +107,7 @@ def test_terminal_alert_prints_the_cost(tmp_path, monkeypatch):
     fail(rs, rid, T0 + 1, "cuda_oom")
     out = io.StringIO()
     Watcher(rs, Notifier(None, ConsoleSink(out)), Settings(orphan_after_s=None)).sweep(T0 + 2)
-    assert "Cost: $1.50 (g5.2xlarge, 45 min 0 s at $2.00/h)" in out.getvalue()
+    assert "Cost: $1.50 (g5.2xlarge, 45m 00s at $2.00/h)" in out.getvalue()
 
 
 def test_no_cost_line_without_an_instance_type(s3_store, slack):
@@ -123,7 +123,7 @@ def test_orphan_after_setting_forms():
     assert settings_from({"orphan_after_s": "never"}).orphan_after_s is None
     assert Settings().orphan_after_s == 1800 and Settings().scaled(0.5).orphan_after_s == 900
     assert settings_from_env({"TRAINCTL_ORPHAN_AFTER": "off"}).orphan_after_s is None
-    with pytest.raises(Exception, match="TRAINCTL_ORPHAN_AFTER 'soon' is not a duration"):
+    with pytest.raises(Exception, match="TRAINCTL_ORPHAN_AFTER: cannot read 'soon' as a duration"):
         settings_from_env({"TRAINCTL_ORPHAN_AFTER": "soon"})
 
 

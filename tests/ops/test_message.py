@@ -54,9 +54,9 @@ def test_failure_payload_for_each_cause(s3_store, slack, cause):
     assert fields["Reason"] == f"{cause}: details [REDACTED]"
     assert fields["Instance"] == "i-0abc1234def567890"
     assert fields["Phase"] == "training"
-    assert fields["Duration"] == "45 min 0 s"
+    assert fields["Duration"] == "45m 00s"
     assert fields["Step/Loss"] == "step 100/1000, loss 1.2345"
-    assert fields["Cost"] == "$0.91 (g5.2xlarge, 45 min 0 s at $1.21/h)"  # 2700 s at $1.212/h
+    assert fields["Cost"] == "$0.91 (g5.2xlarge, 45m 00s at $1.21/h)"  # 2700 s at $1.212/h
     assert blocks["action"]["text"]["text"] == f"🔧 *Action required:* {REMEDIATION[cause]}"
     log = blocks["log"]["text"]["text"]
     assert f"last line for {cause}" in log and log.count("[REDACTED]") == 4
@@ -76,7 +76,7 @@ def test_completed_payload_has_duration_loss_and_artifacts(s3_store, slack):
     sweep_once(rs, slack, T0 + 2)
     header, fields, blocks = parts(slack.posts[0])
     assert header == "✅ Training completed"
-    assert fields["Status"] == "COMPLETED" and fields["Duration"] == "2 h 1 min"
+    assert fields["Status"] == "COMPLETED" and fields["Duration"] == "2h 01m"
     assert fields["Step/Loss"] == "final loss 0.8765"
     assert fields["Artifacts"] == f"{s3_store.url}/{rid}/artifacts/adapter/"
     assert fields["Cost"] == "$2.42"
@@ -89,7 +89,7 @@ def test_hung_payload_names_py_spy_and_the_trainer_pid(s3_store, slack):
     sweep_once(rs, slack, T0)
     header, fields, blocks = parts(slack.posts[0])
     assert header == "🧊 Training hung"
-    assert fields["Status"] == "HUNG" and fields["Reason"].startswith("no training progress for 33 min")
+    assert fields["Status"] == "HUNG" and fields["Reason"].startswith("no training progress for 33m ")
     assert "py-spy dump --pid 31337" in blocks["action"]["text"]["text"]
     assert "nvidia-smi" in blocks["action"]["text"]["text"]
     assert "step 100 loss 1.23" in blocks["log"]["text"]["text"]
@@ -103,10 +103,10 @@ def test_silent_then_resolved_payloads(s3_store, slack):
     beat(rs, rid, T0 + 1200, seq=9)
     sweep_once(rs, slack, T0 + 1205)
     (h1, f1, b1), (h2, f2, b2) = (parts(p) for p in slack.posts)
-    assert h1 == "🔇 Agent silent" and f1["Reason"].startswith("no heartbeat for 6 min 40 s")
+    assert h1 == "🔇 Agent silent" and f1["Reason"].startswith("no heartbeat for 6m 40s")
     assert f"ctl status {rid}" in b1["action"]["text"]["text"]
-    assert h2 == "🟢 Resolved: agent silent for 25 min 15 s"
-    assert f2["Status"] == "HEALTHY" and f2["Reason"].startswith("recovered after 25 min 15 s")
+    assert h2 == "🟢 Resolved: agent silent for 25m 15s"
+    assert f2["Status"] == "HEALTHY" and f2["Reason"].startswith("recovered after 25m 15s")
     assert "action" not in b2
 
 

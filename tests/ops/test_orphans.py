@@ -69,7 +69,7 @@ def test_idle_tagged_instance_alerts_once_with_cost_and_stop_command(s3_store, s
     text = body["text"]
     assert text.splitlines()[0] == f"💸 Idle GPU instance {idle} ($1.21/h)"
     assert f"Instance: {idle} (g5.2xlarge, {region}) “trainctl-gpu”" in text
-    assert "Reason: no active trainctl run on it for 30 min 0 s" in text
+    assert "Reason: no active trainctl run on it for 30m 00s" in text
     assert "Hourly cost: $1.21/h (on-demand price table 2025-01)" in text
     assert "Idle so far: $0.61" in text  # 1800 s at $1.212/h
     assert f"aws ec2 stop-instances --instance-ids {idle} --region {region}" in text

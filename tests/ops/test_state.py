@@ -46,9 +46,9 @@ ROWS = [
     ("late", dict(metadata=md(), heartbeat=hb(age=45)), S, "late", T0 - 45 + 30, "grace"),
     ("late-at-grace-edge", dict(metadata=md(), heartbeat=hb(age=90)), S, "late", None, "grace"),
     ("silent-just-past", dict(metadata=md(), heartbeat=hb(age=91)), S, "agent_silent", T0 - 91 + 90, "no heartbeat"),
-    ("silent-hours", dict(metadata=md(), heartbeat=hb(age=7200)), S, "agent_silent", T0 - 7200 + 90, "2 h"),
+    ("silent-hours", dict(metadata=md(), heartbeat=hb(age=7200)), S, "agent_silent", T0 - 7200 + 90, "2h 00m"),
     ("run-own-heartbeat-interval", dict(metadata=md(heartbeat_s=10), heartbeat=hb(age=75, heartbeat_s=10)), S,
-     "agent_silent", T0 - 75 + 70, "every 10 s"),
+     "agent_silent", T0 - 75 + 70, "every 10s"),
     ("settings-override-interval", dict(metadata=md(), heartbeat=hb(age=75)), Settings(heartbeat_s=10),
      "agent_silent", None, "no heartbeat"),
     ("hung-training", dict(metadata=md(), heartbeat=hb(progress_age=960)), S, "hung", T0 - 960 + 900, "step 100"),
@@ -98,7 +98,7 @@ ROWS = [
     ("stopping-not-hung", dict(metadata=md(), heartbeat=hb(progress_age=2000), stop_requested=True), S,
      "healthy", None, ""),
     ("scaled-settings", dict(metadata=md(), heartbeat=hb(age=2, heartbeat_s=0.3, progress_age=1)), Settings().scaled(0.01), "agent_silent", None,
-     "grace 0 s"),
+     "grace 0s"),
 ]
 
 
