@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import io
 import os
 import zipfile
 from pathlib import Path
 
+from agent.protocol.atomic import write_atomic
 from agent.protocol.errors import ConfigError
 
 HANDLER = "ops.lambda_handler.handler"
@@ -52,14 +54,14 @@ def build_zip(dest: str | os.PathLike, packages: tuple[str, ...] = PACKAGES) -> 
     if handler_file not in {arc for arc, _ in entries}:
         raise ConfigError(f"{handler_file} is missing from the installed ops package: the Lambda would not start")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + ".tmp")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for arc, path in entries:
             info = zipfile.ZipInfo(arc, date_time=_FIXED_TIME)
             info.external_attr = 0o644 << 16
             info.compress_type = zipfile.ZIP_DEFLATED
             zf.writestr(info, path.read_bytes())
-    os.replace(tmp, dest)
+    write_atomic(dest, buf.getvalue())
     return dest
 
 

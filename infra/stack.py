@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.protocol.atomic import write_atomic
 from agent.protocol.errors import ConfigError, TrainctlError
 from infra.lambda_zip import build_zip
 from infra.tf import Terraform, summarize
@@ -58,9 +59,7 @@ def _read_json(path: Path, default):
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def load_outputs(stack: str = "default", workdir=None) -> dict | None:

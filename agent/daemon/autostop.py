@@ -19,6 +19,8 @@ from pathlib import Path
 
 import psutil
 
+from agent.protocol.atomic import write_atomic
+
 STATE_FILE = "autostop.json"
 
 
@@ -123,9 +125,7 @@ class AutostopDaemon:
         self.runs_root.mkdir(parents=True, exist_ok=True)
         state = {**asdict(v), "autostop_s": self.idle_s, "checked": time.time(), "pid": os.getpid(),
                  "deadline": None if v.remaining_s is None else time.time() + v.remaining_s}
-        tmp = self.runs_root / (STATE_FILE + ".tmp")
-        tmp.write_text(json.dumps(state))
-        os.replace(tmp, self.runs_root / STATE_FILE)
+        write_atomic(self.runs_root / STATE_FILE, json.dumps(state))
 
     def run(self, max_checks: int | None = None) -> int:
         """Loop until the action fires (returns its exit code) or `max_checks` pass (returns -1)."""

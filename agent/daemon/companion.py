@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from agent.protocol.atomic import write_atomic
 from agent.protocol.procs import RESULT, wait_exec
 
 PID_FILE = "autostop.pid"
@@ -78,9 +79,7 @@ def ensure(spec: dict) -> dict:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                     start_new_session=True, close_fds=True, cwd=root)
         wait_exec(proc.pid, argv)
-        tmp = root / (PID_FILE + ".tmp")
-        tmp.write_text(json.dumps({"pid": proc.pid, "argv": argv, "started": time.time()}))
-        os.replace(tmp, root / PID_FILE)
+        write_atomic(root / PID_FILE, json.dumps({"pid": proc.pid, "argv": argv, "started": time.time()}))
         return {"status": status, "pid": proc.pid}
 
 

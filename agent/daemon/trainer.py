@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 import psutil
 
-from agent.daemon.workdir import Workdir, write_atomic
+from agent.daemon.workdir import Workdir
+from agent.protocol.atomic import write_atomic
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,8 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from agent.protocol.atomic import write_atomic
+
 WORKDIR_ROOT_ENV = "TRAINCTL_WORKDIR_ROOT"
 DEFAULT_WORKDIR_ROOT = "/mnt/training/runs"
 
@@ -26,16 +28,6 @@ DEFAULT_WORKDIR_ROOT = "/mnt/training/runs"
 def default_workdir(run_id: str) -> Path:
     """Where a run's files live on the box when `--workdir` is not given."""
     return Path(os.environ.get(WORKDIR_ROOT_ENV) or DEFAULT_WORKDIR_ROOT) / run_id
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` so a crash leaves either the old or the new content."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 @dataclass(frozen=True)

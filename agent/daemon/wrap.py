@@ -9,20 +9,12 @@ group reach the trainer directly; this wrapper only notes them and keeps waiting
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
 
-
-def _write_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+from agent.protocol.atomic import write_atomic
 
 
 def _status(code: int, pid: int | None) -> dict:
@@ -44,11 +36,11 @@ def main(argv: list[str]) -> int:
         proc = subprocess.Popen(cmd)
     except OSError as exc:
         print(f"trainctl: cannot start the trainer {cmd[0]!r}: {exc}", file=sys.stderr, flush=True)
-        _write_atomic(exit_file, json.dumps(_status(127, None)))
+        write_atomic(exit_file, json.dumps(_status(127, None)))
         return 127
-    _write_atomic(pid_file, f"{proc.pid}\n")
+    write_atomic(pid_file, f"{proc.pid}\n")
     code = proc.wait()
-    _write_atomic(exit_file, json.dumps(_status(code, proc.pid)))
+    write_atomic(exit_file, json.dumps(_status(code, proc.pid)))
     return code if code >= 0 else 128 - code
 
 

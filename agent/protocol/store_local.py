@@ -15,6 +15,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from agent.protocol.atomic import write_atomic
 from agent.protocol.errors import StoreError
 from agent.protocol.store import Store, Versioned
 
@@ -50,7 +51,8 @@ class LocalStore(Store):
 
     def put(self, key: str, data: bytes, tags: dict[str, str] | None = None) -> None:
         path = self._path(key)
-        os.replace(self._write_tmp(path, data), path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, data, tmp_prefix=_TMP_PREFIX)  # the listing skips these temp names
 
     def get(self, key: str) -> bytes | None:
         try:

@@ -14,6 +14,8 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from urllib.parse import urlparse
 
+from agent.protocol.atomic import write_atomic
+
 MANIFEST = ".trainctl-manifest.json"
 
 
@@ -123,9 +125,7 @@ def stage_one(client, target: dict, workers: int, say=print) -> dict:
     for rel in list(manifest):
         if rel not in remote:
             del manifest[rel]
-    tmp = mpath.with_name(MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
-    os.replace(tmp, mpath)
+    write_atomic(mpath, json.dumps(manifest, indent=1, sort_keys=True))
     return {"name": target["name"], "files": len(remote), "fetched": len(todo), "bytes": total}
 
 

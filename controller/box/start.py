@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from string import Template
 
+from agent.protocol.atomic import write_atomic
 from agent.protocol.procs import wait_exec
 
 UNIT_TEMPLATE = Path(__file__).parent / "templates" / "trainctl-agent.service"
@@ -112,9 +113,7 @@ def start_agent(spec: dict) -> dict:
             Path(spec["workdir"], "agent.pid").write_text(f"{pid}\n")
         rec = {"run_id": spec["run_id"], "pid": pid, "workdir": spec["workdir"], "started": time.time(),
                "via": "systemd" if spec.get("systemd") else "setsid"}
-        tmp = spec["active_file"] + ".tmp"
-        Path(tmp).write_text(json.dumps(rec))
-        os.replace(tmp, spec["active_file"])
+        write_atomic(spec["active_file"], json.dumps(rec))
     # A command that cannot even start (bad path, bad flag) dies at once: say so now, not in an hour.
     if proc is not None:
         try:

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import fcntl
 import os
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
 import paramiko
 
+from agent.protocol.atomic import write_atomic
 from agent.protocol.errors import TrainctlError
 
 
@@ -44,6 +46,13 @@ def _locked(path: Path):
         yield
 
 
+def _render(hk: paramiko.HostKeys) -> bytes:
+    """The known_hosts text paramiko would save (it only saves to a path)."""
+    with tempfile.TemporaryDirectory() as d:
+        hk.save(f"{d}/known_hosts")
+        return Path(d, "known_hosts").read_bytes()
+
+
 def _load(path: Path) -> paramiko.HostKeys:
     hk = paramiko.HostKeys()
     if path.exists():
@@ -64,10 +73,7 @@ class PinStore:
         with _locked(self.path):
             hk = _load(self.path)
             hk.add(name, key.get_name(), key)
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            hk.save(str(tmp))
-            os.chmod(tmp, 0o600)
-            os.replace(tmp, self.path)
+            write_atomic(self.path, _render(hk), mode=0o600)
 
     def forget(self, name: str) -> bool:
         """Drop every key pinned for `name`; True if there was one."""
@@ -76,9 +82,7 @@ class PinStore:
             if name not in hk:
                 return False
             del hk[name]
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            hk.save(str(tmp))
-            os.replace(tmp, self.path)
+            write_atomic(self.path, _render(hk), mode=0o600)
             return True
 
     def names(self) -> list[tuple[str, str, str]]:

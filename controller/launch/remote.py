@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.protocol.atomic import write_atomic
 from agent.protocol.errors import ConfigError, TrainctlError
 from agent.protocol.procs import RESULT
 from controller.launch.hostkeys import HostKeyChanged, PinnedPolicy, PinStore
@@ -208,11 +209,7 @@ class LocalBox(Box):
         return Result(p.stdout or "", p.stderr or "", p.returncode)
 
     def put_bytes(self, data: bytes, path: str, mode: int = 0o644) -> None:
-        tmp = path + ".part"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
+        write_atomic(path, data, mode=mode)
 
     def put_file(self, local, path: str) -> None:
         self.put_bytes(Path(local).read_bytes(), path)

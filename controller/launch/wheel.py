@@ -16,6 +16,7 @@ import zipfile
 from email.parser import Parser
 from pathlib import Path
 
+from agent.protocol.atomic import write_atomic
 from agent.protocol.errors import ConfigError, TrainctlError
 from controller.launch.hostkeys import trainctl_home
 from controller.launch.plan import Wheel
@@ -98,6 +99,5 @@ def build(say=print) -> Wheel:
             raise TrainctlError(f"building the trainctl wheel failed: {(r.stderr or r.stdout).strip()[-600:]}")
         out.mkdir(parents=True, exist_ok=True)
         final = out / wheels[0].name
-        shutil.copy2(wheels[0], str(final) + ".part")
-        Path(str(final) + ".part").rename(final)
+        write_atomic(final, wheels[0].read_bytes())
     return wheel_info(final, key)
