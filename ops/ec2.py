@@ -12,11 +12,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from time import strptime
 
+from agent.protocol import records as p
 from ops.state import InstanceInfo
 
 # The tag infra/terraform/versions.tf puts on every resource (provider default_tags): how the
 # orphan scan recognises a trainctl GPU box.
-TAG_KEY, TAG_VALUE = "ManagedBy", "trainctl"
+TAG_KEY, TAG_VALUE = p.MANAGED_TAG_KEY, p.MANAGED_TAG_VALUE
 FILTER_MAX = 199  # describe_instances accepts up to 200 values per filter
 _WHEN = re.compile(r"\((\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) (?:GMT|UTC)\)")  # AWS says GMT, moto UTC
 

@@ -43,7 +43,7 @@ def metadata_from_cache(run_id: str, cache: dict) -> p.Metadata | None:
 
 def observe(rs: RunStore, run_id: str, now: float, s: Settings) -> Observed:
     """Read what `assess` needs for `run_id`."""
-    names = {k.rsplit("/", 1)[-1] for k in rs.store.list(rs.k(run_id, "_"))}
+    names = rs.markers(run_id)
     loaded = L.load(rs, run_id) if p.ALERTS in names else L.Loaded(L.Ledger(run_id), None)
     f = RunFacts(run_id, has_error=p.ERROR in names, has_complete=p.COMPLETE in names)
     if f.has_error:
@@ -73,7 +73,7 @@ def observe(rs: RunStore, run_id: str, now: float, s: Settings) -> Observed:
     else:
         f.metadata = metadata_from_cache(run_id, cached)
     if stale:
-        f.stop_requested = rs.store.exists(rs.k(run_id, p.STOP))
+        f.stop_requested = rs.stop_requested(run_id)
     return obs
 
 
@@ -83,7 +83,7 @@ def message_facts(rs: RunStore, f: RunFacts) -> MessageFacts:
     md = _safe(rs.read_metadata, run_id) or f.metadata
     mf = MessageFacts(run_id, metadata=md, progress=_safe(rs.read_progress, run_id),
                       error=f.error, complete=f.complete, instance=f.instance,
-                      console_url=rs.store.console_url(run_id), store_url=rs.url)
+                      console_url=rs.console_url(run_id), store_url=rs.url)
     if f.error and f.error.log_tail:
         mf.log_tail = [str(x) for x in f.error.log_tail]
     else:

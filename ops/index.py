@@ -13,14 +13,12 @@ from __future__ import annotations
 import json
 import time
 
-from agent.protocol import records as p
-from agent.protocol.runid import validate_run_id
 from agent.protocol.runstore import RunStore
 
 
 def done_runs(rs: RunStore) -> set[str]:
     """Run ids with a done marker."""
-    return {k[len(p.INDEX_DONE):] for k in rs.store.list(p.INDEX_DONE)}
+    return rs.done_index()
 
 
 def active_runs(rs: RunStore) -> tuple[list[str], int]:
@@ -33,9 +31,9 @@ def active_runs(rs: RunStore) -> tuple[list[str], int]:
 def mark_done(rs: RunStore, run_id: str, state: str | None, now: float | None = None) -> bool:
     """Record that `run_id` needs no more sweeps. Create-only: the first watcher wins."""
     rec = {"run_id": run_id, "state": state, "ts": now if now is not None else time.time()}
-    return rs.store.put_if_absent(p.INDEX_DONE + validate_run_id(run_id), json.dumps(rec).encode())
+    return rs.mark_done(run_id, json.dumps(rec).encode())
 
 
 def forget(rs: RunStore, run_id: str) -> None:
     """Put a run back in the active set (e.g. after deleting its ledger by hand)."""
-    rs.store.delete(p.INDEX_DONE + validate_run_id(run_id))
+    rs.unmark_done(run_id)

@@ -84,7 +84,7 @@ def expected_etags(path: Path, chunk: int = MULTIPART_CHUNK) -> tuple[str, str]:
 
 
 def _matches(rs: RunStore, key: str, path: Path) -> bool:
-    got = rs.store.size_and_etag(key)
+    got = rs.artifact_size_and_etag(key)
     if got is None or got[0] != path.stat().st_size:
         return False
     md5, multi = expected_etags(path)
@@ -100,7 +100,7 @@ def sync_artifact(rs: RunStore, run_id: str, output_dir: Path, name: str, relpat
         key = rs.artifact_key(run_id, f"{name}/{rel}")
         try:
             if not _matches(rs, key, path):
-                rs.store.upload_file(key, path)
+                rs.upload_artifact(key, path)
                 sent += 1
                 if not _matches(rs, key, path):
                     raise ArtifactError(f"artifact {name}: {rel} in the store does not match the local file "
@@ -111,7 +111,7 @@ def sync_artifact(rs: RunStore, run_id: str, output_dir: Path, name: str, relpat
                 raise  # the store's fault (or a transient one): the caller retries
             # The trainer deleted it meanwhile (e.g. checkpoint rotation by save_total_limit).
             raise ArtifactError(f"artifact {name}: {path} vanished during upload", missing=True) from exc
-    uri = rs.store.location(rs.artifact_key(run_id, f"{name}/"))
+    uri = rs.artifact_location(run_id, f"{name}/")
     return Uploaded(name, uri, total, len(files), final, sent)
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import psutil
 
+from agent.protocol import records as p
 from agent.protocol.atomic import write_atomic
 
 STATE_FILE = "autostop.json"
@@ -81,7 +82,7 @@ def active_runs(runs_root: Path) -> list[str]:
     found = []
     if not runs_root.is_dir():
         return found
-    for pidfile in sorted(runs_root.glob("*/agent.pid")):
+    for pidfile in sorted(runs_root.glob(f"*/{p.WD_AGENT_PID}")):
         try:
             pid = int(pidfile.read_text().strip())
         except (OSError, ValueError):

@@ -22,7 +22,7 @@ from agent.protocol import records as p
 
 log = logging.getLogger("trainctl.agent")
 CKPT_RE = re.compile(r"checkpoint-(\d+)\Z")
-STATE_FILE = "trainer_state.pt"  # train.sft.checkpoint writes it last, inside the atomic rename
+STATE_FILE = p.CHECKPOINT_STATE  # train.sft.checkpoint writes it last, inside the atomic rename
 
 
 def newest_checkpoint(output_dir: Path) -> tuple[int, Path] | None:

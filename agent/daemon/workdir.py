@@ -1,6 +1,7 @@
 """The run's workdir on the box and the agent's persisted state in it.
 
-Layout (default root `/mnt/training/runs`, setting `TRAINCTL_WORKDIR_ROOT`):
+Layout (default root `/mnt/training/runs`, setting `TRAINCTL_WORKDIR_ROOT`; the names are declared
+in agent.protocol.records, WD_*):
 
     <root>/<run-id>/agent.pid        the agent's pid (agent.lock: its flock, one agent per workdir)
                     trainer.pid      the trainer's pid (written by agent.daemon.wrap)
@@ -19,6 +20,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from agent.protocol import records as p
 from agent.protocol.atomic import write_atomic
 
 WORKDIR_ROOT_ENV = "TRAINCTL_WORKDIR_ROOT"
@@ -38,39 +40,39 @@ class Workdir:
 
     @property
     def agent_pid(self) -> Path:
-        return self.root / "agent.pid"
+        return self.root / p.WD_AGENT_PID
 
     @property
     def lock(self) -> Path:
-        return self.root / "agent.lock"
+        return self.root / p.WD_AGENT_LOCK
 
     @property
     def trainer_pid(self) -> Path:
-        return self.root / "trainer.pid"
+        return self.root / p.WD_TRAINER_PID
 
     @property
     def wrapper_pid(self) -> Path:
-        return self.root / "wrapper.pid"
+        return self.root / p.WD_WRAPPER_PID
 
     @property
     def log(self) -> Path:
-        return self.root / "trainer.log"
+        return self.root / p.WD_LOG
 
     @property
     def progress(self) -> Path:
-        return self.root / "progress.jsonl"
+        return self.root / p.WD_PROGRESS
 
     @property
     def output(self) -> Path:
-        return self.root / "output"
+        return self.root / p.WD_OUTPUT
 
     @property
     def exit_status(self) -> Path:
-        return self.root / "exit_status"
+        return self.root / p.WD_EXIT_STATUS
 
     @property
     def state(self) -> Path:
-        return self.root / "agent_state.json"
+        return self.root / p.WD_STATE
 
     def create(self) -> None:
         self.output.mkdir(parents=True, exist_ok=True)

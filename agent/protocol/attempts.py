@@ -19,9 +19,7 @@ from agent.protocol.errors import ConfigError, StoreError, TrainctlError
 from agent.protocol.runstore import RunStore
 
 log = logging.getLogger("trainctl.agent")
-ATTEMPTS = "attempts/"
-_CKPT_STATE = re.compile(r"/checkpoint-(\d+)/trainer_state\.pt\Z")
-_ATTEMPT = re.compile(r"attempts/(\d+)/_error\Z")
+_CKPT_STATE = re.compile(rf"/checkpoint-(\d+)/{re.escape(p.CHECKPOINT_STATE)}\Z")
 
 
 @dataclass(frozen=True)
@@ -68,7 +66,7 @@ def download_checkpoint(rs: RunStore, ckpt: StoredCheckpoint, output_dir: Path) 
     for k in ckpt.keys:
         dest = tmp / k[len(ckpt.prefix):]
         dest.parent.mkdir(parents=True, exist_ok=True)
-        rs.store.download_file(k, dest)
+        rs.download_artifact(k, dest)
     if final.exists():
         import shutil
 
@@ -77,15 +75,10 @@ def download_checkpoint(rs: RunStore, ckpt: StoredCheckpoint, output_dir: Path) 
     return final
 
 
-def attempt_numbers(rs: RunStore, run_id: str) -> list[int]:
-    """Numbers of the archived attempts of a run, ascending."""
-    return sorted(int(m.group(1)) for k in rs.store.list(rs.k(run_id, ATTEMPTS)) if (m := _ATTEMPT.search(k)))
-
-
 def check_resumable(rs: RunStore, run_id: str) -> p.ErrorMarker:
     """The `_error` of a run that may be resumed; a clear error for any other state."""
     rs.require_run(run_id)
-    if rs.store.exists(rs.k(run_id, p.COMPLETE)):
+    if p.COMPLETE in rs.markers(run_id):
         raise ConfigError(f"run {run_id} completed: there is nothing to resume")
     err = rs.read_error(run_id)
     if err is None:
@@ -96,41 +89,36 @@ def check_resumable(rs: RunStore, run_id: str) -> p.ErrorMarker:
 
 def archive_error(rs: RunStore, run_id: str) -> int:
     """Move `_error` to `attempts/<n>/_error` (create-only claim, then delete). Returns n."""
-    old = rs.store.get(rs.k(run_id, p.ERROR))
+    old = rs.read_error_bytes(run_id)
     if old is None:
         raise TrainctlError(f"run {run_id}: its _error marker vanished; another `ctl launch --resume` got there "
                             "first")
     lost = TrainctlError(f"run {run_id}: another `ctl launch --resume` claimed it at the same time; only one "
                          f"box may continue a run (`ctl status {run_id}`)")
-    done = attempt_numbers(rs, run_id)
+    done = rs.attempt_numbers(run_id)
     # A racer that lists after our claim must not take the next number for the same marker.
-    if any(rs.store.get(rs.k(run_id, f"{ATTEMPTS}{i}/{p.ERROR}")) == old for i in done[-1:]):
+    if any(rs.read_attempt_error(run_id, i) == old for i in done[-1:]):
         raise lost
     n = (done or [0])[-1] + 1
-    if not rs.store.put_if_absent(rs.k(run_id, f"{ATTEMPTS}{n}/{p.ERROR}"), old):
+    if not rs.claim_attempt(run_id, n, old):
         raise lost
-    rs.store.delete(rs.k(run_id, p.ERROR))
+    rs.delete_error(run_id)
     return n
 
 
 def reset_watch_state(rs: RunStore, run_id: str, n: int) -> None:
     """After the claim: the watcher's ledger of attempt `n` moves to `attempts/<n>/`, and the run leaves
     the watcher's done index, so the resumed attempt is watched (and alerted on) afresh."""
-    ledger = rs.store.get(rs.k(run_id, p.ALERTS))
-    if ledger is not None:
-        rs.store.put(rs.k(run_id, f"{ATTEMPTS}{n}/{p.ALERTS}"), ledger)
-        rs.store.delete(rs.k(run_id, p.ALERTS))
-    rs.store.delete(p.INDEX_DONE + run_id)
+    rs.archive_alerts(run_id, n)
+    rs.unmark_done(run_id)
 
 
 def restore_error(rs: RunStore, run_id: str, n: int) -> bool:
     """Undo a claim whose agent never started (the box turned out busy): `attempts/<n>/_error` and its
     ledger go back, so the run reads as it did and can be resumed again. False if a marker appeared."""
-    old = rs.store.get(rs.k(run_id, f"{ATTEMPTS}{n}/{p.ERROR}"))
-    if old is None or not rs.store.put_if_absent(rs.k(run_id, p.ERROR), old):
+    old = rs.read_attempt_error(run_id, n)
+    if old is None or not rs.restore_error_bytes(run_id, old):
         return False
-    ledger = rs.store.get(rs.k(run_id, f"{ATTEMPTS}{n}/{p.ALERTS}"))
-    if ledger is not None and not rs.store.exists(rs.k(run_id, p.ALERTS)):
-        rs.store.put(rs.k(run_id, p.ALERTS), ledger)
-    rs.store.delete_prefix(rs.k(run_id, f"{ATTEMPTS}{n}/"))
+    rs.unarchive_alerts(run_id, n)
+    rs.drop_attempt(run_id, n)
     return True

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from agent.protocol import records as p
 from agent.protocol.errors import NotFound
 from agent.protocol.runid import RUN_ID_RE, validate_run_id
-from agent.protocol.store import Store
+from agent.protocol.store import Store, Versioned
 
 
 @dataclass
@@ -49,6 +49,22 @@ class RunStore:
         if not self.run_exists(run_id):
             raise NotFound(f"run {run_id} not found in {self.url} (ctl runs --store {self.url} lists runs)")
 
+    def finished(self, run_id: str) -> bool:
+        """Whether the run has a terminal marker (`_error` or `_complete`)."""
+        return self.store.exists(self.k(run_id, p.COMPLETE)) or self.store.exists(self.k(run_id, p.ERROR))
+
+    def markers(self, run_id: str) -> set[str]:
+        """Which of the run's top-level `_` records (`_error`, `_complete`, `_alerts.json`) exist: one listing."""
+        return {k.rsplit("/", 1)[-1] for k in self.store.list(self.k(run_id, "_"))}
+
+    def location(self, run_id: str, name: str = "") -> str:
+        """Where `name` of a run lives, as a URL a user can copy (`s3://...` or `file://...`)."""
+        return self.store.location(self.k(run_id, name))
+
+    def console_url(self, run_id: str) -> str | None:
+        """A link to browse the run's folder (the S3 console), if the backend has one."""
+        return self.store.console_url(run_id)
+
     # -- records ------------------------------------------------------------------------
     def _read(self, run_id: str, cls):
         raw = self.store.get(self.k(run_id, cls.NAME))
@@ -60,6 +76,10 @@ class RunStore:
 
     def read_metadata(self, run_id: str) -> p.Metadata | None:
         return self._read(run_id, p.Metadata)
+
+    def delete_metadata(self, run_id: str) -> None:
+        """Remove `metadata.json` (a launch taking back the record of a run that never started)."""
+        self.store.delete(self.k(run_id, p.METADATA))
 
     def write_heartbeat(self, run_id: str, hb: p.Heartbeat) -> None:
         self.store.put(self.k(run_id, p.HEARTBEAT), hb.to_bytes())
@@ -108,6 +128,10 @@ class RunStore:
     def read_stop(self, run_id: str) -> p.StopRequest | None:
         return self._read(run_id, p.StopRequest)
 
+    def stop_requested(self, run_id: str) -> bool:
+        """Whether `control/stop` exists (without reading it)."""
+        return self.store.exists(self.k(run_id, p.STOP))
+
     # -- logs -----------------------------------------------------------------------------
     def put_log_chunk(self, run_id: str, seq: int, data: bytes) -> None:
         """Upload chunk `seq`. Re-uploading the same seq with the same bytes is harmless."""
@@ -119,11 +143,15 @@ class RunStore:
             if p.chunk_seq(k) is not None:
                 yield k
 
+    def read_log_chunk(self, chunk_key: str) -> bytes | None:
+        """One chunk's bytes by the key `list_log_chunks` gave (None if it vanished meanwhile)."""
+        return self.store.get(chunk_key)
+
     def read_logs(self, run_id: str, cursor: str | None = None, max_chunks: int | None = None) -> LogRead:
         """Bytes of the chunks after `cursor`, concatenated in order, and the new cursor."""
         parts, last, n = [], cursor, 0
         for ck in self.list_log_chunks(run_id, after=cursor):
-            data = self.store.get(ck)
+            data = self.read_log_chunk(ck)
             if data is None:  # deleted between list and get: stop here, retry later from `last`
                 break
             parts.append(data)
@@ -143,8 +171,97 @@ class RunStore:
     def artifact_key(self, run_id: str, relpath: str) -> str:
         return self.k(run_id, p.ARTIFACTS + relpath.lstrip("/"))
 
+    def artifact_location(self, run_id: str, relpath: str = "") -> str:
+        """`s3://.../<run-id>/artifacts/<relpath>`: what `_complete` and messages name."""
+        return self.store.location(self.artifact_key(run_id, relpath))
+
     def list_artifacts(self, run_id: str) -> list[str]:
         return list(self.store.list(self.k(run_id, p.ARTIFACTS)))
 
-    def delete_run(self, run_id: str) -> int:
-        return self.store.delete_prefix(self.k(run_id, ""))
+    def artifact_size_and_etag(self, key: str) -> tuple[int, str] | None:
+        """(size, etag) of a stored artifact file by its `artifact_key`, None when absent."""
+        return self.store.size_and_etag(key)
+
+    def upload_artifact(self, key: str, path) -> None:
+        """Copy a local file to its `artifact_key` (multipart on S3)."""
+        self.store.upload_file(key, path)
+
+    def download_artifact(self, key: str, path) -> None:
+        """Copy a stored artifact file (a key from `list_artifacts`) to a local path."""
+        self.store.download_file(key, path)
+
+    # -- the watcher's records: alert ledger, done index, orphan records ---------------------
+    def read_alerts_versioned(self, run_id: str) -> Versioned | None:
+        """`_alerts.json` with its version tag for a compare-and-set, None when absent."""
+        return self.store.get_versioned(self.k(run_id, p.ALERTS))
+
+    def write_alerts(self, run_id: str, data: bytes, etag: str | None) -> bool:
+        """Store the ledger if it is still version `etag` (None: create-only). True if this call won."""
+        k = self.k(run_id, p.ALERTS)
+        return self.store.put_if_absent(k, data) if etag is None else self.store.put_if_match(k, data, etag)
+
+    def done_index(self) -> set[str]:
+        """Run ids the watcher marked finished and fully alerted (`_index/done/<run-id>`)."""
+        return {k[len(p.INDEX_DONE):] for k in self.store.list(p.INDEX_DONE)}
+
+    def mark_done(self, run_id: str, data: bytes) -> bool:
+        """Create the run's done marker; False if one exists (the first watcher wins)."""
+        return self.store.put_if_absent(p.index_done_name(validate_run_id(run_id)), data)
+
+    def unmark_done(self, run_id: str) -> None:
+        """Put the run back among the runs a sweep reads."""
+        self.store.delete(p.index_done_name(validate_run_id(run_id)))
+
+    def list_orphans(self) -> list[tuple[str, str]]:
+        """(region, instance id) of every stored orphan record."""
+        return [w for k in self.store.list(p.ORPHANS) if (w := p.orphan_of(k)) is not None]
+
+    def read_orphan_versioned(self, region: str, instance_id: str) -> Versioned | None:
+        return self.store.get_versioned(p.orphan_name(region, instance_id))
+
+    def write_orphan(self, region: str, instance_id: str, data: bytes, etag: str | None) -> bool:
+        """Store an orphan record if still version `etag` (None: create-only). True if this call won."""
+        k = p.orphan_name(region, instance_id)
+        return self.store.put_if_absent(k, data) if etag is None else self.store.put_if_match(k, data, etag)
+
+    def delete_orphan(self, region: str, instance_id: str) -> None:
+        self.store.delete(p.orphan_name(region, instance_id))
+
+    # -- attempts: a resumed run's earlier tries (agent.protocol.attempts) -------------------
+    def read_error_bytes(self, run_id: str) -> bytes | None:
+        """`_error` exactly as stored: an archived attempt keeps it byte for byte."""
+        return self.store.get(self.k(run_id, p.ERROR))
+
+    def restore_error_bytes(self, run_id: str, data: bytes) -> bool:
+        """Create `_error` from archived bytes; False if a marker exists."""
+        return self.store.put_if_absent(self.k(run_id, p.ERROR), data)
+
+    def delete_error(self, run_id: str) -> None:
+        self.store.delete(self.k(run_id, p.ERROR))
+
+    def attempt_numbers(self, run_id: str) -> list[int]:
+        """Numbers of the archived attempts of a run, ascending."""
+        return sorted(n for k in self.store.list(self.k(run_id, p.ATTEMPTS)) if (n := p.attempt_of(k)) is not None)
+
+    def read_attempt_error(self, run_id: str, n: int) -> bytes | None:
+        return self.store.get(self.k(run_id, p.attempt_name(n, p.ERROR)))
+
+    def claim_attempt(self, run_id: str, n: int, error_bytes: bytes) -> bool:
+        """Create `attempts/<n>/_error` (create-only: of two racing resumes one wins)."""
+        return self.store.put_if_absent(self.k(run_id, p.attempt_name(n, p.ERROR)), error_bytes)
+
+    def archive_alerts(self, run_id: str, n: int) -> None:
+        """Move the alert ledger to `attempts/<n>/`, so the next attempt is alerted on afresh."""
+        ledger = self.store.get(self.k(run_id, p.ALERTS))
+        if ledger is not None:
+            self.store.put(self.k(run_id, p.attempt_name(n, p.ALERTS)), ledger)
+            self.store.delete(self.k(run_id, p.ALERTS))
+
+    def unarchive_alerts(self, run_id: str, n: int) -> None:
+        """Put attempt `n`'s ledger back unless the run has one again."""
+        ledger = self.store.get(self.k(run_id, p.attempt_name(n, p.ALERTS)))
+        if ledger is not None and not self.store.exists(self.k(run_id, p.ALERTS)):
+            self.store.put(self.k(run_id, p.ALERTS), ledger)
+
+    def drop_attempt(self, run_id: str, n: int) -> None:
+        self.store.delete_prefix(self.k(run_id, p.attempt_name(n)))

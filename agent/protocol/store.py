@@ -97,10 +97,6 @@ class Store(ABC):
         raw = self.get(key)
         return None if raw is None else json.loads(raw)
 
-    def put_json_if_absent(self, key: str, obj) -> bool:
-        """Create-only JSON write."""
-        return self.put_if_absent(key, _dumps(obj))
-
     def console_url(self, prefix: str) -> str | None:
         """A link a human can open to browse `prefix` (S3 console), if the backend has one."""
         return None

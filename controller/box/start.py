@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from string import Template
 
+from agent.protocol import records as p
 from agent.protocol.atomic import write_atomic
 from agent.protocol.procs import wait_exec
 
@@ -110,7 +111,7 @@ def start_agent(spec: dict) -> dict:
             proc = _start_setsid(spec, env)
             pid = proc.pid
             wait_exec(pid, spec["argv"])  # before anyone can read the record and look the pid up
-            Path(spec["workdir"], "agent.pid").write_text(f"{pid}\n")
+            Path(spec["workdir"], p.WD_AGENT_PID).write_text(f"{pid}\n")
         rec = {"run_id": spec["run_id"], "pid": pid, "workdir": spec["workdir"], "started": time.time(),
                "via": "systemd" if spec.get("systemd") else "setsid"}
         write_atomic(spec["active_file"], json.dumps(rec))

@@ -18,7 +18,7 @@ from agent.protocol import records as p
 from agent.protocol.durations import fmt_duration, parse_duration
 from agent.protocol.procs import parse_result
 
-TAG_KEY, TAG_VALUE = "ManagedBy", "trainctl"  # ops.ec2 filters on this tag (a test keeps them equal)
+TAG_KEY, TAG_VALUE = p.MANAGED_TAG_KEY, p.MANAGED_TAG_VALUE  # ops.ec2 filters on the same tag
 
 
 def ensure_managed_tag(client, instance_id: str, say=print) -> bool:

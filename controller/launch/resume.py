@@ -43,10 +43,6 @@ def _say(msg: str) -> None:
     print(msg, flush=True)
 
 
-_SET_ASIDE = ("agent_state.json", "trainer.log", "progress.jsonl", "exit_status", "trainer.pid", "wrapper.pid",
-              "agent.pid")
-
-
 @dataclass(frozen=True)
 class ResumePlan:
     run_id: str
@@ -60,7 +56,7 @@ def plan_resume(rs: RunStore, run_id: str) -> ResumePlan:
     ckpt = newest_stored_checkpoint(rs, run_id, preferred=marker.checkpoint)
     if ckpt is None:
         raise ConfigError(f"run {run_id} ({marker.cause}) has no checkpoint under "
-                          f"{rs.store.location(rs.artifact_key(run_id, ''))}: resuming would start at step 0; "
+                          f"{rs.artifact_location(run_id)}: resuming would start at step 0; "
                           f"launch a new run instead (omit --resume)")
     return ResumePlan(run_id, marker, ckpt)
 
@@ -73,8 +69,8 @@ def describe(plan: ResumePlan) -> str:
 def set_aside_script(workdir: str, stamp: int) -> str:
     """Shell that moves an earlier attempt's agent files out of the way (pure; no-op on a fresh box)."""
     wd, aside = shlex.quote(workdir), shlex.quote(f"{workdir}/attempt-{stamp}")
-    names = " ".join(shlex.quote(n) for n in _SET_ASIDE)
-    return (f"if [ -e {wd}/agent_state.json ]; then mkdir -p {aside} && for f in {names}; do "
+    names = " ".join(shlex.quote(n) for n in p.WD_ATTEMPT_FILES)
+    return (f"if [ -e {wd}/{p.WD_STATE} ]; then mkdir -p {aside} && for f in {names}; do "
             f"[ -e {wd}/$f ] && mv -f {wd}/$f {aside}/; done; echo set-aside; fi; true")
 
 
@@ -85,13 +81,13 @@ def fetch_checkpoint(box: Box, rs: RunStore, plan: ResumePlan, workdir: str, box
     if "set-aside" in r.stdout:
         say(f"resume: the earlier attempt's agent files in {workdir} were moved to {workdir}/attempt-*/")
     ckpt = plan.checkpoint
-    output = f"{workdir}/output"
+    output = f"{workdir}/{p.WD_OUTPUT}"
     final = f"{output}/{ckpt.name}"
     if isinstance(box, LocalBox):
         download_checkpoint(rs, ckpt, Path(output))
     else:
         partial = f"{final}.partial"
-        boxside({"targets": [{"name": "checkpoint", "src": rs.store.location(ckpt.prefix), "dest": partial}]})
+        boxside({"targets": [{"name": "checkpoint", "src": rs.artifact_location(plan.run_id, f"{ckpt.name}/"), "dest": partial}]})
         q, qp = shlex.quote(final), shlex.quote(partial)
         box.check(f"rm -f {qp}/.trainctl-manifest.json && rm -rf {q} && mv {qp} {q}", "placing the checkpoint")
     say(f"resume: {ckpt.name} copied to {final}")
@@ -102,7 +98,7 @@ def claim(rs: RunStore, plan: ResumePlan, say=_say) -> int:
     """Archive the old `_error` (create-only) so the new agent may write the run; returns the attempt number."""
     n = archive_error(rs, plan.run_id)
     reset_watch_state(rs, plan.run_id, n)
-    say(f"resume: attempt {n}'s _error archived as {rs.store.location(rs.k(plan.run_id, f'attempts/{n}/_error'))}")
+    say(f"resume: attempt {n}'s _error archived as {rs.location(plan.run_id, p.attempt_name(n, p.ERROR))}")
     return n
 
 

@@ -55,14 +55,13 @@ class OrphanRecord:
 
 
 def record_key(region: str, instance_id: str) -> str:
-    return f"{p.ORPHANS}{region}/{instance_id}.json"
+    """The store key of an orphan record (declared in the protocol: agent.protocol.records)."""
+    return p.orphan_name(region, instance_id)
 
 
 def parse_key(key: str) -> tuple[str, str] | None:
     """(region, instance id) of an orphan record key, None for anything else."""
-    rest = key[len(p.ORPHANS):] if key.startswith(p.ORPHANS) else ""
-    region, _, name = rest.partition("/")
-    return (region, name[:-5]) if region and name.startswith("i-") and name.endswith(".json") else None
+    return p.orphan_of(key)
 
 
 def new_record(inst: TaggedInstance, now: float) -> OrphanRecord:
