@@ -2,7 +2,8 @@
 
 `python -m controller.reference > docs/config-reference.md` and `python -m controller.reference
 runbook > docs/runbook.md`; a test fails when a file and its source disagree. Help texts come from field metadata (run.toml) or the trailing comment
-on the field's line (data.toml, train.toml).
+on the field's line; limits (choices, ranges) from the metadata `train.schema_walk.setting` gives
+every schema.
 """
 
 from __future__ import annotations
@@ -67,8 +68,11 @@ def rows(cls, prefix: str = "") -> list[tuple[str, str, str, str]]:
         extra = []
         if meta.get("choices"):
             extra.append("one of " + ", ".join(f"`{c}`" for c in meta["choices"]))
-        if meta.get("min") is not None or meta.get("max") is not None:
-            extra.append(f"range {meta.get('min', '')}..{meta.get('max', '')}")
+        lo, hi = meta.get("min"), meta.get("max")
+        if lo is not None and hi is not None:
+            extra.append(f"range {lo}..{hi}")
+        elif lo is not None or hi is not None:
+            extra.append(f">= {lo}" if lo is not None else f"<= {hi}")
         desc = "; ".join(x for x in [help_text, *extra] if x)
         out.append((key, _type_name(f.type), _fmt_default(default), desc))
     return out

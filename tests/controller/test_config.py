@@ -24,7 +24,8 @@ def test_defaults_and_resolved_dict():
 
 @pytest.mark.parametrize("raw, expected", [
     ({"boxx": {}}, "unknown key 'boxx' (did you mean 'box'?)"),
-    ({"box": {"data_rot": "/x"}}, "unknown key 'box.data_rot' (did you mean 'data_root'?)"),
+    # The did-you-mean names the whole key, as --set takes it (one walker for run.toml and train.toml).
+    ({"box": {"data_rot": "/x"}}, "unknown key 'box.data_rot' (did you mean 'box.data_root'?)"),
     ({"box": {"min_free_gb": "lots"}}, "box.min_free_gb: expected a number, got 'lots'"),
     ({"box": {"min_free_gb": -1}}, "box.min_free_gb: -1.0 is below the minimum 0"),
     ({"ssh": {"port": 70000}}, "ssh.port: 70000 is above the maximum 65535"),
@@ -81,7 +82,7 @@ def test_cli_bad_config_exit_2_one_line_per_mistake_no_traceback(tmp_path):
     lines = r.stderr.strip().splitlines()
     assert lines[0].startswith("Error: 3 problem(s)")
     assert any("box.min_free_gb: expected a number" in ln for ln in lines)
-    assert any("did you mean 'data_root'" in ln for ln in lines)
+    assert any("did you mean 'box.data_root'" in ln for ln in lines)
     assert any("ssh.port: 99999 is above the maximum" in ln for ln in lines)
     assert len(lines) == 4
 
@@ -139,3 +140,37 @@ def test_train_toml_is_checked_with_the_trainers_schema_before_launch(tmp_path):
     r = CliRunner().invoke(main, ["launch", "--existing", "i-0123456789abcdef0", "--trainer-config", str(t),
                                   "--train-set", "train.max_stepz=3"])
     assert r.exit_code == 2 and "max_stepz" in r.output
+
+
+@pytest.mark.parametrize("raw, expected", [
+    # A key under the wrong section or at the top: one did-you-mean over every key of every section.
+    ({"ssh": {"region": "eu-west-1"}}, "unknown key 'ssh.region' (did you mean 'store.region'?)"),
+    ({"box": {"heartbeat_s": 5}}, "unknown key 'box.heartbeat_s' (did you mean 'agent.heartbeat_s'?)"),
+    ({"heartbeat_s": 5}, "unknown key 'heartbeat_s' (did you mean 'agent.heartbeat_s'?)"),
+    ({"trainer": {"workers": 4}}, "unknown key 'trainer.workers' (did you mean 'stage.workers'?)"),
+])
+def test_did_you_mean_looks_across_sections(raw, expected):
+    with pytest.raises(ConfigError) as ei:
+        c.resolve({**GOOD, **raw})
+    assert str(ei.value) == f"run.toml: {expected}"
+
+
+def test_each_line_names_where_the_mistake_came_from_and_cross_field_rules_join_in():
+    raw = {**GOOD, "name": "bad name", "ssh": {"port": "22"}}
+    with pytest.raises(ConfigError) as ei:
+        c.resolve(raw, {"agent.heartbeat_s": "fast", "stage.model": "/local"}, "cfg/run.toml")
+    assert str(ei.value).splitlines() == [
+        "4 problem(s):",
+        "  cfg/run.toml: ssh.port: expected an integer, got '22'",
+        "  flags: agent.heartbeat_s: expected a number, got 'fast'",
+        "  cfg/run.toml: name: 'bad name' must be 1-48 letters, digits, _ or -",
+        "  flags: stage.model: '/local' must be an s3:// prefix",
+    ]
+
+
+def test_run_toml_and_train_toml_share_one_override_parser():
+    from train.config import parse_override as train_parse
+
+    assert c.parse_override("box.min_free_gb=20") == train_parse("box.min_free_gb=20") == ("box.min_free_gb", 20)
+    with pytest.raises(ConfigError, match=r"expected key=value \(SECTION.KEY=VALUE\), e.g. --set box.min_free_gb=20"):
+        c.parse_override("no-equals-sign")

@@ -41,10 +41,14 @@ def test_resolved_config_round_trips_through_toml(train_toml, tmp_path):
 @pytest.mark.parametrize("override,message", [
     ("lora.rank=8", "unknown key 'lora.rank' (did you mean 'lora.r'?)"),
     ("train.learnin_rate=1e-4", "did you mean 'train.learning_rate'?"),
-    ("train.per_device_batch_size=four", "train.per_device_batch_size must be an integer, got 'four'"),
-    ("train.gradient_checkpointing=1", "must be true or false"),
-    ("lora.target_modules=q_proj", "lora.target_modules must be a list"),
-    ("train.optim=sgd", "train.optim must be one of auto, paged_adamw_8bit, adamw_torch"),
+    # One walker for run.toml, train.toml and data.toml: "<origin>: <key>: what is wrong", run.toml's wording.
+    ("train.per_device_batch_size=four",
+     "--set train.per_device_batch_size=four: train.per_device_batch_size: expected an integer, got 'four'"),
+    ("train.gradient_checkpointing=1", "train.gradient_checkpointing: expected true or false, got 1"),
+    ("lora.target_modules=q_proj", "lora.target_modules: expected a list of strings, got 'q_proj'"),
+    ("train.optim=sgd", "train.optim: 'sgd' is not one of auto, paged_adamw_8bit, adamw_torch"),
+    ("lora.r=0", "--set lora.r=0: lora.r: 0 is below the minimum 1"),
+    ("lora.dropout=1.5", "--set lora.dropout=1.5: lora.dropout: 1.5 must be >= 0 and < 1"),
     ("model.path=/nonexistent/model", "model folder /nonexistent/model does not exist"),
     ("nokey", "expected key=value"),
 ])
@@ -106,7 +110,68 @@ def test_output_dir_rule(train_toml, monkeypatch, tmp_path):
 
 
 def test_override_values_are_read_as_toml_else_as_strings():
-    assert parse_override("a.b=3") == (["a", "b"], 3)
-    assert parse_override("a.b=2e-4") == (["a", "b"], 2e-4)
-    assert parse_override("a.b=/some/path") == (["a", "b"], "/some/path")
-    assert parse_override("a=x=y") == (["a"], "x=y")
+    # The one parse_override (run.toml's --set uses it too): the dotted key as typed, the value as TOML.
+    assert parse_override("a.b=3") == ("a.b", 3)
+    assert parse_override("a.b=3").path == ["a", "b"]
+    assert parse_override("a.b=2e-4") == ("a.b", 2e-4)
+    assert parse_override("a.b=/some/path") == ("a.b", "/some/path")
+    assert parse_override("a=x=y") == ("a", "x=y")
+    for bad in ("nokey", "=3", "a..b=3"):
+        with pytest.raises(ConfigError, match="expected key=value"):
+            parse_override(bad)
+
+
+def test_every_mistake_in_file_and_flags_is_reported_at_once(tmp_path, train_toml):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(train_toml.read_text() + "[lora]\nrank = 4\ndropout = \"high\"\n[quant]\nquant_type = \"int3\"\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(TrainConfig, bad, ["train.optim=sgd", "nokey", "train.learning_rate=-1.0"])
+    lines = str(err.value).splitlines()
+    assert lines[0] == "6 problem(s):"
+    assert lines[1:] == [
+        "  --set 'nokey': expected key=value (SECTION.KEY=VALUE), e.g. --set train.learning_rate=1e-4",
+        f"  {bad}: unknown key 'lora.rank' (did you mean 'lora.r'?)",
+        f"  {bad}: lora.dropout: expected a number, got 'high'",
+        f"  {bad}: quant.quant_type: 'int3' is not one of nf4, fp4",
+        "  --set train.optim=sgd: train.optim: 'sgd' is not one of auto, paged_adamw_8bit, adamw_torch",
+        "  --set train.learning_rate=-1.0: train.learning_rate: -1.0 must be > 0",
+    ]
+
+
+def test_data_config_reports_every_mistake_and_names_where_each_came_from(tmp_path, tiny_model):
+    toml = tmp_path / "data.toml"
+    toml.write_text('[[sources]]\npath = "a"\n[[sources]]\npath = "b/a"\npth = "x"\n'
+                    '[validation]\nformat = "html"\n[tokenizer]\npath = "/nope"\n')
+    with pytest.raises(ConfigError) as err:
+        load_config(DataConfig, toml, ["split.val_fraction=1.0"])
+    lines = [line.strip() for line in str(err.value).splitlines()]
+    assert lines[0] == "5 problem(s):"
+    assert f"{toml}: unknown key 'sources[1].pth' (did you mean 'sources[1].path'?)" in lines
+    assert f"{toml}: validation.format: 'html' is not one of text, chat" in lines
+    assert f"{toml}: sources[1].name: 'a' is used twice; names must be unique" in lines
+    assert "--set split.val_fraction=1.0: split.val_fraction: 1.0 must be >= 0 and < 1" in lines
+    assert any(line.startswith(f"{toml}: tokenizer.path: model folder /nope does not exist") for line in lines)
+
+
+@pytest.mark.parametrize("cls,override,message", [
+    # A key under the wrong section: the one did-you-mean knows every key of every section.
+    (TrainConfig, "lora.learning_rate=1e-4", "unknown key 'lora.learning_rate' (did you mean 'train.learning_rate'?)"),
+    (TrainConfig, "train.r=8", "unknown key 'train.r' (did you mean 'lora.r'?)"),
+    (TrainConfig, "loraa.r=8", "unknown key 'loraa' (did you mean 'lora'?)"),
+    (DataConfig, "prepare.max_seq_length=64", "unknown key 'prepare.max_seq_length' "
+                                              "(did you mean 'tokenizer.max_seq_length'?)"),
+    (DataConfig, "validation.seed=1", "unknown key 'validation.seed' (did you mean 'split.seed'?)"),
+])
+def test_did_you_mean_looks_across_sections(cls, override, message):
+    sources = ["sources=[{path = 'x'}]"] if cls is DataConfig else []
+    with pytest.raises(ConfigError) as err:
+        load_config(cls, None, [*sources, override], validate=False)
+    assert str(err.value) == f"--set {override}: {message}"
+
+
+def test_without_validate_the_schema_limits_still_hold_but_the_disk_is_not_looked_at():
+    cfg = load_config(TrainConfig, None, ["model.path=/not/here"], validate=False)
+    assert cfg.model.path == "/not/here"
+    with pytest.raises(ConfigError, match="train.epochs: 0.0 must be > 0"):
+        load_config(TrainConfig, None, ["train.epochs=0"], validate=False)
+    assert load_config(TrainConfig, None, ["train.epochs=0", "train.max_steps=5"], validate=False).train.epochs == 0.0
