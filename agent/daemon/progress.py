@@ -1,6 +1,6 @@
 """Reads the trainer's progress file (JSON lines) incrementally: phase, step metrics, artifacts.
 
-The contract (DESIGN.md): `{"phase": ...}`, `{"step", "total_steps", "epoch", "loss", "lr",
+The contract (docs/design.md, "The progress file"): `{"phase": ...}`, `{"step", "total_steps", "epoch", "loss", "lr",
 "tokens_per_s"}` and `{"artifact": name, "path": rel, "final": bool}`. Lines that are not JSON
 objects are skipped (counted in `bad_lines`), a half-written last line waits for its newline.
 The whole file is re-read on agent restart: it is small, and that rebuilds the loss history.

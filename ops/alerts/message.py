@@ -139,6 +139,15 @@ def _step_loss(f: MessageFacts) -> str | None:
     return f"step {step if step is not None else '?'}{total}" + (f", loss {p.fmt_metric(loss)}" if loss is not None else "")
 
 
+def _phase(f: MessageFacts) -> str | None:
+    """The run's phase as its marker decides: `completed` once `_complete` is there (the trainer's
+    last progress line may still say `saving`), the phase it failed in for `_error`, else the latest."""
+    if f.complete:
+        return "completed"
+    return (f.error.phase if f.error else None) or (f.progress.phase if f.progress else None) or (
+        f.metadata.phase if f.metadata else None)
+
+
 def remediation_for(msg: dict, f: MessageFacts) -> str | None:
     state = msg.get("was_state") or msg["state"]
     if msg["kind"] == "resolved" or state == S.COMPLETED:
@@ -164,9 +173,7 @@ def build(msg: dict, f: MessageFacts) -> Message:
     iid = inst.instance_id if inst else (f.metadata.instance_id if f.metadata else None)
     if iid:
         fields["Instance"] = f"{iid} ({inst.state})" if inst else iid
-    phase = (f.error.phase if f.error else None) or (f.progress.phase if f.progress else None) or (
-        f.metadata.phase if f.metadata else None)
-    if phase:
+    if phase := _phase(f):
         fields["Phase"] = phase
     if d := _duration(msg, f):
         fields["Duration"] = d

@@ -83,6 +83,28 @@ def test_completed_payload_has_duration_loss_and_artifacts(s3_store, slack):
     assert "action" not in blocks
 
 
+def test_completed_alert_says_phase_completed_although_the_last_progress_said_saving(s3_store, slack):
+    """The marker decides the phase: the trainer's last progress line and the metadata (written
+    before the agent's final update) still say `saving` when `_complete` lands."""
+    rs = RunStore(s3_store)
+    rid = make_run(rs, phase="saving")
+    complete(rs, rid, T0 + 1)
+    sweep_once(rs, slack, T0 + 2)
+    header, fields, _ = parts(slack.posts[0])
+    assert header == "✅ Training completed"
+    assert fields["Phase"] == "completed" and fields["Status"] == "COMPLETED"
+    assert "Phase: completed" in slack.posts[0]["body"]["text"] and "saving" not in slack.posts[0]["body"]["text"]
+
+
+def test_failed_alert_keeps_the_phase_the_run_failed_in(s3_store, slack):
+    rs = RunStore(s3_store)
+    rid = make_run(rs, phase="training")
+    fail(rs, rid, T0 + 1, "cuda_oom", phase="evaluating")
+    sweep_once(rs, slack, T0 + 2)
+    _, fields, _ = parts(slack.posts[0])
+    assert fields["Phase"] == "evaluating"
+
+
 def test_hung_payload_names_py_spy_and_the_trainer_pid(s3_store, slack):
     rs = RunStore(s3_store)
     make_run(rs, progress_age=2000, log=["step 100 loss 1.23", f"token={SECRETS[2]}"])
