@@ -12,6 +12,9 @@ from pathlib import Path
 
 import click
 
+from agent.protocol.options import store_options
+
+PRICE_BASES = ("on-demand", "spot")
 
 class _RedactingFormatter(logging.Formatter):
     def format(self, record):
@@ -41,10 +44,7 @@ def agent_group():
 
 @agent_group.command("run", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.option("--run-id", required=True, envvar="TRAINCTL_RUN_ID", help="Run id, e.g. mistral-20250804-171621.")
-@click.option("--store", "store_url", required=True, envvar="TRAINCTL_STORE", metavar="URL",
-              help="Run store: s3://bucket/prefix, file:///path or a folder (env TRAINCTL_STORE).")
-@click.option("--endpoint-url", envvar="TRAINCTL_S3_ENDPOINT", default=None, metavar="URL",
-              help="S3 endpoint for S3-compatible stores (env TRAINCTL_S3_ENDPOINT).")
+@store_options
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None, envvar="TRAINCTL_WORKDIR",
               help="The run's folder on the box (default $TRAINCTL_WORKDIR_ROOT/<run-id>, root /mnt/training/runs).")
 @_seconds("heartbeat-s", 30.0, "TRAINCTL_HEARTBEAT_S", "Seconds between heartbeats")
@@ -68,11 +68,17 @@ def agent_group():
 @_seconds("imds-poll-s", 5.0, "TRAINCTL_IMDS_POLL_S", "Seconds between spot interruption checks")
 @_seconds("spot-checkpoint-s", 90.0, "TRAINCTL_SPOT_CHECKPOINT_S",
           "After a spot notice, how long the trainer may take to checkpoint and exit before SIGKILL")
+@click.option("--hourly-usd", type=click.FloatRange(min=0), default=None, envvar="TRAINCTL_HOURLY_USD",
+              help="The box's price in USD per hour (ctl launch passes it): _complete and _error carry the run's "
+                   "cost (env TRAINCTL_HOURLY_USD).")
+@click.option("--price-basis", type=click.Choice(PRICE_BASES), default=None, envvar="TRAINCTL_PRICE_BASIS",
+              help="Which price --hourly-usd is: the on-demand price, or the spot price the box ran at "
+                   "(default on-demand; env TRAINCTL_PRICE_BASIS).")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging to stderr.")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
-def run_cmd(run_id, store_url, endpoint_url, workdir, heartbeat_s, log_flush_s, stop_poll_s, latest_s, progress_s,
-            stop_grace_s, retry_max_s, finalize_timeout_s, shutdown_timeout_s, partial_line_s, tick_s, nice, imds_endpoint,
-            imds_poll_s, spot_checkpoint_s, verbose, command):
+def run_cmd(run_id, store_url, endpoint_url, store_region, workdir, heartbeat_s, log_flush_s, stop_poll_s, latest_s,
+            progress_s, stop_grace_s, retry_max_s, finalize_timeout_s, shutdown_timeout_s, partial_line_s, tick_s, nice,
+            imds_endpoint, imds_poll_s, spot_checkpoint_s, hourly_usd, price_basis, verbose, command):
     """Run COMMAND as the trainer of RUN_ID and keep the store up to date until it ends.
 
     Example: ctl agent run --run-id mistral-20250804-171621 --store s3://bucket/training-runs
@@ -83,6 +89,9 @@ def run_cmd(run_id, store_url, endpoint_url, workdir, heartbeat_s, log_flush_s, 
     from agent.daemon.workdir import Workdir, default_workdir
     from agent.protocol.runid import validate_run_id
 
+    if not store_url:  # the agent never falls back to the laptop's default store
+        raise click.UsageError("Missing option '--store' (or env TRAINCTL_STORE): the run store, e.g. "
+                               "s3://bucket/training-runs")
     validate_run_id(run_id)
     _setup_logging(verbose)
     settings = AgentSettings(heartbeat_s=heartbeat_s, log_flush_s=log_flush_s, stop_poll_s=stop_poll_s,
@@ -90,17 +99,18 @@ def run_cmd(run_id, store_url, endpoint_url, workdir, heartbeat_s, log_flush_s, 
                              kill_grace_s=stop_grace_s, retry_max_s=retry_max_s,
                              finalize_timeout_s=finalize_timeout_s, shutdown_timeout_s=shutdown_timeout_s,
                              partial_line_s=partial_line_s, tick_s=tick_s, nice=nice, imds_endpoint=imds_endpoint,
-                             imds_poll_s=imds_poll_s, spot_checkpoint_s=spot_checkpoint_s)
+                             imds_poll_s=imds_poll_s, spot_checkpoint_s=spot_checkpoint_s, hourly_usd=hourly_usd,
+                             price_basis=price_basis if hourly_usd is not None else None)
     from agent.protocol.reqstats import RequestStats
 
     stats = RequestStats()
-    store = _open_store(store_url, endpoint_url, settings, stats)
+    store = _open_store(store_url, endpoint_url, store_region, settings, stats)
     wd = Workdir((workdir or default_workdir(run_id)).expanduser().resolve())
     code = Agent(run_id, store, wd, list(command), settings, stats).run()
     sys.exit(code)
 
 
-def _open_store(url: str, endpoint_url: str | None, settings, stats):
+def _open_store(url: str, endpoint_url: str | None, region: str | None, settings, stats):
     """The store, with short S3 timeouts: the agent's own backoff rides out long outages."""
     from urllib.parse import urlparse
 
@@ -110,8 +120,8 @@ def _open_store(url: str, endpoint_url: str | None, settings, stats):
     if parsed.scheme == "s3" and parsed.netloc:
         from agent.protocol.store_s3 import S3Store
 
-        store = S3Store(parsed.netloc, parsed.path.strip("/"), endpoint_url=endpoint_url, max_attempts=3,
-                        timeout=settings.store_timeout_s)
+        store = S3Store(parsed.netloc, parsed.path.strip("/"), endpoint_url=endpoint_url, region=region,
+                        max_attempts=3, timeout=settings.store_timeout_s)
         stats.attach(store.client)
         return store
-    return open_store(url, endpoint_url=endpoint_url)
+    return open_store(url, endpoint_url=endpoint_url, region=region)

@@ -24,6 +24,7 @@ from agent.protocol.redact import redact
 log = logging.getLogger("trainctl.agent")
 _PERMANENT = ("s3_access_denied", "no_credentials")
 PHASE_OF_CAUSE = {"stopped_by_user": "stopped", "interrupted": "interrupted"}
+MIN_BILLED_S = 60.0  # EC2 Linux bills per second with a 60 s minimum (the same rule as ops.pricing)
 
 
 def error_marker(status: ExitStatus, facts: dict, tail: list[str], *, phase: str | None, duration_s: float | None,
@@ -111,39 +112,56 @@ def finalize(agent, status: ExitStatus) -> int:
         if left:
             log.warning("killed %d process(es) the trainer left behind: %s", len(left), left)
     backoff = Backoff(max_s=s.retry_max_s)
-    marker = None
+    marker, step = None, "log shipping"
     while True:
         now = time.monotonic()
         try:
+            step = "log shipping"
             while agent.shipper.backlog() or agent.state.log.pending:
                 agent.shipper.ship(now, final=True, max_chunks=64)
             agent.shipper.refresh_latest(now, force=True)
+            step = "progress"
             if agent.progress.metrics or agent.progress.phase:
                 agent.rs.write_progress(agent.run_id, agent.progress.record(time.time()))
                 agent.rs.write_history(agent.run_id, agent.progress.history_points())
-            agent._heartbeat(alive=False)
+            step = "heartbeat"
+            agent.heartbeat(alive=False)
             if marker is None:
+                step = "artifacts"
                 agent.wait_artifacts(max(0.0, deadline - time.monotonic()))  # incl. ones declared at the end
-                marker = decide(agent, status, facts, duration)
+                marker = price(decide(agent, status, facts, duration), s, duration)
+            step = "marker"
             _write_marker(agent, marker)
-            agent._write_metadata(terminal_phase(marker))
+            step = "metadata"
+            agent.write_metadata(terminal_phase(marker))
             _record_stats(agent)
             return 0
         except (StoreError, OSError) as exc:  # OSError: e.g. the workdir volume is full for the state file
             if time.monotonic() >= deadline:
-                log.error("gave up delivering the end of run %s after %.0fs: %s (the spool in %s is intact; "
-                          "rerun the agent to finish)", agent.run_id, timeout, exc, agent.wd.root)
+                log.error("gave up delivering the end of run %s after %.0fs (%s): %s (the spool in %s is intact; "
+                          "rerun the agent to finish)", agent.run_id, timeout, step, exc, agent.wd.root)
                 return 1
             delay = backoff.failed(now, str(exc))
-            log.warning("store unreachable while finishing (retry in %.1fs): %s", delay, exc)
+            log.warning("%s: store unreachable while finishing (retry in %.1fs): %s", step, delay, exc)
             time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+
+
+def price(marker, settings, duration_s: float | None):
+    """Put the run's cost on its marker: the controller's hourly price (`--hourly-usd`, spot or
+    on-demand as `--price-basis` says) times the agent's runtime, billed as EC2 bills Linux (per
+    second, 60 s minimum, as ops.pricing). Unpriced (no price given, e.g. a local run): left None."""
+    if settings.hourly_usd is None or duration_s is None:
+        return marker
+    marker.cost_usd = round(settings.hourly_usd * max(MIN_BILLED_S, duration_s) / 3600.0, 2)
+    marker.price_basis = settings.price_basis or "on-demand"
+    return marker
 
 
 def _record_stats(agent) -> None:
     if agent.stats is None:
         return
     agent.state.stats = agent.stats.to_dict()
-    agent._save()
+    agent.save_state()
     log.info("store requests this session: %d PUTs, %d bytes", agent.state.stats["puts"], agent.state.stats["put_bytes"])
 
 

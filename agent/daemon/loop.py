@@ -1,9 +1,12 @@
 """The on-box agent: wraps one trainer run and keeps the run store up to date until a marker is written.
 
-One loop, no threads of our own (watchdog's observer only wakes it): the trainer writes to the
-spool file and never waits for the agent; the agent ships what is new whenever the store answers,
-backs off while it does not, and on exit writes exactly one terminal marker. Everything it needs
-to carry on after a crash is in the workdir (see agent.daemon.workdir).
+One loop, no threads of our own (watchdog's observer only wakes it; artifact uploads run on a
+worker): the trainer writes to the spool file and never waits for the agent. Each tick runs the
+agent's duties (agent.daemon.duties: metadata, log shipping, heartbeat, progress, stop poll,
+artifacts, spot watch), each on its own schedule and with its own backoff, so one that cannot
+reach the store never holds up the others. On exit the agent writes exactly one terminal marker
+(agent.daemon.finalize). Everything it needs to carry on after a crash is in the workdir (see
+agent.daemon.workdir).
 """
 
 from __future__ import annotations
@@ -19,23 +22,24 @@ import psutil
 
 from agent.daemon import hostfacts
 from agent.daemon.artifacts import ArtifactQueue
-from agent.daemon.backoff import Backoff
+from agent.daemon.duties import STORE_ERRORS, Duties, Duty
 from agent.daemon.filewatch import FileWatch
 from agent.daemon.logship import LogShipper
 from agent.daemon.progress import ProgressTracker
 from agent.daemon.settings import AgentSettings
 from agent.daemon.spot import SpotWatch
+from agent.daemon.stopping import StopLadder
 from agent.daemon.trainer import ExitStatus, Trainer, read_exit_status
-from agent.daemon.workdir import AgentState, Workdir, write_atomic
+from agent.daemon.workdir import AgentState, Workdir
 from agent.protocol import records as p
+from agent.protocol.atomic import write_atomic
 from agent.protocol.attempts import next_log_seq
-from agent.protocol.errors import ConfigError, StoreError
+from agent.protocol.errors import ConfigError
 from agent.protocol.redact import redact_argv
 from agent.protocol.runstore import RunStore
 from agent.protocol.store import Store
 
 log = logging.getLogger("trainctl.agent")
-_STORE_ERRORS = (StoreError, OSError)
 
 
 class Agent:
@@ -45,19 +49,35 @@ class Agent:
                  stats=None):
         self.run_id, self.wd, self.command, self.s, self.stats = run_id, wd, command, settings, stats
         self.rs = RunStore(store)
-        self.backoff = Backoff(max_s=settings.retry_max_s)
         self.wake = threading.Event()
         self.progress = ProgressTracker(wd.progress)
         self.trainer: Trainer | None = None
+        self.trainer_alive = True  # what heartbeats say; False from the trainer's end on
         self.state: AgentState | None = None
         self.shipper: LogShipper | None = None
         self._signal: str | None = None
-        self._stop_stage, self._stop_at = 0, 0.0
-        self._next = {"hb": 0.0, "progress": 0.0, "history": 0.0, "stop": 0.0}
+        self.ladder = StopLadder(lambda sig: self.trainer.send(sig), self.save_state, settings.stop_grace_s,
+                                 settings.kill_grace_s)
         self._metadata_dirty = True
         self._md_trainer_pid: int | None = None
+        self._history_at = 0.0
         self.artifacts = ArtifactQueue(self.rs, run_id, wd.output)
         self.spot = SpotWatch.from_settings(settings)
+        self.duties = self._duties()
+
+    def _duties(self) -> Duties:
+        """What the agent keeps doing while the trainer runs, in the order of one tick."""
+        s, r = self.s, self.s.retry_max_s
+        return Duties([
+            Duty("metadata", self._update_metadata, retry_max_s=r),
+            Duty("log shipping", self._ship_logs, retry_max_s=r, while_down="spooling locally"),
+            Duty("heartbeat", lambda now: self.heartbeat(alive=self.trainer_alive), s.heartbeat_s, r),
+            Duty("progress", self._ship_progress, s.progress_s, r),
+            Duty("stop poll", self._poll_stop, s.stop_poll_s, r),
+            Duty("artifacts", lambda now: self.artifacts.pump(self.progress.declared), retry_max_s=r,
+                 while_down="the upload is retried"),
+            Duty("spot watch", lambda now: self.spot.tick(self.ladder, now)),
+        ])
 
     # -- startup -------------------------------------------------------------------------------
     def run(self) -> int:
@@ -75,13 +95,16 @@ class Agent:
                 return 0
             status = self._start_or_adopt()
             self._lower_priority()
-            self.watch = self._watch()
+            self.watch = FileWatch(self.wd.root, [self.wd.log, self.wd.progress], self.wake)
             try:
                 if status is None:
                     status = self._loop()
             finally:
                 self.watch.close()
-            return self._finalize(status)
+            self.trainer_alive = False
+            from agent.daemon.finalize import finalize
+
+            return finalize(self, status)
         finally:
             self.artifacts.close()
             self.wd.agent_pid.unlink(missing_ok=True)
@@ -98,12 +121,12 @@ class Agent:
             who = f"an agent (pid {other})" if other else "another agent"
             raise ConfigError(f"{who} is already running run {self.run_id} in {self.wd.root};"
                               " stop it first or use another --workdir") from None
-        write_atomic(self.wd.agent_pid, f"{os.getpid()}\n".encode())
+        write_atomic(self.wd.agent_pid, f"{os.getpid()}\n")
 
     def _already_finished(self) -> bool:
         try:
-            return any(self.rs.store.exists(self.rs.k(self.run_id, k)) for k in (p.ERROR, p.COMPLETE))
-        except _STORE_ERRORS:
+            return self.rs.finished(self.run_id)
+        except STORE_ERRORS:
             return False  # store down: carry on spooling; the marker write is create-only anyway
 
     def _start_or_adopt(self) -> ExitStatus | None:
@@ -123,7 +146,7 @@ class Agent:
             state.save(self.wd.state)
             log.info("started trainer (group %s): %s", self.trainer.pgid, " ".join(state.command))
         self.state = state
-        self.shipper = LogShipper(self.rs, self.run_id, self.wd, state.log, self._save, self.s.log_flush_s,
+        self.shipper = LogShipper(self.rs, self.run_id, self.wd, state.log, self.save_state, self.s.log_flush_s,
                                   self.s.latest_s, self.s.partial_line_s)
         self.progress.read_new()
         if self.trainer is None:
@@ -152,11 +175,9 @@ class Agent:
         env.setdefault("PYTHONUNBUFFERED", "1")  # so print() lines reach the spool (and the store) promptly
         return env
 
-    def _save(self) -> None:
+    def save_state(self) -> None:
+        """Persist the agent's state (cursor, seqs, why it is stopping) to the workdir."""
         self.state.save(self.wd.state)
-
-    def _watch(self) -> FileWatch:
-        return FileWatch(self.wd.root, [self.wd.log, self.wd.progress], self.wake)
 
     def _on_signal(self, signum, _frame) -> None:
         self._signal = signal.Signals(signum).name
@@ -169,24 +190,14 @@ class Agent:
             status = self.trainer.poll()
             if status is not None:
                 return status
-            if self._signal and not self._stop_stage:
+            if self._signal and not self.ladder.stopping:
                 log.info("agent got %s: stopping the trainer gracefully", self._signal)
                 self.state.interrupted = True
-                self._begin_stop(now)
-            self._escalate(now)
-            self.spot.tick(self, now)
+                self.ladder.begin(now)
+            self.ladder.escalate(now)
             self.progress.read_new()
-            if self.backoff.ready(now):
-                try:
-                    self._store_duties(now)
-                    if self.backoff.down:
-                        log.info("store reachable again")
-                    self.backoff.succeeded()
-                except _STORE_ERRORS as exc:
-                    if not self.backoff.down:
-                        log.warning("store unreachable, spooling locally: %s", exc)
-                    self.backoff.failed(now, str(exc))
-            if self.shipper.backlog() or self.backoff.down:
+            self.duties.run(now)
+            if self.shipper.backlog() or self.duties.any_down:
                 self.watch.disarm()
                 time.sleep(self.s.tick_s)
             else:
@@ -195,60 +206,50 @@ class Agent:
                     self.watch.disarm()  # a change: stop the event stream before doing the work
                 self.wake.clear()
 
-    def _begin_stop(self, now: float) -> None:
-        self._save()
-        self.trainer.send(signal.SIGINT)
-        self._stop_stage, self._stop_at = 1, now
-
-    def _escalate(self, now: float) -> None:
-        if self._stop_stage == 1 and now - self._stop_at >= self.s.stop_grace_s:
-            log.warning("trainer still running %.0fs after SIGINT: sending SIGTERM", self.s.stop_grace_s)
-            self.trainer.send(signal.SIGTERM)
-            self._stop_stage, self._stop_at = 2, now
-        elif self._stop_stage == 2 and now - self._stop_at >= self.s.kill_grace_s:
-            log.warning("trainer still running %.0fs after SIGTERM: sending SIGKILL", self.s.kill_grace_s)
-            self.trainer.send(signal.SIGKILL)
-            self._stop_stage = 3
-
-    def _store_duties(self, now: float) -> None:
+    # -- the duties (each called inside its own failure boundary, agent.daemon.duties) ---------
+    def _update_metadata(self, _now: float) -> bool:
         if self._md_trainer_pid is None and self.trainer.trainer_pid:
             self._metadata_dirty = True  # the wrapper wrote trainer.pid after the first metadata write
-        if self._metadata_dirty or self.progress.phase_changed:
-            self._write_metadata(self.progress.phase or "running")
+        if not (self._metadata_dirty or self.progress.phase_changed):
+            return False
+        self.write_metadata(self.progress.phase or "running")
+        return True
+
+    def _ship_logs(self, now: float) -> None:
         if self.shipper.due(now):
             self.shipper.ship(now)
         self.shipper.refresh_latest(now)
-        if now >= self._next["hb"]:
-            self._heartbeat(alive=True)
-            self._next["hb"] = now + self.s.heartbeat_s
-        if self.progress.changed and now >= self._next["progress"]:
-            self.rs.write_progress(self.run_id, self.progress.record(time.time()))
-            self.progress.changed = False
-            self._next["progress"] = now + self.s.progress_s
-            if now >= self._next["history"]:
-                self.rs.write_history(self.run_id, self.progress.history_points())
-                self._next["history"] = now + self.s.history_s
-        if now >= self._next["stop"] and not self._stop_stage:
-            self._next["stop"] = now + self.s.stop_poll_s
-            if self.rs.store.exists(self.rs.k(self.run_id, p.STOP)):
-                log.info("control/stop found: stopping the trainer")
-                self.state.stop_seen = True
-                self._begin_stop(now)
-        self.artifacts.pump(self.progress.declared)
+
+    def _ship_progress(self, now: float) -> bool:
+        if not self.progress.changed:
+            return False  # nothing new: look again next tick, not after a whole interval
+        self.rs.write_progress(self.run_id, self.progress.record(time.time()))
+        self.progress.changed = False
+        if now >= self._history_at:
+            self.rs.write_history(self.run_id, self.progress.history_points())
+            self._history_at = now + self.s.history_s
+        return True
+
+    def _poll_stop(self, now: float) -> None:
+        if self.ladder.stopping:
+            return
+        if self.rs.stop_requested(self.run_id):
+            log.info("control/stop found: stopping the trainer")
+            self.state.stop_seen = True
+            self.ladder.begin(now)
 
     def wait_artifacts(self, timeout: float) -> None:
-        """Finish declared uploads (heartbeating meanwhile); store errors propagate to the caller."""
+        """Finish declared uploads (heartbeating meanwhile); store errors from uploads propagate to the caller."""
         deadline = time.monotonic() + timeout
         while self.artifacts.done < len(self.progress.declared) and time.monotonic() < deadline:
             self.artifacts.pump(self.progress.declared)
             if self.artifacts.busy:
-                now = time.monotonic()
-                if now >= self._next["hb"]:
-                    self._heartbeat(alive=False)
-                    self._next["hb"] = now + self.s.heartbeat_s
+                self.duties["heartbeat"].run(time.monotonic())
                 time.sleep(min(0.2, self.s.tick_s))
 
-    def _write_metadata(self, phase: str) -> None:
+    # -- what the agent writes ---------------------------------------------------------------
+    def write_metadata(self, phase: str) -> None:
+        """metadata.json with the agent's side filled in (pids, workdir, host, version) and `phase`."""
         try:
             md = self.rs.read_metadata(self.run_id)
         except p.RecordError:
@@ -262,7 +263,8 @@ class Agent:
         self.rs.write_metadata(md)
         self._metadata_dirty = self.progress.phase_changed = False
 
-    def _heartbeat(self, alive: bool) -> None:
+    def heartbeat(self, alive: bool) -> None:
+        """heartbeat.json: the next seq, the trainer's liveness and progress, host and GPU stats."""
         self.state.hb_seq += 1
         tp = self.trainer.trainer_pid if self.trainer else None
         host = hostfacts.host_stats(self.wd.root)
@@ -273,12 +275,6 @@ class Agent:
                          last_progress_ts=self.progress.last_progress_ts, last_step=self.progress.last_step,
                          host=host, gpus=hostfacts.gpu_stats(), spool_backlog_bytes=self.shipper.backlog())
         self.rs.write_heartbeat(self.run_id, hb)
-
-    # -- the end -----------------------------------------------------------------------------
-    def _finalize(self, status: ExitStatus) -> int:
-        from agent.daemon.finalize import finalize
-
-        return finalize(self, status)
 
 
 def _version() -> str | None:

@@ -28,3 +28,5 @@ class AgentSettings:
     imds_poll_s: float = 5.0  # how often IMDS is asked for a spot interruption notice
     imds_timeout_s: float = 1.0  # one IMDS request; off EC2 the first failure turns the watch off
     spot_checkpoint_s: float = 90.0  # notice -> SIGKILL if the trainer has not checkpointed and exited
+    hourly_usd: float | None = None  # the box's price, from the controller: markers carry the run's cost
+    price_basis: str | None = None  # "spot" or "on-demand": which price hourly_usd is

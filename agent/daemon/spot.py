@@ -18,6 +18,7 @@ from pathlib import Path
 
 from agent.daemon.artifacts import ArtifactError, sync_artifact
 from agent.daemon.imds import ImdsClient, ImdsUnreachable, SpotNotice, resolve_endpoint
+from agent.daemon.stopping import StopLadder
 from agent.protocol import records as p
 
 log = logging.getLogger("trainctl.agent")
@@ -67,21 +68,19 @@ class SpotWatch:
                 log.debug("%s", exc)
         return self.notice
 
-    def tick(self, agent, now: float) -> None:
-        """Called from the agent's loop while the trainer runs."""
+    def tick(self, ladder: StopLadder, now: float) -> None:
+        """Called from the agent's loop while the trainer runs (the agent's "spot" duty)."""
         if self.notice is None:
             if self.poll(now) is None:
                 return
             log.warning("spot interruption notice (%s): telling the trainer to checkpoint (SIGTERM), "
                         "%.0fs budget", self.notice.describe(), self.budget_s)
-            agent._save()
-            agent.trainer.send(signal.SIGTERM)
-            agent._stop_stage = 3  # the agent's own SIGINT/SIGTERM/SIGKILL ladder stays out of the way
+            ladder.take_over(signal.SIGTERM)  # the agent's own SIGINT/SIGTERM/SIGKILL steps stay out of the way
             self._kill_at = now + self.budget_s
         elif self._kill_at is not None and now >= self._kill_at:
             log.warning("trainer still running %.0fs after the spot notice: SIGKILL (the newest complete "
                         "checkpoint is uploaded)", self.budget_s)
-            agent.trainer.send(signal.SIGKILL)
+            ladder.send(signal.SIGKILL)
             self._kill_at = None
 
     def interrupted_marker(self, agent, status, facts: dict, tail: list[str], common: dict) -> p.ErrorMarker:

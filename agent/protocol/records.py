@@ -262,6 +262,8 @@ class ErrorMarker(Record):
     last_loss: float | None = None
     log_tail: list = field(default_factory=list)
     checkpoint: str | None = None  # store location of the verified checkpoint to resume from (spot interruption)
+    cost_usd: float | None = None  # what the run cost until it failed (agent runtime x the box's hourly price)
+    price_basis: str | None = None  # "spot" or "on-demand": which hourly price cost_usd used
 
 
 @dataclass
@@ -274,7 +276,8 @@ class CompleteMarker(Record):
     duration_s: float
     final_metrics: dict = field(default_factory=dict)
     artifacts: list = field(default_factory=list)  # [{"name", "uri", "size", "files"}]
-    cost_usd: float | None = None
+    cost_usd: float | None = None  # agent runtime x the box's hourly price, as the controller passed it
+    price_basis: str | None = None  # "spot" or "on-demand": which hourly price cost_usd used
 
 
 @dataclass
