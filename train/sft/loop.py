@@ -13,7 +13,9 @@ import os
 import signal
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from agent.protocol.errors import ConfigError, TrainctlError
 from train.config import to_dict, to_toml
@@ -78,10 +80,34 @@ def evaluate(model, ds, cfg: TrainConfig, dist: Dist, pad_id: int, flat: bool) -
     return float(total[0] / total[1]) if total[1] else None
 
 
+@dataclass
+class Run:
+    """What each step reads and moves on: the config, this process's place, the data, the model."""
+
+    cfg: TrainConfig
+    dist: Dist
+    out: Path
+    train_ds: Any
+    val_ds: Any
+    model: Any
+    tok: Any
+    optimizer: Any
+    scheduler: Any
+    per_epoch: int
+    total_steps: int
+    step: int = 0
+    net: Any = None  # the model, under DDP when there are several processes
+    params: list = field(default_factory=list)  # the trainable (LoRA) parameters
+    pad_id: int = 0
+    flat: bool = False  # FlashAttention-2 wants each batch's packed rows flattened into one
+
+    @property
+    def epoch(self) -> float:
+        return self.step / self.per_epoch
+
+
 def run_sft(cfg: TrainConfig) -> Path:
     """Train, evaluate, save the adapter; returns its path. Raises TrainctlError on failure."""
-    import torch
-
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     stopper = Stopper()
     dist = setup_distributed(cfg)
@@ -90,6 +116,17 @@ def run_sft(cfg: TrainConfig) -> Path:
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
         print(f"resolved config (output_dir = {out}):\n{resolved}", flush=True)
+    run = setup(cfg, dist, out)
+    train(run, stopper)
+    if stopper.signum:
+        raise SystemExit(SIGTERM_EXIT)
+    return finish(run, resolved)
+
+
+def setup(cfg: TrainConfig, dist: Dist, out: Path) -> Run:
+    """Data, 4-bit model with LoRA, optimizer and schedule; resumed from the latest checkpoint if any."""
+    import torch
+
     progress.phase("setup")
     torch.manual_seed(cfg.train.seed)
     data = Path(cfg.data.path)
@@ -99,83 +136,110 @@ def run_sft(cfg: TrainConfig) -> Path:
 
     progress.phase("loading_model")
     model, tok = load_model(cfg, dist)
-    params = [p for p in model.parameters() if p.requires_grad]
     t = cfg.train
+    params = [p for p in model.parameters() if p.requires_grad]
     per_epoch = steps_per_epoch(len(train_ds), t.per_device_batch_size, t.grad_accum, dist.world)
     total_steps = t.max_steps or max(1, math.ceil(t.epochs * per_epoch))
     optimizer, scheduler = build_optimizer(cfg, params, total_steps, dist)
-    step = 0
+    run = Run(cfg, dist, out, train_ds, val_ds, model, tok, optimizer, scheduler, per_epoch, total_steps,
+              params=params, pad_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+              flat=attn_implementation(cfg, dist.device) == "flash_attention_2")
     ckpt = latest_checkpoint(out)
     if ckpt is not None:
-        state = load_checkpoint(ckpt, model, optimizer, scheduler)
-        step = state["step"]
-        print(f"resuming from {ckpt} at step {step}/{total_steps}", flush=True)
-    net = dist.wrap(model)
+        run.step = load_checkpoint(ckpt, model, optimizer, scheduler)["step"]
+        print(f"resuming from {ckpt} at step {run.step}/{total_steps}", flush=True)
+    run.net = dist.wrap(model)
+    return run
 
+
+def train(run: Run, stopper: Stopper) -> None:
+    """Optimizer steps until total_steps or a signal: each one logged, checkpointed and evaluated when due."""
+    t, dist = run.cfg.train, run.dist
     progress.phase("training")
-    model.train()
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    flat = attn_implementation(cfg, dist.device) == "flash_attention_2"  # FA2 needs packed rows in one row
-    micro_losses, tokens, t0 = [], 0, time.monotonic()
-    while step < total_steps and not stopper.signum:
-        epoch, done_in_epoch = divmod(step, per_epoch)
-        batches = epoch_batches(len(train_ds), t.per_device_batch_size, epoch, t.seed, dist.rank, dist.world)
+    run.model.train()
+    t0 = time.monotonic()
+    while run.step < run.total_steps and not stopper.signum:
+        epoch, done_in_epoch = divmod(run.step, run.per_epoch)
+        batches = epoch_batches(len(run.train_ds), t.per_device_batch_size, epoch, t.seed, dist.rank, dist.world)
         groups = [batches[i:i + t.grad_accum] for i in range(0, len(batches), t.grad_accum)]
         for group in groups[done_in_epoch:]:
-            for j, idx in enumerate(group):
-                batch = {k: v.to(dist.device) for k, v in collate_blocks([train_ds[i] for i in idx], pad_id, flat).items()}
-                with dist.no_sync(net, last=j == len(group) - 1):
-                    loss = net(**batch, use_cache=False).loss  # a KV cache disables the packed-sequence mask
-                    if cfg.debug.inject_nan_at_step == step + 1:
-                        loss = loss * float("nan")
-                    (loss / len(group)).backward()
-                micro_losses.append(loss.detach().item())
-                tokens += real_tokens(batch)
-            step_loss = dist.mean(sum(micro_losses) / len(micro_losses))
-            if not math.isfinite(step_loss):
-                progress.step(step + 1, total_steps, step / per_epoch, step_loss, scheduler.get_last_lr()[0], 0.0)
-                kept = latest_checkpoint(out)
-                raise TrainctlError(f"training diverged: loss is {step_loss} at step {step + 1}; lower "
-                                    f"train.learning_rate (now {t.learning_rate}) or check the data; "
-                                    + (f"{kept.name} is the last good checkpoint" if kept else "no checkpoint yet"))
-            torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            elapsed = max(time.monotonic() - t0, 1e-9)
-            if step % t.logging_steps == 0 or step == total_steps:
-                lr = scheduler.get_last_lr()[0]
-                tps = tokens * dist.world / elapsed
-                progress.step(step, total_steps, step / per_epoch, step_loss, lr, tps)
-                if dist.is_main:
-                    print(f"step {step}/{total_steps} epoch {step / per_epoch:.3f} loss {step_loss:.4f} "
-                          f"lr {lr:.3g} tokens/s {tps:.0f}", flush=True)
-            micro_losses, tokens, t0 = [], 0, time.monotonic()
-            stop = dist.any(bool(stopper.signum))
-            if dist.is_main and ((t.save_steps and step % t.save_steps == 0 and step < total_steps)
+            loss, tokens = forward_backward(run, group)
+            optimizer_step(run, loss)
+            log_step(run, loss, tokens, max(time.monotonic() - t0, 1e-9))
+            t0 = time.monotonic()
+            stop = dist.any(bool(stopper.signum))  # every rank stops at the same step
+            if dist.is_main and ((t.save_steps and run.step % t.save_steps == 0 and run.step < run.total_steps)
                                  or (stop and t.checkpoint_on_sigterm)):
-                save_checkpoint(out, step, model, optimizer, scheduler, {"epoch": step / per_epoch}, t.save_total_limit)
+                save_checkpoint(run.out, run.step, run.model, run.optimizer, run.scheduler, {"epoch": run.epoch},
+                                t.save_total_limit)
             dist.barrier()
             if stop:
                 stopper.signum = stopper.signum or signal.SIGTERM
                 break
-            if t.eval_steps and step % t.eval_steps == 0 and step < total_steps:
-                _report_eval(evaluate(model, val_ds, cfg, dist, pad_id, flat), step)
+            if t.eval_steps and run.step % t.eval_steps == 0 and run.step < run.total_steps:
+                _report_eval(evaluate(run.model, run.val_ds, run.cfg, dist, run.pad_id, run.flat), run.step)
                 progress.phase("training")
-            if step >= total_steps:
+            if run.step >= run.total_steps:
                 break
-    if stopper.signum:
-        raise SystemExit(SIGTERM_EXIT)
-    eval_loss = evaluate(model, val_ds, cfg, dist, pad_id, flat)
-    _report_eval(eval_loss, step)
-    final = out / "adapter"
-    if dist.is_main:
+
+
+def forward_backward(run: Run, group: list) -> tuple[float, int]:
+    """One accumulation group of micro-batches: (the step's loss averaged over ranks, this rank's tokens)."""
+    micro_losses, tokens = [], 0
+    for j, idx in enumerate(group):
+        batch = {k: v.to(run.dist.device)
+                 for k, v in collate_blocks([run.train_ds[i] for i in idx], run.pad_id, run.flat).items()}
+        with run.dist.no_sync(run.net, last=j == len(group) - 1):
+            loss = run.net(**batch, use_cache=False).loss  # a KV cache disables the packed-sequence mask
+            if run.cfg.debug.inject_nan_at_step == run.step + 1:
+                loss = loss * float("nan")
+            (loss / len(group)).backward()
+        micro_losses.append(loss.detach().item())
+        tokens += real_tokens(batch)
+    return run.dist.mean(sum(micro_losses) / len(micro_losses)), tokens
+
+
+def optimizer_step(run: Run, loss: float) -> None:
+    """Clip, step, schedule; a NaN or inf loss stops the run instead, naming the last good checkpoint."""
+    import torch
+
+    if not math.isfinite(loss):
+        progress.step(run.step + 1, run.total_steps, run.epoch, loss, run.scheduler.get_last_lr()[0], 0.0)
+        kept = latest_checkpoint(run.out)
+        raise TrainctlError(f"training diverged: loss is {loss} at step {run.step + 1}; lower "
+                            f"train.learning_rate (now {run.cfg.train.learning_rate}) or check the data; "
+                            + (f"{kept.name} is the last good checkpoint" if kept else "no checkpoint yet"))
+    torch.nn.utils.clip_grad_norm_(run.params, run.cfg.train.max_grad_norm)
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.step += 1
+
+
+def log_step(run: Run, loss: float, tokens: int, elapsed: float) -> None:
+    """The progress line (and a log line on rank 0) every logging_steps and at the last step."""
+    if run.step % run.cfg.train.logging_steps and run.step != run.total_steps:
+        return
+    lr = run.scheduler.get_last_lr()[0]
+    tps = tokens * run.dist.world / elapsed
+    progress.step(run.step, run.total_steps, run.epoch, loss, lr, tps)
+    if run.dist.is_main:
+        print(f"step {run.step}/{run.total_steps} epoch {run.epoch:.3f} loss {loss:.4f} "
+              f"lr {lr:.3g} tokens/s {tps:.0f}", flush=True)
+
+
+def finish(run: Run, resolved: str) -> Path:
+    """The final evaluation, then the adapter saved and declared (rank 0); its path."""
+    eval_loss = evaluate(run.model, run.val_ds, run.cfg, run.dist, run.pad_id, run.flat)
+    _report_eval(eval_loss, run.step)
+    final = run.out / "adapter"
+    if run.dist.is_main:
         progress.phase("saving")
-        save_adapter(out, model, tok, resolved, {"step": step, "total_steps": total_steps, "eval_loss": eval_loss})
+        save_adapter(run.out, run.model, run.tok, resolved,
+                     {"step": run.step, "total_steps": run.total_steps, "eval_loss": eval_loss})
         print(f"adapter saved to {final}", flush=True)
-    dist.barrier()
-    dist.close()
+    run.dist.barrier()
+    run.dist.close()
     return final
 
 
