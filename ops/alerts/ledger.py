@@ -13,9 +13,8 @@ import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 
-from agent.protocol import records as p
-from agent.protocol.errors import StoreError
 from agent.protocol.runstore import RunStore
+from ops import cas
 
 LEDGER_VERSION = 1
 SENT_KEEP = 50  # history entries kept; older ones are dropped
@@ -67,24 +66,26 @@ class Loaded:
     etag: str | None  # None: no ledger stored yet (the first write is create-only)
 
 
+def _decoder(run_id: str) -> Callable[[bytes | None], Ledger]:
+    def decode(raw: bytes | None) -> Ledger:
+        if raw is None:
+            return Ledger(run_id)
+        try:
+            return Ledger.from_bytes(raw)
+        except (ValueError, TypeError):
+            # An unreadable ledger is replaced (CAS on its etag) rather than blocking alerts forever.
+            return Ledger(run_id)
+    return decode
+
+
+def _cell(rs: RunStore, run_id: str) -> cas.Cell:
+    return cas.Cell(lambda: rs.read_alerts_versioned(run_id), lambda data, etag: rs.write_alerts(run_id, data, etag))
+
+
 def load(rs: RunStore, run_id: str) -> Loaded:
     """The stored ledger (or a fresh one) with the version tag for the next compare-and-set."""
-    v = rs.store.get_versioned(rs.k(run_id, p.ALERTS))
-    if v is None:
-        return Loaded(Ledger(run_id), None)
-    try:
-        return Loaded(Ledger.from_bytes(v.data), v.etag)
-    except (ValueError, TypeError):
-        # An unreadable ledger is replaced (CAS on its etag) rather than blocking alerts forever.
-        return Loaded(Ledger(run_id), v.etag)
-
-
-def write(rs: RunStore, loaded: Loaded, new: Ledger) -> bool:
-    """Store `new` if the ledger is still the version `loaded` read. True if this call won."""
-    k = rs.k(new.run_id, p.ALERTS)
-    if loaded.etag is None:
-        return rs.store.put_if_absent(k, new.to_bytes())
-    return rs.store.put_if_match(k, new.to_bytes(), loaded.etag)
+    r = cas.read(_cell(rs, run_id), _decoder(run_id))
+    return Loaded(r.value, r.etag)
 
 
 def update(rs: RunStore, run_id: str, change: Callable[[Ledger], bool], first: Loaded | None = None,
@@ -93,15 +94,9 @@ def update(rs: RunStore, run_id: str, change: Callable[[Ledger], bool], first: L
 
     Returns the ledger as stored afterwards and whether this call wrote it.
     """
-    loaded = first or load(rs, run_id)
-    for _ in range(attempts):
-        new = Ledger.from_bytes(loaded.ledger.to_bytes())
-        if not change(new):
-            return loaded.ledger, False
-        if write(rs, loaded, new):
-            return new, True
-        loaded = load(rs, run_id)
-    raise StoreError(f"ledger of {run_id}: lost {attempts} compare-and-set races in a row; will retry next sweep")
+    start = cas.Read(first.ledger, first.etag, first.ledger.to_bytes()) if first else None
+    return cas.update(_cell(rs, run_id), _decoder(run_id), lambda led: led if change(led) else None,
+                      Ledger.to_bytes, first=start, attempts=attempts, what=f"ledger of {run_id}")
 
 
 def claim_outbox(ledger: Ledger, owner: str, now: float, lease_s: float) -> list[dict]:

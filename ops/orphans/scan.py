@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from agent.protocol import records as p
 from agent.protocol.runstore import RunStore
+from ops import cas
 from ops.alerts.slack import Notifier
 from ops.ec2 import Ec2Enricher, TaggedInstance
 from ops.orphans import report as O
@@ -52,19 +52,16 @@ class OrphanScan:
                 self._failing[region] = err
         if not any(running.values()):
             return rep  # no tagged box running: nothing to read or write (stale records wait for a new boot)
-        stored = {}
-        for k in self.rs.store.list(p.ORPHANS):
-            if (parsed := O.parse_key(k)) is not None:
-                stored[parsed] = k
+        stored = set(self.rs.list_orphans())  # (region, instance id)
         idle: list[TaggedInstance] = []
         for insts in running.values():
             rep.tagged += len(insts)
             idle += [i for i in insts if i.instance_id not in active]
         keep = {(i.region, i.instance_id) for i in idle}
-        for (region, iid), k in stored.items():
+        for region, iid in stored:
             # Busy again, stopped or gone: the stretch is over; the next idle stretch is a new orphan.
             if region in running and (region, iid) not in keep:
-                self.rs.store.delete(k)
+                self.rs.delete_orphan(region, iid)
         rep.idle = len(idle)
         for inst in idle:
             try:
@@ -74,14 +71,13 @@ class OrphanScan:
         return rep
 
     def _one(self, inst: TaggedInstance, has_record: bool, now: float, after_s: float, rep: OrphanReport) -> None:
-        key = O.record_key(inst.region, inst.instance_id)
-        v = self.rs.store.get_versioned(key) if has_record else None
+        key = (inst.region, inst.instance_id)
+        v = self.rs.read_orphan_versioned(*key) if has_record else None
         rec = _parse(v.data) if v else None
         action, new = O.decide(rec, inst, now, after_s, self.owner, self.lease_s)
         if action == O.WAIT:
             return
-        won = (self.rs.store.put_if_match(key, new.to_bytes(), v.etag) if v
-               else self.rs.store.put_if_absent(key, new.to_bytes()))
+        won = self.rs.write_orphan(*key, new.to_bytes(), v.etag if v else None)
         if not won or action == O.START:
             return  # another watcher moved first: its record stands
         d = self.notifier.send(O.build_message(new, now, self.rs.url))
@@ -89,15 +85,16 @@ class OrphanScan:
         rep.failed += not d.delivered
         self._record(key, now, d.delivered, d.via, d.error)
 
-    def _record(self, key: str, now: float, ok: bool, via: str, error: str | None) -> None:
-        for _ in range(self.cas_attempts):
-            v = self.rs.store.get_versioned(key)
-            rec = _parse(v.data) if v else None
+    def _record(self, key: tuple[str, str], now: float, ok: bool, via: str, error: str | None) -> None:
+        def change(rec: O.OrphanRecord | None) -> O.OrphanRecord | None:
             if rec is None or (rec.lease or {}).get("owner") != self.owner:
-                return  # our lease ran out and another watcher took over: it records the outcome
-            out = O.delivered(rec, now, via, error) if ok else O.released(rec, error)
-            if self.rs.store.put_if_match(key, out.to_bytes(), v.etag):
-                return
+                return None  # our lease ran out and another watcher took over: it records the outcome
+            return O.delivered(rec, now, via, error) if ok else O.released(rec, error)
+
+        cell = cas.Cell(lambda: self.rs.read_orphan_versioned(*key),
+                        lambda data, etag: self.rs.write_orphan(*key, data, etag))
+        cas.update(cell, lambda raw: _parse(raw) if raw is not None else None, change, O.OrphanRecord.to_bytes,
+                   attempts=self.cas_attempts, what=f"orphan record of {key[1]}")
 
 
 def _parse(raw: bytes) -> O.OrphanRecord | None:
