@@ -172,3 +172,28 @@ def _until(pred, limit: float = 60.0) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+def test_watch_and_ack_take_the_shared_store_options_and_their_env(s3_store, moto_server):
+    """`ctl watch` and `ctl ack` declare --store/--endpoint-url/--store-region once (agent.protocol.options):
+    the same names, the same env vars (TRAINCTL_STORE, TRAINCTL_S3_ENDPOINT, TRAINCTL_S3_REGION)."""
+    from ops.alerts import ledger as L
+    from tests.fixtures.moto_server import REGION
+
+    for cmd in ("watch", "ack"):
+        helptext = ctl([cmd, "--help"]).stdout
+        for opt, env in (("--store", "TRAINCTL_STORE"), ("--endpoint-url", "TRAINCTL_S3_ENDPOINT"),
+                         ("--store-region", "TRAINCTL_S3_REGION")):
+            assert opt in helptext and env in helptext, (cmd, opt)
+    rs = RunStore(s3_store)
+    rid = make_run(rs, now=time.time())
+    env = {**moto_server.env(), "TRAINCTL_STORE": s3_store.url, "TRAINCTL_S3_REGION": REGION}
+    before = time.time()
+    res = ctl(["ack", rid, "--for", "1h30m"], env)  # store, endpoint and region all from the environment
+    after = time.time()
+    assert res.returncode == 0, res.stderr
+    assert "alerts muted until" in res.stdout
+    assert before + 5400 <= L.load(rs, rid).ledger.snooze_until <= after + 5400
+    watch = ctl(["watch", "--once", "--no-ec2", "--store-region", REGION], env)
+    assert watch.returncode == 0, watch.stderr
+    assert f"watching {s3_store.url}" in watch.stderr and "1 runs, 1 active" in watch.stderr
