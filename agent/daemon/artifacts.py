@@ -132,11 +132,13 @@ class ArtifactQueue:
     def busy(self) -> bool:
         return self._job is not None
 
-    def pump(self, declared: list) -> None:
-        """Collect a finished upload and start the next one."""
+    def pump(self, declared: list) -> bool:
+        """Collect a finished upload and start the next one. True when an upload's outcome was collected
+        (the store answered); False when one is still running or nothing was due."""
+        collected = False
         if self._job is not None:
             if not self._job.done():
-                return
+                return False
             job, self._job = self._job, None
             d = declared[self.done]
             try:
@@ -148,10 +150,12 @@ class ArtifactQueue:
                 self.errors[d.name] = str(exc)
                 log.warning("%s", exc)
             self.done += 1  # not reached on a store error: the same declaration goes again
+            collected = True
         if self.done < len(declared):
             d = declared[self.done]
             self._job = self._pool.submit(sync_artifact, self.rs, self.run_id, self.output_dir, d.name, d.path,
                                           d.final)
+        return collected
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -22,8 +22,10 @@ STORE_ERRORS = (StoreError, OSError)  # OSError: connection-level failures, a fu
 class Duty:
     """One job: `fn(now)` every `every_s` (0 = every tick), with a backoff of its own on store errors.
 
-    `fn` returns False when it found nothing to do, so a rate-limited duty (progress) runs as
-    soon as there is work instead of waiting out a full interval after an idle check.
+    `fn` returns False when it did nothing this time (no work, or work still in flight): neither
+    the schedule nor the backoff moves, so a rate-limited duty (progress) runs as soon as there is
+    work, and a backed-off duty counts as recovered only once the store has really answered it
+    (an artifact upload collected, not merely resubmitted).
     """
 
     def __init__(self, name: str, fn: Callable[[float], bool | None], every_s: float = 0.0,
@@ -54,10 +56,12 @@ class Duty:
             else:
                 log.debug("%s: still failing (next try in %.1fs): %s", self.name, delay, exc)
             return False
+        if did is False:
+            return True
         if self.backoff.down:
             log.info("%s: store reachable again after %d failed attempt(s)", self.name, self.backoff.failures)
             self.backoff.succeeded()
-        if did is not False and self.every_s:
+        if self.every_s:
             self.next_at = now + self.every_s
         return True
 
