@@ -1,0 +1,304 @@
+"""Progress read from a trainer's own output, with no edit to the trainer.
+
+Recognised, per frame of output (a frame ends at a newline or a carriage return):
+- the log dicts HF Trainer, TRL and axolotl print (`{'loss': 6.63, ...}`, or transformers 5's string
+  values `{'loss': '6.63', 'learning_rate': '0.0003333', 'epoch': '0.5273'}`), their eval dicts
+  (`eval_loss`) and the final `train_runtime` summary;
+- tqdm bars (`29/30 [00:21<00:00, 1.11it/s]`, `s/it`, with or without a description);
+- a per-run regex with named groups step / total / loss / lr (and epoch / eval_loss).
+
+This runs on every line a trainer prints, so each frame is screened with `in` tests before any
+regex, and `ast.literal_eval` only sees a bounded frame that already looks like a log dict.
+Nothing here raises on garbage: a frame that is not progress gives None. `OutputReader` feeds
+chunks of bytes through these functions, across chunk boundaries, and keeps to the training bar.
+"""
+
+from __future__ import annotations
+
+import ast
+import codecs
+import json
+import math
+import re
+from dataclasses import dataclass, replace
+
+MAX_DICT_CHARS = 4096  # a log dict is a few hundred characters; longer frames are not parsed
+KNOWN_GROUPS = ("step", "total", "loss", "lr", "epoch", "eval_loss")
+# Units a training loop's bar counts in; datasets' "examples", downloads' "B" and the like are not steps.
+TRAIN_UNITS = frozenset({"it", "step", "steps", "batch", "batches"})
+# Bars whose description says they are not the training loop (HF's own training bar has none).
+_OTHER_DESC = re.compile(r"map|filter|load|download|fetch|generat|token|eval|predict|valid|test|sav|upload|shard"
+                         r"|extract|convert|merg|resolv|preprocess|packing|calibrat", re.IGNORECASE)
+
+_BAR = re.compile(r"(?P<n>\d+)(?:/(?P<total>\d+))?(?P<bare>[A-Za-z]+)? \[(?P<elapsed>[\d:]+)(?:<[^,\]]*)?, *"
+                  r"(?:\?|[\d.]+[kMGT]?) ?(?:(?P<unit>[A-Za-z]+)/s|s/(?P<unit2>[A-Za-z]+))")
+_PCT = re.compile(r"\d+%\|")
+_BARE_NONFINITE = re.compile(r"(?<=[:\s])(-?(?:nan|inf))(?=\s*[,}])")
+
+_LOSS = ("loss", "train_loss", "train/loss")
+_LR = ("learning_rate", "lr", "train/learning_rate", "train/lr")
+_EPOCH = ("epoch", "train/epoch")
+_STEP = ("step", "global_step", "train/global_step")
+
+
+@dataclass(frozen=True, slots=True)
+class Parsed:
+    """One piece of progress. kind: log (a training log dict), eval, summary (train_runtime), bar
+    (a training-looking tqdm bar), other_bar (any other bar: evaluation, data, downloads), regex."""
+
+    kind: str
+    step: int | None = None
+    total: int | None = None
+    loss: float | None = None
+    lr: float | None = None
+    epoch: float | None = None
+    eval_loss: float | None = None
+    runtime_s: float | None = None  # eval_runtime / train_runtime
+    elapsed_s: float | None = None  # a bar's own elapsed time
+    desc: str = ""
+
+
+def num(v) -> float | None:
+    """A float from a number or a numeric string ('6.63', 'nan'); None for anything else."""
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, int | float):
+        return float(v)
+    if isinstance(v, str) and 0 < len(v) < 40:
+        try:
+            return float(v)
+        except ValueError:
+            return None
+    return None
+
+
+def _int(v) -> int | None:
+    f = num(v)
+    return int(f) if f is not None and math.isfinite(f) and f >= 0 and f == int(f) else None
+
+
+def _first(d: dict, keys: tuple[str, ...]) -> float | None:
+    for k in keys:
+        if k in d:
+            return num(d[k])
+    return None
+
+
+def _literal_dict(text: str) -> dict | None:
+    for attempt in (text, _BARE_NONFINITE.sub(r"'\1'", text)):  # `{'loss': nan}` is not a literal
+        try:
+            d = ast.literal_eval(attempt)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            continue
+        return d if isinstance(d, dict) else None
+    try:
+        d = json.loads(text)  # JSON's true / false / null
+    except ValueError:
+        return None
+    return d if isinstance(d, dict) else None
+
+
+def parse_dict(frame: str) -> Parsed | None:
+    """A log / eval / summary record from a frame holding a printed dict (a logger prefix is fine)."""
+    start = frame.find("{")
+    body = frame[start:].rstrip()
+    if start < 0 or not body.endswith("}") or len(body) > MAX_DICT_CHARS:
+        return None
+    d = _literal_dict(body)
+    if not d:
+        return None
+    epoch, step = _first(d, _EPOCH), _int(_first(d, _STEP))
+    if "train_runtime" in d:
+        return Parsed("summary", step=step, loss=_first(d, ("train_loss",)), epoch=epoch,
+                      runtime_s=num(d["train_runtime"]))
+    if "eval_loss" in d or "eval/loss" in d:
+        return Parsed("eval", step=step, epoch=epoch, eval_loss=_first(d, ("eval_loss", "eval/loss")),
+                      runtime_s=_first(d, ("eval_runtime", "eval/runtime")))
+    loss, lr = _first(d, _LOSS), _first(d, _LR)
+    if loss is None and lr is None:
+        return None
+    return Parsed("log", step=step, loss=loss, lr=lr, epoch=epoch)
+
+
+def clock_s(text: str) -> float | None:
+    """Seconds from tqdm's `MM:SS` or `H:MM:SS`."""
+    try:
+        parts = [int(p) for p in text.split(":")]
+    except ValueError:
+        return None
+    total = 0
+    for p in parts:
+        total = total * 60 + p
+    return float(total) if 1 < len(parts) <= 3 else None
+
+
+def parse_bar(frame: str) -> Parsed | None:
+    """A tqdm frame as `bar` (a training loop's) or `other_bar`, with step n, total and elapsed."""
+    m = _BAR.search(frame)
+    if not m:
+        return None
+    unit = m["unit"] or m["unit2"] or ""
+    if m["total"] is None and m["bare"] != unit:  # `15it [00:10, 1.5it/s]`: no total, unit after n
+        return None
+    head = frame[: m.start()]
+    pct = _PCT.search(head)
+    desc = (head[: pct.start()] if pct else head).strip().rstrip(":").strip()
+    other = unit not in TRAIN_UNITS or bool(desc and _OTHER_DESC.search(desc))
+    return Parsed("other_bar" if other else "bar", step=int(m["n"]),
+                  total=int(m["total"]) if m["total"] else None, elapsed_s=clock_s(m["elapsed"]), desc=desc[:80])
+
+
+def compile_progress_regex(pattern: str) -> re.Pattern:
+    """The run's `progress_regex`, checked: it compiles and names at least one known group."""
+    try:
+        rx = re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"progress_regex {pattern!r} does not compile: {exc}") from None
+    if not set(rx.groupindex) & set(KNOWN_GROUPS):
+        raise ValueError(f"progress_regex {pattern!r} names none of the groups {', '.join(KNOWN_GROUPS)} "
+                         "(write them as (?P<step>\\d+))")
+    return rx
+
+
+def parse_regex(frame: str, rx: re.Pattern) -> Parsed | None:
+    """A `regex` record from the run's own pattern, or None when it does not match or names nothing."""
+    m = rx.search(frame)
+    if not m:
+        return None
+    g = m.groupdict()
+    rec = Parsed("regex", step=_int(g.get("step")), total=_int(g.get("total")), loss=num(g.get("loss")),
+                 lr=num(g.get("lr")), epoch=num(g.get("epoch")), eval_loss=num(g.get("eval_loss")))
+    if rec.step is None and rec.loss is None and rec.lr is None and rec.eval_loss is None:
+        return None
+    return rec
+
+
+def parse_line(line: str, rx: re.Pattern | None = None) -> Parsed | None:
+    """Progress in one line of output, or None. A line with carriage returns is read by its last
+    frame with text in it (what a terminal shows); the run's regex, when given, is tried first."""
+    if "\r" in line:
+        frames = [f for f in line.split("\r") if f.strip()]
+        line = frames[-1] if frames else ""
+    if rx is not None:
+        rec = parse_regex(line, rx)
+        if rec is not None:
+            return rec
+    if "{" in line and ("loss" in line or "learning_rate" in line or "lr" in line or "train_runtime" in line):
+        rec = parse_dict(line)
+        if rec is not None:
+            return rec
+    if "[" in line and ("/s" in line or "s/" in line):
+        return parse_bar(line)
+    return None
+
+
+_FRAME_END = re.compile(r"[\r\n]")
+MAX_FRAME_CHARS = 65536  # an unterminated frame keeps only its tail: memory stays bounded
+
+
+class OutputReader:
+    """Chunks of a trainer's output in, progress records out, in order.
+
+    Frames end at `\\n` or `\\r`; a trailing frame that already looks whole (a bar ends in `]`) is
+    read at once, so the step a stopped trainer last drew is not held back for a frame that never
+    comes. Bars are kept to the training loop's: the first training-looking bar is locked onto,
+    and while it is unfinished a bar of another total, or one whose own clock restarted (HF's
+    evaluation bar), is reported as `other_bar`. A locked bar that finished and restarts (one bar
+    per epoch) keeps counting steps from where it ended, with no total.
+
+    HF prints a log dict without its step, and tqdm redraws the bar right after it: once a training
+    bar is known, a step-less log or eval record waits for the next record, and takes its step
+    (and total) when that is the training bar."""
+
+    def __init__(self, rx: re.Pattern | None = None):
+        self.rx = rx
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self._pending = ""
+        self._pending_read = False
+        self._lock: Parsed | None = None  # the training bar's latest frame
+        self._offset = 0  # steps of the locked bar's earlier rounds
+        self._logs_since_lock = 0
+        self._held: Parsed | None = None  # a step-less log waiting for the bar's redraw
+
+    def feed(self, data: bytes | str) -> list[Parsed]:
+        """Records for the frames completed by `data` (and a trailing frame that looks whole)."""
+        text = self._decoder.decode(data) if isinstance(data, bytes) else data
+        if not text:
+            return []
+        frames = _FRAME_END.split(self._pending + text)
+        out: list[Parsed] = []
+        first_read = self._pending_read
+        for i, frame in enumerate(frames[:-1]):
+            if i == 0 and first_read:
+                continue
+            self._read(frame, out)
+        tail = frames[-1]
+        self._pending, self._pending_read = tail[-MAX_FRAME_CHARS:], False
+        if len(frames) == 1 and first_read:
+            self._pending_read = True  # the same frame, still growing: read once already
+        elif tail.rstrip().endswith("]"):
+            self._read(tail, out)
+            self._pending_read = True
+        return out
+
+    def flush(self) -> list[Parsed]:
+        """End of output: the unterminated last frame, if not read already."""
+        out: list[Parsed] = []
+        if self._pending and not self._pending_read:
+            self._read(self._pending, out)
+        self._pending, self._pending_read = "", False
+        if self._held is not None:
+            out.append(self._held)
+            self._held = None
+        return out
+
+    def _read(self, frame: str, out: list[Parsed]) -> None:
+        if not frame or frame.isspace():
+            return
+        rec = parse_line(frame, self.rx)
+        if rec is None:
+            return
+        if rec.kind == "log":
+            self._logs_since_lock += 1
+        elif rec.kind == "bar":
+            rec = self._follow(rec)
+        if self._held is not None:
+            held, self._held = self._held, None
+            if rec.kind == "bar":
+                held = replace(held, step=rec.step, total=rec.total)
+            out.append(held)
+        if rec.kind in ("log", "eval") and rec.step is None and self._lock is not None:
+            self._held = rec
+            return
+        out.append(rec)
+
+    def _follow(self, rec: Parsed) -> Parsed:
+        lock = self._lock
+        if lock is None:
+            return self._relock(rec, 0)
+        done = lock.total is not None and lock.step >= lock.total
+        restarted = rec.step < lock.step or (rec.elapsed_s or 0) + 1 < (lock.elapsed_s or 0)
+        if rec.total == lock.total and not restarted:
+            self._lock = rec
+            return _shifted(rec, self._offset)
+        if not done:
+            return _other(rec)
+        if rec.total == lock.total:  # the same loop again: the next epoch's bar
+            return self._relock(rec, self._offset + lock.step)
+        if self._logs_since_lock:  # a new bar after training logged: the final evaluation
+            return _other(rec)
+        return self._relock(rec, 0)  # the finished bar was a set-up loop
+
+    def _relock(self, rec: Parsed, offset: int) -> Parsed:
+        self._lock, self._offset, self._logs_since_lock = rec, offset, 0
+        return _shifted(rec, offset)
+
+
+def _shifted(rec: Parsed, offset: int) -> Parsed:
+    if not offset:
+        return rec
+    return Parsed("bar", step=rec.step + offset, total=None, elapsed_s=rec.elapsed_s, desc=rec.desc)
+
+
+def _other(rec: Parsed) -> Parsed:
+    return Parsed("other_bar", step=rec.step, total=rec.total, elapsed_s=rec.elapsed_s, desc=rec.desc)
