@@ -21,6 +21,21 @@ def _local_defaults() -> dict:
                     "min_free_gb": 1.0}}
 
 
+def _ec2(no_instance: bool = False):
+    """The watcher's EC2 lookup for the views (None with --no-instance); errors never fail a view."""
+    if no_instance:
+        return None
+    from ops.ec2 import Ec2Enricher
+
+    return Ec2Enricher(os.environ.get("TRAINCTL_EC2_ENDPOINT") or None, default_region=os.environ.get(
+        "AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1")
+
+
+_at = click.option("--at", "at", type=float, default=None, hidden=True,
+                   help="Judge the run as of this Unix time instead of now (tests, post-mortems).")
+_no_instance = click.option("--no-instance", is_flag=True, help="Do not ask EC2 about the run's instance.")
+
+
 def _merge_defaults(raw: dict, defaults: dict) -> dict:
     out = dict(raw)
     for section, values in defaults.items():
@@ -120,7 +135,7 @@ def launch_cmd(instance_id, host, local, new, var_files, stack_name, auto_approv
 
         rs = open_run_store(res.store_url, cfg.store.endpoint_url or None, cfg.store.region or None)
         try:
-            code = Tail(rs, res.run_id, show_status=sys.stdout.isatty()).run()
+            code = Tail(rs, res.run_id, show_status=sys.stdout.isatty(), ec2=_ec2()).run()
         except KeyboardInterrupt:
             click.echo(f"\nstopped following {res.run_id}; the run goes on (`ctl tail {res.run_id}`)", err=True)
             sys.exit(130)
@@ -132,20 +147,32 @@ def launch_cmd(instance_id, host, local, new, var_files, stack_name, auto_approv
 @store_options
 @click.option("--lines", "-n", type=click.IntRange(min=0), default=20, show_default=True, help="Lines of history.")
 @click.option("--from-start", is_flag=True, help="Print the whole log from the first chunk.")
-@click.option("--no-follow", is_flag=True, help="Print what is there and exit.")
+@click.option("--no-follow", is_flag=True, help="Print what is there and exit (the run's state goes to stderr).")
 @click.option("--poll-s", type=click.FloatRange(min=0.05), default=2.0, show_default=True,
               help="Seconds between looks at the store.")
 @click.option("--stale-after-s", type=click.FloatRange(min=0.1), default=None,
-              help="Heartbeat age that counts as stale (default 3 heartbeats + 30s).")
-def tail_cmd(run_id, store_url, endpoint_url, store_region, lines, from_start, no_follow, poll_s, stale_after_s):
-    """Follow a run's log; exit 0 completed, 1 failed, 3 stale."""
+              help="Silence after a missed heartbeat that counts as stale: overrides the watcher's grace "
+                   "(TRAINCTL_HEARTBEAT_GRACE, default 60s).")
+@_no_instance
+@_at
+def tail_cmd(run_id, store_url, endpoint_url, store_region, lines, from_start, no_follow, poll_s, stale_after_s,
+             no_instance, at):
+    """Follow a run's log until the watcher's state ends it.
+
+    Exit codes: 0 completed; 1 failed, stopped_by_user, interrupted or corrupt; 3 stale: agent_silent,
+    hung or instance_gone; 130 on Ctrl-C (the run goes on). The states, reasons and timeouts are the
+    watcher's (`ctl watch`; TRAINCTL_HEARTBEAT_GRACE and friends as the Lambda reads them).
+    """
     from agent.protocol.runid import validate_run_id
     from controller.views.tail import Tail, last_lines_cursor
 
     validate_run_id(run_id)
     rs = open_run_store(store_url, endpoint_url, store_region)
     rs.require_run(run_id)
-    t = Tail(rs, run_id, poll_s=poll_s, stale_after_s=stale_after_s, show_status=sys.stdout.isatty())
+    t = Tail(rs, run_id, poll_s=poll_s, stale_after_s=stale_after_s, show_status=sys.stdout.isatty(),
+             ec2=_ec2(no_instance))
+    if at is not None:
+        t.clock = lambda: at
     try:
         if not from_start:
             data, t.cursor = last_lines_cursor(rs, run_id, lines)
@@ -163,18 +190,18 @@ def tail_cmd(run_id, store_url, endpoint_url, store_region, lines, from_start, n
 @click.argument("run_id")
 @store_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
-@click.option("--no-instance", is_flag=True, help="Do not ask EC2 for the instance state.")
-def status_cmd(run_id, store_url, endpoint_url, store_region, as_json, no_instance):
-    """One screen about a run: phase, progress, heartbeat, outcome, instance state."""
+@_no_instance
+@_at
+def status_cmd(run_id, store_url, endpoint_url, store_region, as_json, no_instance, at):
+    """One screen about a run: the watcher's state and reason, phase, progress, heartbeat, instance state."""
     from agent.protocol.runid import validate_run_id
-    from controller.launch.ec2 import instance_state
+    from controller.views.facts import view_settings
     from controller.views.status import collect, render
 
     validate_run_id(run_id)
     rs = open_run_store(store_url, endpoint_url, store_region)
-    now = time.time()
-    d = collect(rs, run_id, now, None if no_instance else
-                (lambda iid, region: instance_state(iid, region, os.environ.get("TRAINCTL_EC2_ENDPOINT", ""))))
+    now = time.time() if at is None else at
+    d = collect(rs, run_id, now, _ec2(no_instance), view_settings())
     click.echo(json.dumps(d, indent=2, default=str) if as_json else render(d, now))
 
 
@@ -212,15 +239,18 @@ def stop_cmd(run_id, store_url, endpoint_url, store_region, wait, timeout_s, pol
 @store_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts instead of a table.")
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True, help="Newest runs to show.")
-def runs_cmd(store_url, endpoint_url, store_region, as_json, limit):
-    """List runs in the store: id, phase, step, heartbeat age, outcome, cost."""
+@click.option("--no-instance", is_flag=True, help="Do not ask EC2 about the instances of unfinished runs.")
+@_at
+def runs_cmd(store_url, endpoint_url, store_region, as_json, limit, no_instance, at):
+    """List runs in the store: id, the watcher's state, phase, step, heartbeat age, cost."""
     from agent.protocol.durations import fmt_duration
     from agent.protocol.records import fmt_metric
+    from controller.views.facts import view_settings
     from controller.views.runs import list_rows, rows_as_dicts
     from ops.pricing import fmt_cost
 
     rs = open_run_store(store_url, endpoint_url, store_region)
-    rows = list_rows(rs, time.time(), limit)
+    rows = list_rows(rs, time.time() if at is None else at, limit, view_settings(), _ec2(no_instance))
     if as_json:
         click.echo(json.dumps(rows_as_dicts(rows), indent=2))
         return
@@ -231,12 +261,13 @@ def runs_cmd(store_url, endpoint_url, store_region, as_json, limit):
     from rich.table import Table
 
     table = Table(title=f"runs in {rs.url}")
-    for col in ("run id", "phase", "step", "loss", "heartbeat", "outcome", "cost"):
+    for col in ("run id", "state", "phase", "step", "loss", "heartbeat", "cost"):
         table.add_column(col, justify="right" if col == "cost" else "left")
     for r in rows:
         step = "-" if r.step is None else (f"{r.step}/{r.total_steps}" if r.total_steps else str(r.step))
         loss = "-" if r.loss is None else fmt_metric(r.loss)
-        table.add_row(r.run_id, r.phase or "-", step, loss, fmt_duration(r.heartbeat_age_s), r.outcome, fmt_cost(r.cost_usd))
+        table.add_row(r.run_id, r.state, r.phase or "-", step, loss, fmt_duration(r.heartbeat_age_s),
+                      fmt_cost(r.cost_usd))
     Console(file=sys.stdout, width=120).print(table)
 
 

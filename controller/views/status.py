@@ -10,24 +10,39 @@ from agent.protocol import records as p
 from agent.protocol.durations import fmt_duration
 from agent.protocol.runstore import RunStore
 from controller.launch.autostop import countdown
+from controller.views.facts import read_facts, wants_instance
 from controller.views.runs import run_row
-from controller.views.tail import stale_reason
+from ops.ec2 import Ec2Enricher
+from ops.state import Settings, assess
 
 
-def collect(rs: RunStore, run_id: str, now: float, instance_state=None) -> dict:
+def _instance(f, ec2: Ec2Enricher | None) -> str | None:
+    """The instance's EC2 state for the screen (asked even for a finished run: autostop, billing);
+    the watcher's verdict sees it only when the watcher would have asked."""
+    md = f.metadata
+    if ec2 is None or not (md and md.instance_id):
+        return None
+    info = ec2.describe([(md.instance_id, md.region)]).get(md.instance_id)
+    if info is None:
+        return f"unknown ({(ec2.last_error or 'no answer').splitlines()[0][:120]})"
+    if wants_instance(f):
+        f.instance = info
+    return info.state
+
+
+def collect(rs: RunStore, run_id: str, now: float, ec2: Ec2Enricher | None = None,
+            settings: Settings = Settings()) -> dict:
     """Everything `ctl status` shows, as plain data (also the --json output)."""
     rs.require_run(run_id)
-    row = run_row(rs, run_id, now)
-    md, hb, pr = rs.read_metadata(run_id), rs.read_heartbeat(run_id), rs.read_progress(run_id)
-    err, done, stop = rs.read_error(run_id), rs.read_complete(run_id), rs.read_stop(run_id)
-    state = None
-    if md and md.instance_id and instance_state is not None:
-        state = instance_state(md.instance_id, md.region or "")
-    outcome = row.outcome
-    if outcome == "running" and stale_reason(now, hb, md, None):
-        outcome = "stale"
+    f = read_facts(rs, run_id)
+    state = _instance(f, ec2)
+    st = assess(f, now, settings)
+    row = run_row(rs, run_id, now, settings, f)
+    md, hb, err, done = f.metadata, f.heartbeat, f.error, f.complete
+    pr = rs.read_progress(run_id)
     return {
-        "run_id": run_id, "store": rs.url, "outcome": outcome, "phase": row.phase,
+        "run_id": run_id, "store": rs.url, "outcome": row.outcome, "state": st.state, "reason": st.reason,
+        "since": st.since, "phase": row.phase,
         "created": md.created if md else None, "host": md.host if md else None,
         "instance_id": md.instance_id if md else None, "instance_type": md.instance_type if md else None,
         "instance_state": state, "region": md.region if md else None,
@@ -37,10 +52,10 @@ def collect(rs: RunStore, run_id: str, now: float, instance_state=None) -> dict:
         "heartbeat_age_s": row.heartbeat_age_s, "heartbeat_s": hb.heartbeat_s if hb else None,
         "agent_pid": hb.agent_pid if hb else (md.agent_pid if md else None),
         "trainer_alive": hb.trainer_alive if hb else None,
-        "stop_requested": stop is not None,
+        "stop_requested": f.stop_requested,
         "error": err.to_dict() if err else None, "complete": done.to_dict() if done else None,
         "command": md.command if md else [], "git_sha": md.git_sha if md else None,
-        "console_url": rs.store.console_url(run_id),
+        "console_url": rs.console_url(run_id),
         "autostop": countdown(md, (err or done).ts if (err or done) else None, now, state),
     }
 
@@ -49,7 +64,8 @@ def render(d: dict, now: float) -> str:
     """The one-screen text view."""
     step = "-" if d["step"] is None else (f"{d['step']}/{d['total_steps']}" if d["total_steps"] else str(d["step"]))
     lines = [
-        f"run        {d['run_id']}  ({d['outcome']})",
+        f"run        {d['run_id']}  ({d['state']})",
+        f"state      {d['state']}: {d['reason']}",
         f"store      {d['store']}",
         f"created    {p.iso(d['created']) or '-'}" + (f"  ({fmt_duration(now - d['created'])} ago)" if d["created"] else ""),
         f"host       {d['host'] or '-'}",
@@ -62,10 +78,13 @@ def render(d: dict, now: float) -> str:
         f"step       {step}" + (f"   loss {p.fmt_metric(d['loss'])}" if d["loss"] is not None else "")
         + (f"   {p.fmt_metric(d['tokens_per_s'], ',.0f')} tok/s" if d["tokens_per_s"] else "")
         + (f"   ETA {fmt_duration(d['eta_s'])}" if d["eta_s"] is not None and d["outcome"] == "running" else ""),
-        f"heartbeat  {fmt_duration(d['heartbeat_age_s'])} ago" + (f" (every {d['heartbeat_s']:g}s)" if d["heartbeat_s"] else "")
-        + (f", agent pid {d['agent_pid']}" if d["agent_pid"] else "")
-        + ("" if d["trainer_alive"] is None else (", trainer alive" if d["trainer_alive"] else ", trainer NOT running")),
     ]
+    if d["outcome"] == "running":  # a finished run's last heartbeat says nothing about now
+        lines.append(f"heartbeat  {fmt_duration(d['heartbeat_age_s'])} ago"
+                     + (f" (every {d['heartbeat_s']:g}s)" if d["heartbeat_s"] else "")
+                     + (f", agent pid {d['agent_pid']}" if d["agent_pid"] else "")
+                     + ("" if d["trainer_alive"] is None else
+                        (", trainer alive" if d["trainer_alive"] else ", trainer NOT running")))
     if d["stop_requested"]:
         lines.append("stop       requested")
     if d["error"]:
@@ -87,7 +106,7 @@ def render(d: dict, now: float) -> str:
 def request_stop(rs: RunStore, run_id: str, reason: str = "stopped by user") -> str:
     """Write control/stop: 'requested', 'already_requested' or 'finished' (nothing to stop)."""
     rs.require_run(run_id)
-    if rs.store.exists(rs.k(run_id, p.COMPLETE)) or rs.store.exists(rs.k(run_id, p.ERROR)):
+    if rs.finished(run_id):
         return "finished"
     who = f"{getpass.getuser()}@{socket.gethostname()}"
     return "requested" if rs.request_stop(run_id, requested_by=who, reason=reason) else "already_requested"
@@ -97,9 +116,10 @@ def wait_for_marker(rs: RunStore, run_id: str, timeout_s: float, poll_s: float =
     """'complete' / 'error' once a marker appears, None on timeout."""
     deadline = time.monotonic() + timeout_s
     while True:
-        if rs.store.exists(rs.k(run_id, p.COMPLETE)):
+        names = rs.markers(run_id)
+        if p.COMPLETE in names:
             return "complete"
-        if rs.store.exists(rs.k(run_id, p.ERROR)):
+        if p.ERROR in names:
             return "error"
         if time.monotonic() >= deadline:
             return None

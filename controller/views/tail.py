@@ -1,12 +1,15 @@
-"""`ctl tail`: follow a run's log from the store's chunks until a marker says how it ended.
+"""`ctl tail`: follow a run's log from the store's chunks until the watcher's state ends it.
 
 Reads only new chunks (cursor = last chunk key, listed with StartAfter), so following a long
-run never replays it. Exit codes: 0 completed, 1 failed (cause and fix printed), 3 stale (no
-heartbeat for too long), 130 when the user pressed Ctrl-C (the run goes on).
+run never replays it. When to stop, the exit code and the closing words come from the watcher's
+`assess` (controller.views.facts): 0 completed; 1 failed, stopped_by_user, interrupted, corrupt
+(cause and fix printed); 3 stale (agent_silent, hung, instance_gone); 130 when the user pressed
+Ctrl-C (the run goes on).
 """
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -15,24 +18,13 @@ from agent.protocol import records as p
 from agent.protocol.durations import fmt_duration
 from agent.protocol.errors import StoreError
 from agent.protocol.runstore import RunStore
+from controller.views.facts import TAIL_EXIT, finished, read_facts, view_settings, wants_instance
+from ops.ec2 import Ec2Enricher
+from ops.state import COMPLETED as S_COMPLETED
+from ops.state import CORRUPT, HEALTHY, InstanceInfo, RunFacts, RunState, Settings, assess
 
 COMPLETED, FAILED, STALE, RUNNING = 0, 1, 3, None
-
-
-def stale_reason(now: float, hb: p.Heartbeat | None, md: p.Metadata | None, stale_after_s: float | None) -> str | None:
-    """Why the run looks stale, or None (pure). Default limit: 3 heartbeats + 30 s."""
-    hb_s = hb.heartbeat_s if hb else (md.heartbeat_s if md else 30.0)
-    limit = stale_after_s if stale_after_s is not None else 3 * hb_s + 30
-    if hb is not None:
-        age = now - hb.ts
-        if age > limit:
-            return (f"no heartbeat for {fmt_duration(age)} (expected every {hb_s:g}s): the agent or the box is "
-                    f"down or cut off from the store")
-        return None
-    if md is not None and now - md.created > limit:
-        return (f"launched {fmt_duration(now - md.created)} ago and the agent never sent a heartbeat: "
-                f"look at agent.out in the run's folder on the box")
-    return None
+_WORD = {"failed": "FAILED", "stopped_by_user": "STOPPED BY USER", "interrupted": "INTERRUPTED"}
 
 
 def status_line(pr: p.Progress | None, hb: p.Heartbeat | None, now: float) -> str:
@@ -50,11 +42,14 @@ def status_line(pr: p.Progress | None, hb: p.Heartbeat | None, now: float) -> st
     return " | ".join(parts)
 
 
-def error_text(run_id: str, e: p.ErrorMarker) -> str:
+def error_text(run_id: str, e: p.ErrorMarker, st: RunState | None = None) -> str:
+    """The closing words of a run that `_error` ended: the watcher's state and reason, cause and fix."""
     how = f"exit code {e.exit_code}" if e.exit_code is not None else (f"signal {e.signal}" if e.signal else "")
-    lines = [f"run {run_id} FAILED{' (' + how + ')' if how else ''}: {e.cause}"]
-    if e.summary:
-        lines.append(f"  what happened: {e.summary}")
+    word = _WORD.get(st.state, "FAILED") if st else "FAILED"
+    lines = [f"run {run_id} {word}{' (' + how + ')' if how else ''}: {e.cause}"]
+    what = st.reason if st else e.summary
+    if what and what != e.cause:
+        lines.append(f"  what happened: {what}")
     lines.append(f"  fix: {e.remediation}")
     if e.last_step is not None:
         lines.append(f"  last step: {e.last_step}" + (f", loss {p.fmt_metric(e.last_loss)}" if e.last_loss is not None else ""))
@@ -70,6 +65,18 @@ def complete_text(run_id: str, c: p.CompleteMarker) -> str:
     return "\n".join(lines)
 
 
+def closing_text(run_id: str, f: RunFacts, st: RunState) -> str:
+    """What `ctl tail` prints when it stops: the watcher's state and reason, in every case."""
+    if st.state == S_COMPLETED and f.complete:
+        return complete_text(run_id, f.complete) + f"\n  {st.reason}"
+    if st.state == CORRUPT or (st.state == S_COMPLETED and not f.complete):
+        return f"run {run_id} {st.state.upper()}: {st.reason}"
+    if finished(st):
+        return error_text(run_id, f.error, st) if f.error else f"run {run_id} {_WORD.get(st.state, 'FAILED')}: {st.reason}"
+    return (f"run {run_id} looks STALE ({st.state}): {st.reason}. `ctl status {run_id}` shows the instance "
+            f"state.")
+
+
 def last_lines_cursor(rs: RunStore, run_id: str, n: int) -> tuple[bytes, str | None]:
     """The last `n` log lines and the cursor after them, reading chunks from the end only."""
     keys = list(rs.list_log_chunks(run_id))
@@ -77,7 +84,7 @@ def last_lines_cursor(rs: RunStore, run_id: str, n: int) -> tuple[bytes, str | N
         return b"", None
     parts: list[bytes] = []
     for key in reversed(keys):
-        data = rs.store.get(key) or b""
+        data = rs.read_log_chunk(key) or b""
         parts.insert(0, data)
         if b"".join(parts).count(b"\n") > n:
             break
@@ -100,7 +107,17 @@ class Tail:
     clock: object = time.time
     sleep: object = time.sleep
     cursor: str | None = None
+    settings: Settings | None = None  # None: the watcher's, from the environment, grace = stale_after_s
+    ec2: Ec2Enricher | None = None  # asks about the run's instance, as the watcher does
+    instance_every_s: float = 60.0  # at most one describe_instances per minute while following
+    state: RunState | None = None  # the last verdict
     _status_shown: bool = False
+    _instance: InstanceInfo | None = None
+    _instance_at: float = -math.inf
+
+    def __post_init__(self) -> None:
+        if self.settings is None:
+            self.settings = view_settings(grace_s=self.stale_after_s)
 
     def _write_log(self, data: bytes) -> None:
         if not data:
@@ -129,29 +146,32 @@ class Tail:
             self._write_log(lr.data)
             self.cursor = lr.cursor
 
+    def _add_instance(self, f: RunFacts, now: float) -> None:
+        want = wants_instance(f)
+        if self.ec2 is None or want is None:
+            return
+        if now - self._instance_at >= self.instance_every_s:
+            self._instance = self.ec2.describe([want]).get(want[0])
+            self._instance_at = now
+        f.instance = self._instance
+
     def check_once(self) -> int | None:
-        """Print new log bytes; the exit code when the run is over or stale, else None."""
+        """Print new log bytes; the exit code when the watcher's state ends the tail, else None."""
         self._drain()
-        if self.rs.store.exists(self.rs.k(self.run_id, p.COMPLETE)):
-            self._drain()  # lines flushed just before the marker
-            self._clear_status()
-            self.out.write(complete_text(self.run_id, self.rs.read_complete(self.run_id)) + "\n")
-            return COMPLETED
-        if self.rs.store.exists(self.rs.k(self.run_id, p.ERROR)):
-            self._drain()
-            self._clear_status()
-            self.out.write(error_text(self.run_id, self.rs.read_error(self.run_id)) + "\n")
-            return FAILED
         now = self.clock()
-        hb, md = self.rs.read_heartbeat(self.run_id), self.rs.read_metadata(self.run_id)
-        why = stale_reason(now, hb, md, self.stale_after_s)
-        if why:
-            self._clear_status()
-            self.out.write(f"run {self.run_id} looks STALE: {why}. `ctl status {self.run_id}` shows the "
-                           f"instance state.\n")
-            return STALE
-        self._show_status(status_line(self.rs.read_progress(self.run_id), hb, now))
-        return RUNNING
+        f = read_facts(self.rs, self.run_id)
+        self._add_instance(f, now)
+        st = self.state = assess(f, now, self.settings)
+        code = TAIL_EXIT.get(st.state)
+        if code is None:
+            line = status_line(self.rs.read_progress(self.run_id), f.heartbeat, now)
+            self._show_status(line + ("" if st.state == HEALTHY else f" | {st.state}: {st.reason}"))
+            return RUNNING
+        if finished(st):
+            self._drain()  # lines flushed just before the marker
+        self._clear_status()
+        self.out.write(closing_text(self.run_id, f, st) + "\n")
+        return code
 
     def run(self, follow: bool = True) -> int:
         """Follow until the run ends; store errors are retried with backoff, forever."""
@@ -173,5 +193,8 @@ class Tail:
                 return code
             if not follow:
                 self._clear_status()
+                if self.state is not None:  # stdout stays the log alone; the verdict goes to stderr
+                    self.err.write(f"run {self.run_id} is {self.state.state}: {self.state.reason}\n")
+                    self.err.flush()
                 return 0
             self.sleep(self.poll_s)

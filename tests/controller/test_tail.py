@@ -17,8 +17,11 @@ from click.testing import CliRunner
 from agent.protocol import records as p
 from agent.protocol.runstore import RunStore
 from agent.protocol.store_s3 import S3Store
+from controller.views.facts import read_facts
 from controller.views.status import collect, render, request_stop
-from controller.views.tail import Tail, last_lines_cursor, stale_reason, status_line
+from controller.views.tail import RUNNING, STALE, Tail, last_lines_cursor, status_line
+from ops.ec2 import Ec2Enricher
+from ops.state import assess
 from trainctl.cli import main
 
 RID = "tail-20250101-000000"
@@ -104,15 +107,30 @@ def test_stale_heartbeat_exits_3(rs):
     assert Tail(rs, RID, out=io.StringIO(), stale_after_s=1000).run(follow=False) == 0
 
 
-def test_stale_reason_and_status_line_are_pure():
+def test_stale_is_the_watchers_heartbeat_plus_grace_and_status_line_is_pure(rs):
+    """`ctl tail` stops as stale exactly when the watcher says agent_silent: heartbeat + grace, not 3 beats + 30 s."""
     md = p.Metadata(run_id=RID, created=1000.0, heartbeat_s=10)
-    assert stale_reason(1050.0, None, md, None) is None  # still within 3 heartbeats + 30 s of launch
-    assert "never sent a heartbeat" in stale_reason(1100.0, None, md, None)
     hb = p.Heartbeat(ts=1000.0, seq=3, agent_pid=1, trainer_alive=True, heartbeat_s=10)
-    assert stale_reason(1059.0, hb, md, None) is None and stale_reason(1061.0, hb, md, None)
+    rs.write_metadata(md)
+    for now, code, state in ((1069.0, RUNNING, "late"), (1071.0, STALE, "agent_silent")):
+        rs.write_heartbeat(RID, hb)
+        t = Tail(rs, RID, out=io.StringIO(), err=io.StringIO(), clock=lambda n=now: n)
+        assert t.check_once() == code and t.state.state == state
+        assert t.state.reason == assess(read_facts(rs, RID), now).reason
+    t = Tail(rs, RID, out=io.StringIO(), err=io.StringIO(), clock=lambda: 1071.0, stale_after_s=100)
+    assert t.check_once() == RUNNING and t.state.state == "late"  # --stale-after-s is the grace
     pr = p.Progress(ts=1.0, step=120, total_steps=3000, loss=1.83, tokens_per_s=2150.0, eta_s=3700, phase="training")
     assert status_line(pr, hb, 1012.0) == ("phase training | step 120/3000 | loss 1.8300 | 2,150 tok/s | "
                                            "ETA 1h 01m | heartbeat 12s ago")
+
+
+def test_launch_without_heartbeat_is_stale_at_the_watchers_launch_timeout(rs):
+    rs.write_metadata(p.Metadata(run_id=RID, created=1000.0, heartbeat_s=10))
+    t = Tail(rs, RID, out=io.StringIO(), err=io.StringIO(), clock=lambda: 1900.0)
+    assert t.check_once() == RUNNING and t.state.state == "launching"
+    out = io.StringIO()
+    t = Tail(rs, RID, out=out, err=io.StringIO(), clock=lambda: 1901.0)
+    assert t.check_once() == STALE and "never started" in out.getvalue() and "agent_silent" in out.getvalue()
 
 
 def test_store_outage_is_retried_with_backoff(private_moto):
@@ -177,8 +195,10 @@ def test_status_screen_json_and_instance_state(moto_server, tmp_path):
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
     assert d["instance_state"] == "stopped" and d["step"] == 120 and d["outcome"] == "running"
-    screen = render(collect(rs, RID, time.time(), lambda i, reg: "stopped"), time.time())
+    assert d["state"] == "instance_gone" and f"instance {iid} was stopped by a user" in d["reason"]  # as the watcher
+    screen = render(collect(rs, RID, time.time(), Ec2Enricher(moto_server.endpoint)), time.time())
     assert f"instance   {iid}" in screen and "stopped" in screen and "step       120/3000" in screen
+    assert "state      instance_gone: instance " in screen
 
 
 def test_stop_writes_control_stop_once(rs, local_store):
