@@ -29,6 +29,8 @@ class Instance:
     public_ip: str | None
     private_ip: str | None
     public_dns: str | None
+    lifecycle: str = "on-demand"  # EC2's InstanceLifecycle: "spot" for a spot box (prices the run)
+    zone: str | None = None
 
     def address(self, which: str = "public") -> str | None:
         if which == "private":
@@ -90,7 +92,8 @@ def describe(client, instance_id: str) -> Instance:
     i = found[0]
     return Instance(id=i["InstanceId"], state=i["State"]["Name"], type=i.get("InstanceType", ""),
                     region=region, public_ip=i.get("PublicIpAddress"), private_ip=i.get("PrivateIpAddress"),
-                    public_dns=i.get("PublicDnsName") or None)
+                    public_dns=i.get("PublicDnsName") or None, lifecycle=i.get("InstanceLifecycle") or "on-demand",
+                    zone=i.get("Placement", {}).get("AvailabilityZone"))
 
 
 def _wait(client, waiter: str, instance_id: str, timeout_s: float, poll_s: float) -> None:

@@ -228,8 +228,10 @@ def trainer_argv(cfg: RunConfig, lay: Layout, workdir: str) -> list[str]:
     return argv
 
 
-def agent_argv(cfg: RunConfig, lay: Layout, run_id: str, store_url: str, endpoint_url: str) -> list[str]:
-    """`ctl agent run ... -- <trainer>` exactly as the agent's CLI takes it."""
+def agent_argv(cfg: RunConfig, lay: Layout, run_id: str, store_url: str, endpoint_url: str,
+               hourly_usd: float | None = None, price_basis: str | None = None) -> list[str]:
+    """`ctl agent run ... -- <trainer>` exactly as the agent's CLI takes it; with the box's hourly
+    price (ops.pricing.launch_price) the agent writes the run's cost into its marker."""
     wd = lay.workdir(run_id)
     a = cfg.agent
     argv = [*lay.ctl, "agent", "run", "--run-id", run_id, "--store", store_url, "--workdir", wd,
@@ -237,6 +239,8 @@ def agent_argv(cfg: RunConfig, lay: Layout, run_id: str, store_url: str, endpoin
             "--stop-poll-s", f"{a.stop_poll_s:g}"]
     if endpoint_url:
         argv += ["--endpoint-url", endpoint_url]
+    if hourly_usd is not None:
+        argv += ["--hourly-usd", f"{hourly_usd:g}", "--price-basis", price_basis or "on-demand"]
     return [*argv, "--", *trainer_argv(cfg, lay, wd)]
 
 

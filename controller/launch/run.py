@@ -80,6 +80,7 @@ def _connect(cfg: RunConfig, target: Target) -> tuple[Box, dict]:
     ssh = cfg.ssh
     if target.kind == "existing":
         from controller.launch.ec2 import ec2_client, ensure_running
+        from ops.pricing import launch_price
 
         client = ec2_client(cfg.instance.region, cfg.instance.profile, cfg.instance.endpoint_url)
         inst = ensure_running(client, target.value, start_if_stopped=cfg.instance.start_if_stopped,
@@ -91,6 +92,7 @@ def _connect(cfg: RunConfig, target: Target) -> tuple[Box, dict]:
             raise TrainctlError(f"instance {inst.id} has no {cfg.instance.address} address: set "
                                 f"instance.address = \"private\" when you reach it through a bastion")
         info = {"instance_id": inst.id, "instance_type": inst.type, "region": inst.region}
+        info["hourly_usd"], info["price_basis"] = launch_price(client, inst.type, inst.lifecycle, inst.zone)
         box = SshBox(address, pin_name=inst.id, user=ssh.user, port=ssh.port, key=ssh.key,
                      ssh_config=ssh.config, connect_timeout=ssh.connect_timeout_s, say=say)
     else:
@@ -205,7 +207,8 @@ def launch(cfg: RunConfig, target: Target, run_id: str | None = None, dry_run: b
             # Its agent ended while we set up: never overwrite a finished run's record with "launching".
             raise ConfigError(f"run {run_id} finished while this launch was setting up: see `ctl tail {run_id}`; "
                               f"omit --run-id for a new run")
-        argv = plan.agent_argv(cfg, lay, run_id, rs.url, cfg.store.endpoint_url)
+        argv = plan.agent_argv(cfg, lay, run_id, rs.url, cfg.store.endpoint_url, info.get("hourly_usd"),
+                               info.get("price_basis"))
         rs.write_metadata(p.Metadata(
             run_id=run_id, created=time.time(), phase="launching", config=recorded_config(cfg),
             command=plan.trainer_argv(cfg, lay, workdir), host=box.name, git_sha=_git_sha(),

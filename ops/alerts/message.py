@@ -115,9 +115,9 @@ def _duration(msg: dict, f: MessageFacts) -> str | None:
 
 
 def cost_text(msg: dict, f: MessageFacts) -> str | None:
-    """What the run cost: the agent's figure in `_complete`, else the price table times its duration."""
-    if f.complete and f.complete.cost_usd is not None:
-        return fmt_cost(f.complete.cost_usd)
+    """What the run cost: the agent's figure on its marker, else the price table times its duration."""
+    if (m := f.complete or f.error) and m.cost_usd is not None:
+        return fmt_cost(m.cost_usd) + (f" ({m.price_basis} price)" if m.price_basis else "")
     itype = (f.metadata.instance_type if f.metadata else None) or (f.instance.instance_type if f.instance else None)
     dur = next((m.duration_s for m in (f.complete, f.error) if m and m.duration_s is not None), None)
     if dur is None and f.metadata:
