@@ -4,6 +4,10 @@ The loop is ours rather than a Trainer's so that each promise is visible in one 
 hyperparameter comes from the resolved config (nothing hard-coded over it), progress lines are
 written as steps finish, SIGTERM leads to a checkpoint, a NaN loss stops the run with a clear
 error, and the final adapter is declared only after it is on disk — exit 0 comes after that.
+
+Read it top to bottom from `run_sft`: `setup` (data, model, optimizer, resume), `train` (each
+optimizer step: `forward_backward`, `optimizer_step`, `log_step`, then checkpoint and eval when
+due), `finish` (final eval, adapter).
 """
 
 from __future__ import annotations
