@@ -21,6 +21,7 @@ import psutil
 
 from agent.protocol import records as p
 from agent.protocol.atomic import write_atomic
+from agent.protocol.durations import fmt_duration
 
 STATE_FILE = "autostop.json"
 
@@ -57,7 +58,7 @@ def decide(facts: IdleFacts, idle_since: float, idle_s: float | None) -> Verdict
         return Verdict("idle", idle_since, None, "autostop is off (never)")
     remaining = idle_since + idle_s - facts.now
     if remaining <= 0:
-        return Verdict("stop", idle_since, 0.0, f"idle for {facts.now - idle_since:.0f}s (autostop {idle_s:.0f}s)")
+        return Verdict("stop", idle_since, 0.0, f"idle for {fmt_duration(facts.now - idle_since)} (autostop {fmt_duration(idle_s)})")
     return Verdict("idle", idle_since, remaining, "idle")
 
 
