@@ -8,7 +8,8 @@ Recognised, per frame of output (a frame ends at a newline or a carriage return)
 - a per-run regex with named groups step / total / loss / lr (and epoch / eval_loss).
 
 This runs on every line a trainer prints, so each frame is screened with `in` tests before any
-regex, and `ast.literal_eval` only sees a bounded frame that already looks like a log dict.
+regex; a bounded frame that looks like a log dict is read by one regex when it is flat (as log
+dicts are), and only otherwise by `ast.literal_eval`.
 Nothing here raises on garbage: a frame that is not progress gives None. `OutputReader` feeds
 chunks of bytes through these functions, across chunk boundaries, and keeps to the training bar.
 """
@@ -20,9 +21,10 @@ import codecs
 import json
 import math
 import re
-from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 MAX_DICT_CHARS = 4096  # a log dict is a few hundred characters; longer frames are not parsed
+MAX_FRAME_CHARS = 65536  # an unterminated frame keeps only its tail: memory stays bounded
 KNOWN_GROUPS = ("step", "total", "loss", "lr", "epoch", "eval_loss")
 # Units a training loop's bar counts in; datasets' "examples", downloads' "B" and the like are not steps.
 TRAIN_UNITS = frozenset({"it", "step", "steps", "batch", "batches"})
@@ -33,6 +35,7 @@ _OTHER_DESC = re.compile(r"map|filter|load|download|fetch|generat|token|eval|pre
 _BAR = re.compile(r"(?P<n>\d+)(?:/(?P<total>\d+))?(?P<bare>[A-Za-z]+)? \[(?P<elapsed>[\d:]+)(?:<[^,\]]*)?, *"
                   r"(?:\?|[\d.]+[kMGT]?) ?(?:(?P<unit>[A-Za-z]+)/s|s/(?P<unit2>[A-Za-z]+))")
 _PCT = re.compile(r"\d+%\|")
+_FRAME_END = re.compile(r"[\r\n]")
 _BARE_NONFINITE = re.compile(r"(?<=[:\s])(-?(?:nan|inf))(?=\s*[,}])")
 
 _LOSS = ("loss", "train_loss", "train/loss")
@@ -41,10 +44,10 @@ _EPOCH = ("epoch", "train/epoch")
 _STEP = ("step", "global_step", "train/global_step")
 
 
-@dataclass(frozen=True, slots=True)
-class Parsed:
+class Parsed(NamedTuple):
     """One piece of progress. kind: log (a training log dict), eval, summary (train_runtime), bar
-    (a training-looking tqdm bar), other_bar (any other bar: evaluation, data, downloads), regex."""
+    (a training-looking tqdm bar), other_bar (any other bar: evaluation, data, downloads), regex.
+    A named tuple: built for every recognised frame, and cheaper to build than a dataclass."""
 
     kind: str
     step: int | None = None
@@ -60,16 +63,12 @@ class Parsed:
 
 def num(v) -> float | None:
     """A float from a number or a numeric string ('6.63', 'nan'); None for anything else."""
-    if isinstance(v, bool):
+    if isinstance(v, bool) or not isinstance(v, int | float | str) or (isinstance(v, str) and len(v) > 40):
         return None
-    if isinstance(v, int | float):
+    try:
         return float(v)
-    if isinstance(v, str) and 0 < len(v) < 40:
-        try:
-            return float(v)
-        except ValueError:
-            return None
-    return None
+    except ValueError:
+        return None
 
 
 def _int(v) -> int | None:
@@ -84,7 +83,21 @@ def _first(d: dict, keys: tuple[str, ...]) -> float | None:
     return None
 
 
+_ATOM = r"""(?:'[^'\\\n]*'|"[^"\\\n]*"|[-+\w.]+)"""
+_FLAT_DICT = re.compile(rf"\{{\s*{_ATOM}\s*:\s*{_ATOM}(?:\s*,\s*{_ATOM}\s*:\s*{_ATOM})*\s*,?\s*\}}")
+_PAIR = re.compile(rf"({_ATOM})\s*:\s*({_ATOM})")
+_WORDS = {"True": True, "False": False, "None": None, "true": True, "false": False, "null": None}
+
+
+def _flat_value(tok: str):
+    if tok[0] in "'\"":
+        return tok[1:-1]
+    return _WORDS.get(tok, tok)  # a bare number (or nan / inf) stays text: num() reads it
+
+
 def _literal_dict(text: str) -> dict | None:
+    if _FLAT_DICT.fullmatch(text):  # the usual one-level dict of numbers and strings: no parser needed
+        return {_flat_value(k): _flat_value(v) for k, v in _PAIR.findall(text)}
     for attempt in (text, _BARE_NONFINITE.sub(r"'\1'", text)):  # `{'loss': nan}` is not a literal
         try:
             d = ast.literal_eval(attempt)
@@ -122,20 +135,19 @@ def parse_dict(frame: str) -> Parsed | None:
 
 def clock_s(text: str) -> float | None:
     """Seconds from tqdm's `MM:SS` or `H:MM:SS`."""
-    try:
-        parts = [int(p) for p in text.split(":")]
-    except ValueError:
+    parts = text.split(":")
+    if not 1 < len(parts) <= 3 or not all(p.isdigit() for p in parts):
         return None
-    total = 0
-    for p in parts:
-        total = total * 60 + p
-    return float(total) if 1 < len(parts) <= 3 else None
+    return float(sum(int(p) * 60**i for i, p in enumerate(reversed(parts))))
 
 
 def parse_bar(frame: str) -> Parsed | None:
     """A tqdm frame as `bar` (a training loop's) or `other_bar`, with step n, total and elapsed."""
-    m = _BAR.search(frame)
-    if not m:
+    m, at = None, frame.find(" [")
+    while at >= 0 and m is None:  # match only at the token before " [": far cheaper than a search
+        m = _BAR.match(frame, max(frame.rfind(" ", 0, at), frame.rfind("|", 0, at)) + 1)
+        at = frame.find(" [", at + 2)
+    if m is None:
         return None
     unit = m["unit"] or m["unit2"] or ""
     if m["total"] is None and m["bare"] != unit:  # `15it [00:10, 1.5it/s]`: no total, unit after n
@@ -192,23 +204,16 @@ def parse_line(line: str, rx: re.Pattern | None = None) -> Parsed | None:
     return None
 
 
-_FRAME_END = re.compile(r"[\r\n]")
-MAX_FRAME_CHARS = 65536  # an unterminated frame keeps only its tail: memory stays bounded
-
-
 class OutputReader:
     """Chunks of a trainer's output in, progress records out, in order.
 
     Frames end at `\\n` or `\\r`; a trailing frame that already looks whole (a bar ends in `]`) is
-    read at once, so the step a stopped trainer last drew is not held back for a frame that never
-    comes. Bars are kept to the training loop's: the first training-looking bar is locked onto,
-    and while it is unfinished a bar of another total, or one whose own clock restarted (HF's
-    evaluation bar), is reported as `other_bar`. A locked bar that finished and restarts (one bar
-    per epoch) keeps counting steps from where it ended, with no total.
-
-    HF prints a log dict without its step, and tqdm redraws the bar right after it: once a training
-    bar is known, a step-less log or eval record waits for the next record, and takes its step
-    (and total) when that is the training bar."""
+    read at once: a stopped trainer's last step is not held back for a frame that never comes.
+    The first training-looking bar is locked onto; while it is unfinished, a bar of another total
+    or with a restarted clock (HF's evaluation bar) is `other_bar`. A finished bar that restarts
+    (one bar per epoch) counts on from where it ended, with no total. HF prints a log dict without
+    its step and tqdm redraws the bar right after it, so once a bar is known a step-less log or
+    eval record waits for the next record and takes the bar's step and total from it."""
 
     def __init__(self, rx: re.Pattern | None = None):
         self.rx = rx
@@ -225,11 +230,12 @@ class OutputReader:
         text = self._decoder.decode(data) if isinstance(data, bytes) else data
         if not text:
             return []
-        frames = _FRAME_END.split(self._pending + text)
+        buf = self._pending + text
+        frames = _FRAME_END.split(buf) if "\r" in buf else buf.split("\n")
         out: list[Parsed] = []
-        first_read = self._pending_read
-        for i, frame in enumerate(frames[:-1]):
-            if i == 0 and first_read:
+        first_read, screen = self._pending_read, self.rx is None
+        for frame in frames[1 if first_read else 0:-1]:
+            if screen and "{" not in frame and "[" not in frame:  # most lines: no dict, no bar
                 continue
             self._read(frame, out)
         tail = frames[-1]
@@ -265,7 +271,7 @@ class OutputReader:
         if self._held is not None:
             held, self._held = self._held, None
             if rec.kind == "bar":
-                held = replace(held, step=rec.step, total=rec.total)
+                held = held._replace(step=rec.step, total=rec.total)
             out.append(held)
         if rec.kind in ("log", "eval") and rec.step is None and self._lock is not None:
             self._held = rec
@@ -280,25 +286,19 @@ class OutputReader:
         restarted = rec.step < lock.step or (rec.elapsed_s or 0) + 1 < (lock.elapsed_s or 0)
         if rec.total == lock.total and not restarted:
             self._lock = rec
-            return _shifted(rec, self._offset)
+            return self._shifted(rec)
         if not done:
-            return _other(rec)
+            return rec._replace(kind="other_bar")
         if rec.total == lock.total:  # the same loop again: the next epoch's bar
             return self._relock(rec, self._offset + lock.step)
         if self._logs_since_lock:  # a new bar after training logged: the final evaluation
-            return _other(rec)
+            return rec._replace(kind="other_bar")
         return self._relock(rec, 0)  # the finished bar was a set-up loop
 
     def _relock(self, rec: Parsed, offset: int) -> Parsed:
         self._lock, self._offset, self._logs_since_lock = rec, offset, 0
-        return _shifted(rec, offset)
+        return self._shifted(rec)
 
+    def _shifted(self, rec: Parsed) -> Parsed:
+        return rec._replace(step=rec.step + self._offset, total=None) if self._offset else rec
 
-def _shifted(rec: Parsed, offset: int) -> Parsed:
-    if not offset:
-        return rec
-    return Parsed("bar", step=rec.step + offset, total=None, elapsed_s=rec.elapsed_s, desc=rec.desc)
-
-
-def _other(rec: Parsed) -> Parsed:
-    return Parsed("other_bar", step=rec.step, total=rec.total, elapsed_s=rec.elapsed_s, desc=rec.desc)
