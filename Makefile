@@ -61,3 +61,12 @@ bench: install
 
 clean:
 	rm -rf $(VENV) $(CHECKOV_VENV) build *.egg-info .pytest_cache .ruff_cache
+
+# The GPU check's wheels (bench/gpu/check.py, issue 16): what a bare CUDA box lacks, trimmed to
+# about 50 MiB, into bench/gpu/wheels/ (gitignored); prints each wheel's size and the total.
+# GPU_PY: the box's Python version (default: this venv's); GPU_BNB_DROP: bitsandbytes members to leave out.
+GPU_PY ?=
+GPU_BNB_DROP ?=
+.PHONY: gpu-wheels
+gpu-wheels: $(STAMP)
+	$(PY) -m bench.gpu.wheels download --dest bench/gpu/wheels $(if $(GPU_PY),--python-version $(GPU_PY)) $(if $(GPU_BNB_DROP),--bnb-drop '$(GPU_BNB_DROP)')
