@@ -347,6 +347,7 @@ def test_unusable_instances_are_clear_errors(moto_server, sshd, s3_bucket, env, 
 def test_host_launch_preflight_lists_every_problem(sshd, s3_bucket, moto_server, env, tmp_path, trainer_script):
     box_root = tmp_path / "no-volume-here"  # a plain folder, not a mount
     cfg = write_config(tmp_path / "run.toml", s3_bucket, moto_server.endpoint, box_root, trainer_script)
+    env = {**env, "TRAINCTL_HOME": str(tmp_path / "home")}  # no pin yet: earlier tests reach this sshd too
     r = ctl(["launch", "--host", f"{sshd.user}@127.0.0.1:{sshd.port}", "--ssh-key", str(sshd.user_key),
              "--config", str(cfg), "--set", "box.require_gpu=true", "--set", "box.require_mount=true",
              "--set", "box.min_python='3.99'", "--set", "box.volume_device='/dev/trainctl-none'"], env, check=1)
