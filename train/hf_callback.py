@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 
 from transformers import TrainerCallback
@@ -48,10 +49,14 @@ class TrainctlCallback(TrainerCallback):
         if not self.path or not state.is_world_process_zero:
             return
         record = {**fields, "ts": round(time.time(), 3)}
-        with open(self.path, "a", encoding="utf-8") as fh:  # one whole line, synced: a crash never leaves half
-            fh.write(json.dumps(record, separators=(",", ":"), allow_nan=True) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        try:
+            with open(self.path, "a", encoding="utf-8") as fh:  # one whole line, synced: a crash never leaves half
+                fh.write(json.dumps(record, separators=(",", ":"), allow_nan=True) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as exc:  # reporting must never stop the training it reports on
+            print(f"TrainctlCallback: cannot write {self.path} ({exc}); progress reports stop here", file=sys.stderr)
+            self.path = None
 
     def _step(self, state, **metrics) -> None:
         epoch = _num(state.epoch)

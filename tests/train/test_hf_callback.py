@@ -71,6 +71,26 @@ def test_records_from_a_real_hf_trainer_run(tiny_model, tmp_path):
     assert [(d.name, d.final) for d in tracker.declared][-1] == ("model", True)
 
 
+def test_steps_between_logs_and_an_unwritable_progress_file(tiny_model, tmp_path):
+    """Logging every 3rd step: the other steps are still reported (without a loss), once each."""
+    out_dir, prog, hist = tmp_path / "output", tmp_path / "progress.jsonl", tmp_path / "history.json"
+    out_dir.mkdir()
+    _train(tmp_path, tiny_model, {"TRAINCTL_PROGRESS_FILE": str(prog), "TRAINCTL_OUTPUT_DIR": str(out_dir)},
+           "--out", str(out_dir / "hf"), "--steps", "4", "--logging-steps", "3", "--save-steps", "2",
+           "--eval-steps", "4", "--history", str(hist), "--callback")
+    recs = [json.loads(line) for line in prog.read_text().splitlines()]
+    logged = {h["step"]: h["loss"] for h in json.loads(hist.read_text()) if "loss" in h}
+    assert [(r["step"], r.get("loss")) for r in recs if "step" in r] == [(1, None), (2, None), (3, logged[3]), (4, None)]
+    seq = [r.get("phase") or r.get("artifact") or ("step" if "step" in r else "eval") for r in recs]
+    assert seq == ["training", "step", "step", "saving", "checkpoint-2", "training", "step", "step", "evaluating",
+                   "eval", "saving", "checkpoint-4", "training", "model"]
+
+    blocked = tmp_path / "no-such-dir" / "progress.jsonl"
+    proc = _train(tmp_path, tiny_model, {"TRAINCTL_PROGRESS_FILE": str(blocked)}, "--out", str(tmp_path / "hf2"),
+                  "--steps", "2", "--save-steps", "2", "--eval-steps", "2", "--callback")
+    assert "TrainctlCallback: cannot write" in proc.stderr and (tmp_path / "hf2" / "model.safetensors").is_file()
+
+
 def test_outside_the_agent_it_writes_nothing(tiny_model, tmp_path):
     before = set(os.listdir(tmp_path))
     _train(tmp_path, tiny_model, {}, "--out", str(tmp_path / "hf"), "--steps", "2", "--save-steps", "2",

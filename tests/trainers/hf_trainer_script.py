@@ -1,7 +1,7 @@
 """A plain HF Trainer script, written the way users write theirs, for the tiny model on CPU.
 
 Nothing in it knows about trainctl except `--callback`, which adds `TrainctlCallback` the way the
-README tells users to. It trains a causal LM for `--steps` steps (logging every step, a checkpoint
+README tells users to. It trains a causal LM for `--steps` steps (logging every step by default, a checkpoint
 every `--save-steps`, an evaluation every `--eval-steps`), saves the final model to the output
 dir, and writes the Trainer's own log history to `--history` so tests can compare against it.
 """
@@ -19,6 +19,7 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--save-steps", type=int, default=2)
     ap.add_argument("--eval-steps", type=int, default=3)
+    ap.add_argument("--logging-steps", type=int, default=1)
     ap.add_argument("--history", default="")
     ap.add_argument("--callback", action="store_true", help="add trainctl's TrainctlCallback")
     args = ap.parse_args()
@@ -42,7 +43,7 @@ def main() -> int:
     split = ds.train_test_split(test_size=4, seed=0)
     training_args = TrainingArguments(
         output_dir=args.out, max_steps=args.steps, per_device_train_batch_size=2, per_device_eval_batch_size=2,
-        learning_rate=1e-3, logging_steps=1, save_steps=args.save_steps, eval_strategy="steps",
+        learning_rate=1e-3, logging_steps=args.logging_steps, save_steps=args.save_steps, eval_strategy="steps",
         eval_steps=args.eval_steps, report_to=[], use_cpu=True, dataloader_num_workers=0, seed=0)
     callbacks = []
     if args.callback:
