@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import random
-import statistics
 import sys
 import time
 
@@ -143,5 +142,3 @@ def run(quick: bool = True) -> list[dict]:
 if __name__ == "__main__":
     for row in run(quick="--full" not in sys.argv):
         print(row)
-    print("median step of the trace:", statistics.median(
-        b[1] - a[1] for a, b in zip(make_trace(1)[:-1], make_trace(1)[1:], strict=True) if a[0] == b[0] == "step"))

@@ -82,6 +82,8 @@ class Cadence:
             return
         if step is not None and self._last_step is not None and step <= self._last_step:
             return
+        if self._phase is not None:  # a step ends an evaluation or a save that was not marked over
+            self.phase_name, self.phase_since = "training", ts
         self._end_phase(ts)
         if self.last_ts is not None and not self._spans_phase:
             self._gaps_seen += 1

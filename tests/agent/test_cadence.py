@@ -14,7 +14,8 @@ S = CadenceSettings(timeout_s=900.0, floor_s=2.0)  # floor scaled down with the 
 
 
 def steps(start: float, n: int, every: float, first: int = 1) -> list[tuple]:
-    return [("step", start + i * every, first + i) for i in range(1, n + 1)]
+    """`n` steps numbered from `first`, one every `every` seconds after `start`."""
+    return [("step", start + i * every, first + i - 1) for i in range(1, n + 1)]
 
 
 def run(events, settings: CadenceSettings = S) -> Cadence:
@@ -50,6 +51,7 @@ ROWS = [  # (id, events, now, phase given to assess (None: the record's), hung?)
     ("second evaluation: past 3 x 40 s", EVAL_SEEN, 261.0 + 130.0, None, True),
     ("after an evaluation: a step's deadline from its end", EVAL_SEEN[:-11], 250.5 + 4.0, None, False),
     ("after an evaluation: stuck after its end", EVAL_SEEN[:-11], 250.5 + 8.0, None, True),
+    ("a step ends an evaluation not marked over", EVAL_ON + [("step", 230.0, 25)], 230.0 + 8.0, None, True),
     ("checkpoint save: default allowance", SAVE_ON, 210.5 + 45.0, None, False),
     ("checkpoint save: its own allowance, not evaluation's", SAVE_ON + [("duration", 5.0, "evaluating")],
      210.5 + 45.0, None, False),
