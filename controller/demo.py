@@ -78,16 +78,16 @@ def where_things_are(store_root: Path, good: str, bad: str) -> str:
     history = rs.read_history(good)
     losses = [pt.get("loss") for pt in history if "loss" in pt]
     adapter = next((a.get("uri") for a in (done.artifacts if done else []) if a.get("name") == "adapter"),
-                   rs.store.location(rs.artifact_key(good, "adapter/")))
+                   rs.artifact_location(good, "adapter/"))
     curve = sparkline(losses)
     first, last = (p.fmt_metric(losses[0]), p.fmt_metric(losses[-1])) if losses else ("-", "-")
     return "\n".join([
         "",
         f"demo done: {good} completed, {bad} failed as intended.",
         f"  adapter     {adapter}",
-        f"  logs        {rs.store.location(rs.k(good, p.LOGS))}  (latest: {p.LOG_LATEST})",
-        f"  loss curve  {rs.store.location(rs.k(good, p.HISTORY))}  {curve}  {first} -> {last}",
-        f"  failed run  {rs.store.location(rs.k(bad, p.ERROR))}",
+        f"  logs        {rs.location(good, p.LOGS)}  (latest: {p.LOG_LATEST})",
+        f"  loss curve  {rs.location(good, p.HISTORY)}  {curve}  {first} -> {last}",
+        f"  failed run  {rs.location(bad, p.ERROR)}",
         f"  all runs    ctl runs --store {store_root}",
     ])
 

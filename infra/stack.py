@@ -62,11 +62,6 @@ def _write_json(path: Path, obj) -> None:
     write_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def load_outputs(stack: str = "default", workdir=None) -> dict | None:
-    """The outputs saved by the last `ctl provision` (instance_id, public_ip, store_url, ...)."""
-    return _read_json(stack_dir(stack, workdir) / OUTPUTS, None)
-
-
 @dataclass
 class Stack:
     """One stack folder and the terraform that runs in it."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import logging
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -213,12 +212,3 @@ class LocalBox(Box):
 
     def put_file(self, local, path: str) -> None:
         self.put_bytes(Path(local).read_bytes(), path)
-
-
-def tcp_probe(host: str, port: int, timeout: float = 3) -> bool:
-    """Whether something accepts TCP at host:port (used for quick reachability notes)."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False

@@ -130,6 +130,40 @@ def test_runstore_records_and_markers(store):
     assert rs.read_stop(RUN).requested_by == "alice"
 
 
+def test_runstore_knows_where_every_record_lives(store):
+    """finished / markers / stop_requested and the watcher's and resume's records, through RunStore only."""
+    rs = RunStore(store)
+    rs.write_metadata(p.Metadata(run_id=RUN, created=1000.0))
+    assert not rs.finished(RUN) and rs.markers(RUN) == set() and not rs.stop_requested(RUN)
+    assert rs.request_stop(RUN) and rs.stop_requested(RUN)
+    assert rs.write_alerts(RUN, b"{}", None) and not rs.write_alerts(RUN, b"{}", None)  # create-only
+    v = rs.read_alerts_versioned(RUN)
+    assert rs.write_alerts(RUN, b'{"a": 1}', v.etag) and not rs.write_alerts(RUN, b"{}", v.etag)  # CAS
+    assert rs.write_error(RUN, p.ErrorMarker(ts=1, cause="interrupted", remediation="resume"))
+    assert rs.finished(RUN) and rs.markers(RUN) == {p.ERROR, p.ALERTS}
+    assert rs.location(RUN, p.ERROR) == store.location(f"{RUN}/_error")
+    # a resume's claim: `attempts/<n>/_error`, then the run is unfinished and its ledger archived
+    old = rs.read_error_bytes(RUN)
+    assert rs.claim_attempt(RUN, 1, old) and not rs.claim_attempt(RUN, 1, old)
+    rs.delete_error(RUN)
+    rs.archive_alerts(RUN, 1)
+    assert rs.attempt_numbers(RUN) == [1] and rs.read_attempt_error(RUN, 1) == old and not rs.finished(RUN)
+    assert store.get(f"{RUN}/{p.attempt_name(1, p.ALERTS)}") == b'{"a": 1}' and rs.markers(RUN) == set()
+    assert rs.restore_error_bytes(RUN, old) and not rs.restore_error_bytes(RUN, old)
+    rs.unarchive_alerts(RUN, 1)
+    rs.drop_attempt(RUN, 1)
+    assert rs.attempt_numbers(RUN) == [] and rs.markers(RUN) == {p.ERROR, p.ALERTS}
+    # the watcher's store-wide records: the done index and the orphan ledger
+    assert rs.mark_done(RUN, b"{}") and not rs.mark_done(RUN, b"{}") and rs.done_index() == {RUN}
+    rs.unmark_done(RUN)
+    assert rs.done_index() == set()
+    assert rs.write_orphan("eu-west-1", "i-0abc", b"1", None) and rs.list_orphans() == [("eu-west-1", "i-0abc")]
+    v = rs.read_orphan_versioned("eu-west-1", "i-0abc")
+    assert rs.write_orphan("eu-west-1", "i-0abc", b"2", v.etag) and not rs.write_orphan("eu-west-1", "i-0abc", b"3", v.etag)
+    rs.delete_orphan("eu-west-1", "i-0abc")
+    assert rs.list_orphans() == [] and rs.list_runs() == [RUN]  # `_index/`, `_orphans/` are not runs
+
+
 def test_log_chunks_read_from_cursor(store):
     rs = RunStore(store)
     for i in range(5):
