@@ -212,8 +212,10 @@ class Heartbeat(Record):
     """The agent's pulse, every `heartbeat_s`."""
 
     NAME: ClassVar[str] = HEARTBEAT
-    TIME_FIELDS: ClassVar[tuple[str, ...]] = ("ts", "last_progress_ts")
-    ts: float
+    TIME_FIELDS: ClassVar[tuple[str, ...]] = ("ts", "last_progress_ts", "last_log_ts")
+    SOURCE_TRAINER: ClassVar[str] = "trainer"  # progress_source values
+    SOURCE_OUTPUT: ClassVar[str] = "output"
+    ts: float  # the box's clock when these facts were true: the watcher judges idleness against it
     seq: int
     agent_pid: int
     trainer_alive: bool
@@ -225,6 +227,14 @@ class Heartbeat(Record):
     host: dict = field(default_factory=dict)
     gpus: list = field(default_factory=list)
     spool_backlog_bytes: int = 0
+    # Where progress comes from: SOURCE_TRAINER (the trainer's or TrainctlCallback's progress
+    # file has step records), SOURCE_OUTPUT (parsed from the trainer's output), None (nothing yet).
+    progress_source: str | None = None
+    last_log_ts: float | None = None  # when the agent last read a new byte of the trainer's output
+    # agent.daemon.cadence.Cadence.record(): step p50/p95, hung_after_s, eval/save allowances, steps
+    # seen, last step ts, phase; None until enough steps were seen to learn it (the watcher then
+    # keeps its configured progress timeout).
+    cadence: dict | None = None
 
 
 @dataclass
@@ -276,6 +286,8 @@ class CompleteMarker(Record):
     duration_s: float
     final_metrics: dict = field(default_factory=dict)
     artifacts: list = field(default_factory=list)  # [{"name", "uri", "size", "files"}]
+    artifacts_verified: int | None = None  # how many declared artifacts verified (None: an older agent)
+    reason: str = ""  # in words: "training finished; 3 artifacts verified" / "...; no artifacts declared"
     cost_usd: float | None = None  # agent runtime x the box's hourly price, as the controller passed it
     price_basis: str | None = None  # "spot" or "on-demand": which hourly price cost_usd used
 
