@@ -119,6 +119,8 @@ CAUSE_MEANING = {
     "no_credentials": "boto3 found no AWS credentials, or they expired.",
     "missing_module": "Python could not import a module (ModuleNotFoundError, ImportError, broken wheel).",
     "path_missing": "A model, dataset or output path the trainer was given does not exist.",
+    "artifact_missing": "The trainer succeeded but a final artifact the run declared (`[trainer] artifacts`, "
+                        "`--artifact`) was not where it was declared, so the run is not complete.",
     "nccl_error": "Distributed communication (NCCL / torch.distributed) failed.",
     "cuda_driver_error": "The GPU or its driver faulted (Xid, illegal memory access, driver/runtime mismatch).",
     "stopped_by_user": "Someone ran `ctl stop`; the agent stopped the trainer gracefully.",

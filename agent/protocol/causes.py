@@ -8,7 +8,8 @@ the generic "killed" that follows it). Host facts the agent gathers:
 - `stop_requested` (control/stop was seen), `agent_interrupted` (SIGTERM to the agent),
   `trainer_lost` (trainer gone while the agent was down, no exit status recoverable);
 - `kernel_oom_lines` (kernel log lines about the OOM killer), `oom_kill_delta` (cgroup count);
-- `last_loss` (from progress), `disk_free_bytes` (workdir volume).
+- `last_loss` (from progress), `disk_free_bytes` (workdir volume);
+- `artifact_missing` (what the agent did not find of the final artifacts the run declared).
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ REMEDIATION: dict[str, str] = {
                       "'.[train]' into the venv) and check the module named in the summary.",
     "path_missing": "A file or folder the trainer needs is missing: check the model, dataset and output paths in "
                     "the config and that staging copied them to /mnt/training.",
+    "artifact_missing": "The trainer exited 0 but a declared final artifact is not there: check the paths in "
+                        "[trainer] artifacts / --artifact (relative to TRAINCTL_OUTPUT_DIR, or absolute) match where "
+                        "the script saves (trainer.save_model(...)); the log shows what it wrote; relaunch.",
     "nccl_error": "NCCL/distributed communication failed: on a single-GPU g5 run without torchrun; otherwise rerun "
                   "with NCCL_DEBUG=INFO and check driver and NCCL versions match.",
     "cuda_driver_error": "GPU or driver fault: run nvidia-smi on the box; stop/start the instance to move to new "
@@ -92,6 +96,12 @@ def _disk_facts(code, sig, facts):
     return None
 
 
+def _artifact_missing(code, sig, facts):
+    """The agent found a declared final artifact absent after a successful exit (its words, in the fact)."""
+    what = facts.get("artifact_missing")
+    return f"exit {code} but {what}" if what else None
+
+
 def _not_found(code, sig, facts):
     return "trainer command not found (exit 127)" if code == 127 else None
 
@@ -100,6 +110,7 @@ RULES: tuple[Rule, ...] = (
     Rule("stopped_by_user", check=_facts_flag("stop_requested", "stopped on request (control/stop)")),
     Rule("trainer_lost", check=_facts_flag("trainer_lost", "trainer lost while the agent was down")),
     Rule("interrupted", check=_facts_flag("agent_interrupted", "agent received SIGTERM and stopped the trainer")),
+    Rule("artifact_missing", check=_artifact_missing),
     Rule("cuda_oom", (r"CUDA out of memory", r"torch\.(?:cuda\.)?OutOfMemoryError", r"CUDA error: out of memory",
                       r"CUBLAS_STATUS_ALLOC_FAILED", r"cudaErrorMemoryAllocation", r"out of memory on device",
                       r"HIP out of memory")),

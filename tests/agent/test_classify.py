@@ -8,7 +8,7 @@ from agent.protocol.causes import REMEDIATION, classify
 
 CONTRACT_CAUSES = {"cuda_oom", "host_oom", "nan_loss", "disk_full", "s3_access_denied", "no_credentials",
                    "missing_module", "path_missing", "nccl_error", "cuda_driver_error", "stopped_by_user",
-                   "trainer_lost", "interrupted", "unknown"}
+                   "trainer_lost", "interrupted", "unknown", "artifact_missing"}
 
 TRACE = ["Traceback (most recent call last):", '  File "/mnt/training/train.py", line 212, in <module>',
          "    trainer.train()"]
@@ -88,6 +88,8 @@ CASES = [
     ("stop_beats_text", ["RuntimeError: CUDA out of memory."], None, "SIGKILL", {"stop_requested": True},
      "stopped_by_user"),
     ("lost", [], None, None, {"trainer_lost": True}, "trainer_lost"),
+    ("declared_artifact_absent", ["{'train_runtime': 3.2}"], 0, None,
+     {"artifact_missing": "artifact adapter: /w/output/adapter does not exist"}, "artifact_missing"),
     ("interrupted", ["KeyboardInterrupt"], None, "SIGINT", {"agent_interrupted": True}, "interrupted"),
     ("plain_value_error", TRACE + ["ValueError: invalid literal for int() with base 10: 'abc'"], 1, None, {},
      "unknown"),
