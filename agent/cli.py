@@ -74,11 +74,26 @@ def agent_group():
 @click.option("--price-basis", type=click.Choice(PRICE_BASES), default=None, envvar="TRAINCTL_PRICE_BASIS",
               help="Which price --hourly-usd is: the on-demand price, or the spot price the box ran at "
                    "(default on-demand; env TRAINCTL_PRICE_BASIS).")
+@click.option("--progress-regex", default=None, envvar="TRAINCTL_PROGRESS_REGEX",
+              help="Read progress from output lines matching this regex, with named groups step, total, loss, lr "
+                   "(e.g. 'it (?P<step>\\d+)/(?P<total>\\d+) loss (?P<loss>[\\d.]+)'); HF/TRL/axolotl log dicts "
+                   "and tqdm bars are read without it (env TRAINCTL_PROGRESS_REGEX).")
+@click.option("--read-output/--no-read-output", default=True, show_default=True,
+              help="Read progress from the trainer's output when its progress file has none.")
+@click.option("--artifact", "artifacts", multiple=True, metavar="PATH",
+              help="A final output of the trainer (relative to its output dir TRAINCTL_OUTPUT_DIR, or absolute); "
+                   "uploaded and verified before _complete, and the run fails if it is missing. Repeatable.")
+@click.option("--checkpoints", default=None, metavar="DIR",
+              help="The folder the trainer saves HF-style checkpoint-N folders in (relative to its output dir, "
+                   "or absolute): each is uploaded to artifacts/checkpoint-N/ once complete, for --resume.")
+@_seconds("checkpoint-settle-s", 30.0, "TRAINCTL_CHECKPOINT_SETTLE_S",
+          "A checkpoint folder without trainer_state.json counts as complete once unchanged this long")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging to stderr.")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def run_cmd(run_id, store_url, endpoint_url, store_region, workdir, heartbeat_s, log_flush_s, stop_poll_s, latest_s,
             progress_s, stop_grace_s, retry_max_s, finalize_timeout_s, shutdown_timeout_s, partial_line_s, tick_s, nice,
-            imds_endpoint, imds_poll_s, spot_checkpoint_s, hourly_usd, price_basis, verbose, command):
+            imds_endpoint, imds_poll_s, spot_checkpoint_s, hourly_usd, price_basis, progress_regex, read_output,
+            artifacts, checkpoints, checkpoint_settle_s, verbose, command):
     """Run COMMAND as the trainer of RUN_ID and keep the store up to date until it ends.
 
     Example: ctl agent run --run-id mistral-20250804-171621 --store s3://bucket/training-runs
@@ -93,6 +108,7 @@ def run_cmd(run_id, store_url, endpoint_url, store_region, workdir, heartbeat_s,
         raise click.UsageError("Missing option '--store' (or env TRAINCTL_STORE): the run store, e.g. "
                                "s3://bucket/training-runs")
     validate_run_id(run_id)
+    _check_regex(progress_regex)
     _setup_logging(verbose)
     settings = AgentSettings(heartbeat_s=heartbeat_s, log_flush_s=log_flush_s, stop_poll_s=stop_poll_s,
                              latest_s=latest_s, progress_s=progress_s, stop_grace_s=stop_grace_s,
@@ -100,7 +116,10 @@ def run_cmd(run_id, store_url, endpoint_url, store_region, workdir, heartbeat_s,
                              finalize_timeout_s=finalize_timeout_s, shutdown_timeout_s=shutdown_timeout_s,
                              partial_line_s=partial_line_s, tick_s=tick_s, nice=nice, imds_endpoint=imds_endpoint,
                              imds_poll_s=imds_poll_s, spot_checkpoint_s=spot_checkpoint_s, hourly_usd=hourly_usd,
-                             price_basis=price_basis if hourly_usd is not None else None)
+                             price_basis=price_basis if hourly_usd is not None else None,
+                             progress_regex=progress_regex or None, read_output=read_output,
+                             artifacts=tuple(artifacts), checkpoints=checkpoints or None,
+                             checkpoint_settle_s=checkpoint_settle_s)
     from agent.protocol.reqstats import RequestStats
 
     stats = RequestStats()
@@ -108,6 +127,19 @@ def run_cmd(run_id, store_url, endpoint_url, store_region, workdir, heartbeat_s,
     wd = Workdir((workdir or default_workdir(run_id)).expanduser().resolve())
     code = Agent(run_id, store, wd, list(command), settings, stats).run()
     sys.exit(code)
+
+
+def _check_regex(pattern: str | None) -> None:
+    """A bad --progress-regex is one line and exit 2, before anything starts."""
+    if not pattern:
+        return
+    from agent.daemon.outputparse import compile_progress_regex
+
+    try:
+        compile_progress_regex(pattern)
+    except ValueError as exc:
+        click.echo(f"Error: --progress-regex: {exc}", err=True)
+        sys.exit(2)
 
 
 def _open_store(url: str, endpoint_url: str | None, region: str | None, settings, stats):

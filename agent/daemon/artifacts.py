@@ -28,9 +28,10 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 class ArtifactError(Exception):
     """A declared artifact that is missing locally or did not arrive intact in the store."""
 
-    def __init__(self, message: str, missing: bool = False):
+    def __init__(self, message: str, missing: bool = False, absent: bool = False):
         super().__init__(message)
-        self.missing = missing
+        self.missing = missing or absent
+        self.absent = absent  # nothing there at all (not a broken file): cause artifact_missing
 
 
 @dataclass
@@ -48,26 +49,34 @@ class Uploaded:
         return {"name": self.name, "uri": self.uri, "size": self.size, "files": self.files, "final": self.final}
 
 
-def _local_files(output_dir: Path, name: str, relpath: str) -> tuple[Path, list[tuple[str, Path]]]:
+def _local_files(output_dir: Path, name: str, relpath: str,
+                 exclude: tuple[Path, ...] = ()) -> tuple[Path, list[tuple[str, Path]]]:
+    """The files of one artifact. A relative path must stay inside the output dir; an absolute one
+    is taken as the run declared it (run.toml `[trainer] artifacts`, `--artifact`, the callback).
+    Folders in `exclude` (checkpoints stored as artifacts of their own) are left out."""
     if not _NAME.match(name):
-        raise ArtifactError(f"artifact name {name!r} is not a plain name (letters, digits, _ . -)")
+        raise ArtifactError(f"artifact {name!r} is not a plain name (letters, digits, _ . -)")
     base = output_dir.resolve()
-    src = (base / relpath).resolve() if not Path(relpath).is_absolute() else Path(relpath).resolve()
-    if src != base and base not in src.parents:
-        raise ArtifactError(f"artifact {name}: path {relpath!r} is outside the output dir {base}", missing=True)
+    if Path(relpath).is_absolute():
+        src = Path(relpath).resolve()
+    else:
+        src = (base / relpath).resolve()
+        if src != base and base not in src.parents:
+            raise ArtifactError(f"artifact {name}: path {relpath!r} is outside the output dir {base}", missing=True)
     if src.is_file():
         return src, [(src.name, src)]
     if not src.is_dir():
-        raise ArtifactError(f"artifact {name}: {src} does not exist", missing=True)
+        raise ArtifactError(f"artifact {name}: {src} does not exist", absent=True)
+    skip = {x.resolve() for x in exclude} - {src}
     files = []
     for f in sorted(src.rglob("*")):
-        if f.is_dir():
+        if f.is_dir() or (skip and any(d in f.parents for d in skip)):
             continue
         if not f.is_file():  # dangling symlink, socket, fifo: the artifact is not whole
             raise ArtifactError(f"artifact {name}: {f} is not a readable regular file", missing=True)
         files.append((f.relative_to(src).as_posix(), f))
     if not files:
-        raise ArtifactError(f"artifact {name}: {src} is an empty folder", missing=True)
+        raise ArtifactError(f"artifact {name}: {src} is an empty folder", absent=True)
     return src, files
 
 
@@ -92,9 +101,10 @@ def _matches(rs: RunStore, key: str, path: Path) -> bool:
 
 
 def sync_artifact(rs: RunStore, run_id: str, output_dir: Path, name: str, relpath: str,
-                  final: bool = False) -> Uploaded:
-    """Make `artifacts/<name>/` hold an exact copy of the declared file or folder, and verify it."""
-    _src, files = _local_files(output_dir, name, relpath)
+                  final: bool = False, exclude: tuple[Path, ...] = ()) -> Uploaded:
+    """Make `artifacts/<name>/` hold an exact copy of the declared file or folder (less the folders
+    in `exclude`), and verify it."""
+    _src, files = _local_files(output_dir, name, relpath, exclude)
     total = sent = 0
     for rel, path in files:
         key = rs.artifact_key(run_id, f"{name}/{rel}")
@@ -120,8 +130,10 @@ class ArtifactQueue:
     stall heartbeats and log shipping. Declarations are handled in order; a store error is re-raised
     by `pump` (the caller backs off) and the same declaration is tried again."""
 
-    def __init__(self, rs: RunStore, run_id: str, output_dir: Path):
-        self.rs, self.run_id, self.output_dir = rs, run_id, output_dir
+    def __init__(self, rs: RunStore, run_id: str, output_dir: Path, exclude=lambda: ()):
+        """`exclude()`: the folders stored as artifacts of their own (checkpoints), left out of a
+        final artifact that contains them, so they are not uploaded twice."""
+        self.rs, self.run_id, self.output_dir, self.exclude = rs, run_id, output_dir, exclude
         self.uploaded: dict[str, Uploaded] = {}
         self.errors: dict[str, str] = {}
         self.done = 0  # declarations handled so far
@@ -154,7 +166,7 @@ class ArtifactQueue:
         if self.done < len(declared):
             d = declared[self.done]
             self._job = self._pool.submit(sync_artifact, self.rs, self.run_id, self.output_dir, d.name, d.path,
-                                          d.final)
+                                          d.final, tuple(self.exclude()) if d.final else ())
         return collected
 
     def close(self) -> None:

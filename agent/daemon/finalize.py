@@ -9,7 +9,9 @@ agent exits non-zero with the spool intact, and a restarted agent finishes the j
 from __future__ import annotations
 
 import logging
+import re
 import time
+from pathlib import Path
 
 from agent.daemon import hostfacts
 from agent.daemon.artifacts import ArtifactError, sync_artifact
@@ -43,8 +45,31 @@ def error_marker(status: ExitStatus, facts: dict, tail: list[str], *, phase: str
 
 
 def complete_marker(duration_s: float, final_metrics: dict, artifacts: list[dict]) -> p.CompleteMarker:
-    """The `_complete` record; call only once every final artifact is verified in the store."""
-    return p.CompleteMarker(ts=time.time(), duration_s=duration_s, final_metrics=final_metrics, artifacts=artifacts)
+    """The `_complete` record; call only once every final artifact is verified in the store. Its
+    reason says how many were verified, or that the run declared none (nothing to vouch for)."""
+    n = len(artifacts)
+    said = f"{n} artifact{'s' if n != 1 else ''} verified" if n else "no artifacts declared, none verified"
+    return p.CompleteMarker(ts=time.time(), duration_s=duration_s, final_metrics=final_metrics, artifacts=artifacts,
+                            artifacts_verified=n, reason=f"training finished; {said}")
+
+
+def artifact_name(path: str) -> str:
+    """The store name of a final output the run declared by path (`out/adapter/` -> `adapter`)."""
+    base = Path(path.rstrip("/")).name
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", base).lstrip("._-")[:100]
+    return name or "output"
+
+
+def final_artifacts(agent) -> dict[str, tuple[str, bool]]:
+    """{name: (path, declared by path)}: what the trainer declared final (a later declaration wins),
+    then what the run declared (`[trainer] artifacts`, `--artifact`)."""
+    finals = {d.name: (d.path, False) for d in agent.progress.declared if d.final}
+    for path in agent.s.artifacts:
+        name = artifact_name(path)
+        if name in finals and finals[name][0] != path:
+            name = f"{name}-{len(finals)}"
+        finals[name] = (path, True)
+    return finals
 
 
 def terminal_phase(marker: p.ErrorMarker | p.CompleteMarker) -> str:
@@ -79,13 +104,15 @@ def decide(agent, status: ExitStatus, facts: dict, duration: float | None):
         return agent.spot.interrupted_marker(agent, status, facts, tail, common)
     if not status.ok or facts["stop_requested"] or facts["agent_interrupted"]:
         return error_marker(status, facts, tail, **common)
-    finals = {d.name: d for d in agent.progress.declared if d.final}  # a later declaration wins
+    finals = final_artifacts(agent)
     verified = []
-    for d in finals.values():
+    apart = tuple(agent.stored_apart())
+    for name, (path, _by_run) in finals.items():
         try:
-            verified.append(sync_artifact(agent.rs, agent.run_id, agent.wd.output, d.name, d.path, True).to_dict())
+            verified.append(sync_artifact(agent.rs, agent.run_id, agent.wd.output, name, path, True,
+                                          apart).to_dict())
         except ArtifactError as exc:
-            cause = "path_missing" if exc.missing else "unknown"
+            cause = "artifact_missing" if exc.absent else "path_missing" if exc.missing else "unknown"
             return error_marker(status, facts, tail, cause=cause, summary=f"exit 0 but {exc}", **common)
         except StoreError as exc:
             cause, _, _ = classify([str(exc)], None, None, {})
@@ -104,6 +131,9 @@ def finalize(agent, status: ExitStatus) -> int:
     timeout = min(s.finalize_timeout_s, s.shutdown_timeout_s) if agent.state.interrupted else s.finalize_timeout_s
     deadline = time.monotonic() + timeout
     agent.progress.read_new()
+    agent.output.finish()
+    if agent.ckpts is not None:  # the trainer has ended: what it left is as complete as it gets
+        agent.ckpts.scan(time.time(), final=status.ok)
     started = agent.state.started_ts
     duration = round(time.time() - started, 3) if started else None
     facts = gather_facts(agent, status)

@@ -5,6 +5,9 @@ announced in the persisted state (`pending`) before it is uploaded and committed
 agent killed mid-upload re-sends exactly the same bytes under the same number when it restarts.
 Chunks end on a line boundary (`\\n` or `\\r`), so redaction always sees whole lines; a partial
 line is held back until it ends, the chunk limit is reached, or it has waited `partial_line_s`.
+The chunks are byte-exact; only the views people read (training_log_latest.txt, the tail an
+`_error` carries) show each carriage-return line by its last frame (agent.daemon.frames), so a
+tqdm bar reads as the bar, not as every redraw joined into one line.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import collections
 import os
 from collections.abc import Callable
 
+from agent.daemon.frames import FrameFolder, fold_frames
 from agent.daemon.workdir import LogCursor, Workdir
 from agent.protocol.redact import redact, redact_bytes
 from agent.protocol.runstore import RunStore
@@ -36,7 +40,7 @@ class LogShipper:
         self.bytes_uploaded = 0
         self._partial_since: float | None = None
         self._lines: collections.deque[str] = collections.deque(maxlen=LATEST_LINES)
-        self._frag = ""
+        self._folder = FrameFolder()
         self._load_tail()
 
     # -- state -----------------------------------------------------------------------------
@@ -126,16 +130,21 @@ class LogShipper:
 
     # -- latest lines -------------------------------------------------------------------------
     def _feed(self, text: str) -> None:
-        parts = (self._frag + text).split("\n")
-        self._frag = parts.pop()
-        self._lines.extend(parts)
+        done = self._folder.feed(text)
+        if done:
+            self._lines.extend(done.split("\n")[:-1])
         self.latest_dirty = True
+
+    @property
+    def _frag(self) -> str:
+        """The unfinished last line as a terminal shows it now (a live bar's latest frame)."""
+        return self._folder.pending()
 
     def tail(self, n: int = 50) -> list[str]:
         """The last `n` shipped lines plus any unshipped spool tail, redacted."""
         lines = list(self._lines)[-n:]
         extra = self._read(self.cursor.offset, self.cursor.offset + 256 * 1024) if self.backlog() else b""
-        text = self._frag + redact(extra.decode("utf-8", "replace"))
+        text = fold_frames(self._frag + redact(extra.decode("utf-8", "replace")))
         lines += [ln for ln in text.split("\n") if ln]
         return lines[-n:]
 

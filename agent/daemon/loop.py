@@ -3,7 +3,7 @@
 One loop, no threads of our own (watchdog's observer only wakes it; artifact uploads run on a
 worker): the trainer writes to the spool file and never waits for the agent. Each tick runs the
 agent's duties (agent.daemon.duties: metadata, log shipping, heartbeat, progress, stop poll,
-artifacts, spot watch), each on its own schedule and with its own backoff, so one that cannot
+artifacts, checkpoints, spot watch), each on its own schedule and with its own backoff, so one that cannot
 reach the store never holds up the others. On exit the agent writes exactly one terminal marker
 (agent.daemon.finalize). Everything it needs to carry on after a crash is in the workdir (see
 agent.daemon.workdir).
@@ -17,14 +17,18 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import psutil
 
 from agent.daemon import hostfacts
 from agent.daemon.artifacts import ArtifactQueue
+from agent.daemon.checkpoints import CheckpointWatch
 from agent.daemon.duties import STORE_ERRORS, Duties, Duty
 from agent.daemon.filewatch import FileWatch
 from agent.daemon.logship import LogShipper
+from agent.daemon.outputparse import compile_progress_regex
+from agent.daemon.outputprogress import OutputProgress
 from agent.daemon.progress import ProgressTracker
 from agent.daemon.settings import AgentSettings
 from agent.daemon.spot import SpotWatch
@@ -51,6 +55,10 @@ class Agent:
         self.rs = RunStore(store)
         self.wake = threading.Event()
         self.progress = ProgressTracker(wd.progress)
+        rx = compile_progress_regex(settings.progress_regex) if settings.progress_regex else None
+        self.output = OutputProgress(wd.log, self.progress, rx, enabled=settings.read_output)
+        self.ckpts = CheckpointWatch(self.output_path(settings.checkpoints), self.progress,
+                                     settings.checkpoint_settle_s) if settings.checkpoints else None
         self.trainer: Trainer | None = None
         self.trainer_alive = True  # what heartbeats say; False from the trainer's end on
         self.state: AgentState | None = None
@@ -61,7 +69,7 @@ class Agent:
         self._metadata_dirty = True
         self._md_trainer_pid: int | None = None
         self._history_at = 0.0
-        self.artifacts = ArtifactQueue(self.rs, run_id, wd.output)
+        self.artifacts = ArtifactQueue(self.rs, run_id, wd.output, self.stored_apart)
         self.spot = SpotWatch.from_settings(settings)
         self.duties = self._duties()
 
@@ -74,6 +82,7 @@ class Agent:
             Duty("heartbeat", lambda now: self.heartbeat(alive=self.trainer_alive), s.heartbeat_s, r),
             Duty("progress", self._ship_progress, s.progress_s, r),
             Duty("stop poll", self._poll_stop, s.stop_poll_s, r),
+            Duty("checkpoints", self._scan_checkpoints, s.checkpoint_scan_s),
             Duty("artifacts", lambda now: self.artifacts.pump(self.progress.declared), retry_max_s=r,
                  while_down="the upload is retried"),
             Duty("spot watch", lambda now: self.spot.tick(self.ladder, now)),
@@ -148,7 +157,8 @@ class Agent:
         self.state = state
         self.shipper = LogShipper(self.rs, self.run_id, self.wd, state.log, self.save_state, self.s.log_flush_s,
                                   self.s.latest_s, self.s.partial_line_s)
-        self.progress.read_new()
+        self.progress.read_new(live=False)
+        self.output.catch_up()
         if self.trainer is None:
             self.trainer = Trainer.adopt(self.wd, state.wrapper_pid, state.wrapper_create_time)
             if self.trainer is None:
@@ -196,6 +206,7 @@ class Agent:
                 self.ladder.begin(now)
             self.ladder.escalate(now)
             self.progress.read_new()
+            self.output.read_new()
             self.duties.run(now)
             if self.shipper.backlog() or self.duties.any_down:
                 self.watch.disarm()
@@ -230,6 +241,10 @@ class Agent:
             self._history_at = now + self.s.history_s
         return True
 
+    def _scan_checkpoints(self, _now: float) -> None:
+        if self.ckpts is not None:
+            self.ckpts.scan(time.time())
+
     def _poll_stop(self, now: float) -> None:
         if self.ladder.stopping:
             return
@@ -237,6 +252,16 @@ class Agent:
             log.info("control/stop found: stopping the trainer")
             self.state.stop_seen = True
             self.ladder.begin(now)
+
+    def output_path(self, path: str) -> Path:
+        """A path the run declared: relative to the trainer's output dir, or absolute."""
+        return (self.wd.output / Path(path).expanduser()).resolve()
+
+    def stored_apart(self) -> list[Path]:
+        """Folders stored as artifacts of their own (checkpoints), so a final artifact holding them
+        (the callback's whole output dir) does not upload them twice."""
+        out = [self.output_path(d.path) for d in self.progress.declared if not d.final]
+        return out + (self.ckpts.folders() if self.ckpts else [])
 
     def wait_artifacts(self, timeout: float) -> None:
         """Finish declared uploads (heartbeating meanwhile); store errors from uploads propagate to the caller."""
@@ -273,7 +298,9 @@ class Agent:
         hb = p.Heartbeat(ts=time.time(), seq=self.state.hb_seq, agent_pid=os.getpid(), trainer_alive=alive,
                          heartbeat_s=self.s.heartbeat_s, trainer_pid=tp, phase=self.progress.phase,
                          last_progress_ts=self.progress.last_progress_ts, last_step=self.progress.last_step,
-                         host=host, gpus=hostfacts.gpu_stats(), spool_backlog_bytes=self.shipper.backlog())
+                         host=host, gpus=hostfacts.gpu_stats(), spool_backlog_bytes=self.shipper.backlog(),
+                         progress_source=self.progress.source, last_log_ts=self.output.last_log_ts,
+                         cadence=self.progress.cadence_record())
         self.rs.write_heartbeat(self.run_id, hb)
 
 

@@ -1,9 +1,15 @@
-"""Reads the trainer's progress file (JSON lines) incrementally: phase, step metrics, artifacts.
+"""The run's progress: read from the trainer's progress file (JSON lines), or from its output.
 
 The contract (docs/design.md, "The progress file"): `{"phase": ...}`, `{"step", "total_steps", "epoch", "loss", "lr",
-"tokens_per_s"}` and `{"artifact": name, "path": rel, "final": bool}`. Lines that are not JSON
-objects are skipped (counted in `bad_lines`), a half-written last line waits for its newline.
+"tokens_per_s"}`, `{"eval_loss", "eval_at_step"}` and `{"artifact": name, "path": rel, "final": bool}`. Lines that
+are not JSON objects are skipped (counted in `bad_lines`), a half-written last line waits for its newline.
 The whole file is re-read on agent restart: it is small, and that rebuilds the loss history.
+
+A trainer that writes no progress file (an unmodified HF script) is read from its output instead
+(agent.daemon.outputprogress calls `output_record`); the file wins as soon as it has a step
+record, and what the output gave is then dropped. Every step and phase also feeds the run's
+`Cadence` (agent.daemon.cadence), whose record the heartbeat publishes. History holds the steps
+that carry a loss: the in-between steps of a trainer logging every N steps are progress, not points.
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.daemon.cadence import EVAL, Cadence
+from agent.daemon.outputparse import Parsed
 from agent.protocol import records as p
 
 _METRICS = ("step", "total_steps", "epoch", "loss", "lr", "tokens_per_s")
@@ -33,8 +41,10 @@ class Declared:
 class ProgressTracker:
     """State built from the progress file so far."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, cadence: Cadence | None = None):
         self.path = path
+        self.cadence = cadence or Cadence()
+        self.source: str | None = None  # Heartbeat.SOURCE_TRAINER / SOURCE_OUTPUT once a step was seen
         self.offset = 0
         self._buf = b""
         self.phase: str | None = None
@@ -46,8 +56,9 @@ class ProgressTracker:
         self.changed = False
         self.phase_changed = False
 
-    def read_new(self, now: float | None = None) -> int:
-        """Consume lines appended since the last call; returns how many records were read."""
+    def read_new(self, now: float | None = None, live: bool = True) -> int:
+        """Consume lines appended since the last call; returns how many records were read. Records
+        read on an agent restart (`live=False`) feed the cadence only when they carry their own `ts`."""
         try:
             with open(self.path, "rb") as fh:
                 fh.seek(self.offset)
@@ -62,10 +73,10 @@ class ProgressTracker:
         n = 0
         for raw in lines:
             if raw.strip():
-                n += self._apply(raw, now or time.time())
+                n += self._apply(raw, now or time.time(), live)
         return n
 
-    def _apply(self, raw: bytes, now: float) -> int:
+    def _apply(self, raw: bytes, now: float, live: bool = True) -> int:
         try:
             rec = json.loads(raw)
         except ValueError:
@@ -74,22 +85,83 @@ class ProgressTracker:
         if not isinstance(rec, dict):
             self.bad_lines += 1
             return 0
-        ts = rec.get("ts") if isinstance(rec.get("ts"), int | float) else now
-        if isinstance(rec.get("phase"), str) and rec["phase"] != self.phase:
-            self.phase = rec["phase"]
-            self.phase_changed = self.changed = True
+        timed = isinstance(rec.get("ts"), int | float)
+        ts, pace = (rec["ts"] if timed else now), timed or live
+        if isinstance(rec.get("phase"), str):
+            self.set_phase(rec["phase"], ts, pace)
         if isinstance(rec.get("artifact"), str) and isinstance(rec.get("path"), str):
-            self.declared.append(Declared(rec["artifact"], rec["path"], bool(rec.get("final"))))
-        if "step" in rec:
-            self.metrics.update({k: rec[k] for k in _METRICS if k in rec})
-            self.last_progress_ts = ts
+            self.declare(rec["artifact"], rec["path"], bool(rec.get("final")))
+        if isinstance(rec.get("eval_loss"), int | float) and "step" not in rec:
+            self.metrics["eval_loss"] = rec["eval_loss"]
             self.changed = True
-            point = {"step": rec.get("step"), "loss": rec.get("loss"), "lr": rec.get("lr"),
-                     "epoch": rec.get("epoch"), "ts": ts}
-            self.history.append(point)
-            if len(self.history) > HISTORY_MAX:  # keep the curve's shape, halve its resolution
-                self.history = self.history[::2]
+        if "step" in rec:
+            if self.source != p.Heartbeat.SOURCE_TRAINER:
+                self._take_over()
+            self._step({k: rec[k] for k in _METRICS if k in rec}, ts, pace)
         return 1
+
+    def _take_over(self) -> None:
+        """The progress file has steps: it is the source from now on, and the output's guesses go."""
+        if self.source == p.Heartbeat.SOURCE_OUTPUT:
+            self.metrics, self.history = {}, []
+        self.source = p.Heartbeat.SOURCE_TRAINER
+
+    def _step(self, fields: dict, ts: float, pace: bool = True) -> None:
+        self.metrics.update(fields)
+        self.last_progress_ts = ts
+        self.changed = True
+        if pace:
+            self.cadence.step(ts, fields.get("step") if isinstance(fields.get("step"), int) else None)
+        if fields.get("loss") is None:
+            return  # a step between logs: progress, not a point of the loss curve
+        self.history.append({"step": fields.get("step", self.metrics.get("step")), "loss": fields["loss"],
+                             "lr": fields.get("lr"), "epoch": fields.get("epoch"), "ts": ts})
+        if len(self.history) > HISTORY_MAX:  # keep the curve's shape, halve its resolution
+            self.history = self.history[::2]
+
+    def set_phase(self, name: str, ts: float, pace: bool = True) -> None:
+        """The trainer is in phase `name` since `ts` (from its file, its output, or a checkpoint folder)."""
+        if name == self.phase:
+            return
+        self.phase = name
+        self.phase_changed = self.changed = True
+        if pace:
+            self.cadence.phase(name, ts)
+
+    def declare(self, name: str, path: str, final: bool) -> bool:
+        """An artifact is ready. A non-final one already declared under the same name is not
+        declared again (the callback and the checkpoint watch may both see `checkpoint-N`)."""
+        if not final and any(d.name == name and not d.final for d in self.declared):
+            return False
+        self.declared.append(Declared(name, path, final))
+        return True
+
+    def output_record(self, rec: Parsed, ts: float, live: bool = True) -> None:
+        """A record parsed from the trainer's output; ignored once the progress file has steps."""
+        if self.source == p.Heartbeat.SOURCE_TRAINER:
+            return
+        if rec.kind in ("log", "regex", "bar"):
+            self.source = p.Heartbeat.SOURCE_OUTPUT
+            fields = {k: v for k, v in (("step", rec.step), ("total_steps", rec.total), ("loss", rec.loss),
+                                        ("lr", rec.lr), ("epoch", rec.epoch)) if v is not None}
+            if self.phase != "training":
+                self.set_phase("training", ts, live)
+            self._step(fields, ts, live)
+            if rec.eval_loss is not None:
+                self.metrics["eval_loss"] = rec.eval_loss
+        elif rec.kind == "other_bar" and self.source is not None and rec.total and rec.step < rec.total:
+            self.set_phase(EVAL, ts, live)  # another bar while training: HF's evaluation loop
+        elif rec.kind == "eval":
+            self.metrics["eval_loss"] = rec.eval_loss
+            if self.phase == EVAL:
+                self.set_phase("training", ts, live)
+            elif rec.runtime_s is not None and live:
+                self.cadence.phase_duration(EVAL, rec.runtime_s)  # no bar was seen: the dict says how long
+            self.changed = True
+        elif rec.kind == "summary":
+            self.metrics.update({k: v for k, v in (("train_runtime_s", rec.runtime_s), ("train_loss", rec.loss))
+                                 if v is not None})
+            self.changed = True
 
     @property
     def last_step(self) -> int | None:
@@ -116,7 +188,13 @@ class ProgressTracker:
         m = self.metrics
         return p.Progress(ts=self.last_progress_ts or now, step=m.get("step"), total_steps=m.get("total_steps"),
                           epoch=m.get("epoch"), loss=finite_or_str(m.get("loss")), lr=m.get("lr"),
-                          tokens_per_s=m.get("tokens_per_s"), eta_s=self.eta_s(), phase=self.phase)
+                          tokens_per_s=m.get("tokens_per_s"), eta_s=self.eta_s(), phase=self.phase,
+                          eval_loss=finite_or_str(m.get("eval_loss")))
+
+    def cadence_record(self) -> dict | None:
+        """The heartbeat's `cadence`: None until the run's pace is learned."""
+        rec = self.cadence.record()
+        return rec if rec["learned"] else None
 
     def history_points(self) -> list[dict]:
         return [{**h, "loss": finite_or_str(h.get("loss"))} for h in self.history]

@@ -30,3 +30,10 @@ class AgentSettings:
     spot_checkpoint_s: float = 90.0  # notice -> SIGKILL if the trainer has not checkpointed and exited
     hourly_usd: float | None = None  # the box's price, from the controller: markers carry the run's cost
     price_basis: str | None = None  # "spot" or "on-demand": which price hourly_usd is
+    # Any trainer (run.toml [trainer], `ctl agent run` flags): progress, final outputs, checkpoints.
+    progress_regex: str | None = None  # named groups step/total/loss/lr, for output outputparse cannot read
+    read_output: bool = True  # read progress from the trainer's output when its progress file has none
+    artifacts: tuple[str, ...] = ()  # final outputs, relative to the trainer's output dir or absolute
+    checkpoints: str | None = None  # the folder of HF-style checkpoint-N folders, uploaded as each completes
+    checkpoint_settle_s: float = 30.0  # a checkpoint folder with no trainer state file counts once this still
+    checkpoint_scan_s: float = 1.0  # how often the checkpoints folder is listed

@@ -252,6 +252,7 @@ class Progress(Record):
     tokens_per_s: float | None = None
     eta_s: float | None = None
     phase: str | None = None
+    eval_loss: float | None = None  # the latest evaluation's loss
 
 
 @dataclass

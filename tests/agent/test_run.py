@@ -129,7 +129,7 @@ def test_no_complete_when_declared_adapter_is_missing(agents, s3, tmp_path):
     assert rc == 0, out
     assert rs.read_complete(RUN) is None
     err = rs.read_error(RUN)
-    assert err.cause == "path_missing" and err.exit_code == 0 and "adapter" in err.summary
+    assert err.cause == "artifact_missing" and err.exit_code == 0 and "adapter" in err.summary
 
 
 def test_no_complete_when_adapter_upload_fails(agents, s3, tmp_path):
