@@ -176,8 +176,7 @@ def tail_cmd(run_id, store_url, endpoint_url, store_region, lines, from_start, n
     try:
         if not from_start:
             data, t.cursor = last_lines_cursor(rs, run_id, lines)
-            sys.stdout.write(data.decode("utf-8", "replace"))
-            sys.stdout.flush()
+            t.show(data)  # through the tail's frame folding, so a line split at the cursor folds whole
         code = t.run(follow=not no_follow)
     except KeyboardInterrupt:
         click.echo(f"\nstopped following {run_id}; the run goes on (`ctl tail {run_id}` to follow again, "

@@ -25,7 +25,10 @@ from agent.protocol.options import store_options
 @click.option("--heartbeat-grace", default="60s", show_default=True, metavar="DURATION",
               help="Silence tolerated after a missed heartbeat before alerting.")
 @click.option("--progress-timeout", default="15m", show_default=True, metavar="DURATION",
-              help="No new training step for this long (agent alive) = hung.")
+              help="No new training step for this long (agent alive) = hung; once a run has shown its pace, "
+              "its own deadline (e.g. 5 x its p95 step time), never longer than this.")
+@click.option("--log-silence", default="15m", show_default=True, metavar="DURATION",
+              help="A run whose output shows no recognisable progress: no new log output for this long = hung.")
 @click.option("--setup-timeout", default="60m", show_default=True, metavar="DURATION",
               help="Progress timeout during setup, downloads, data prep and the first step.")
 @click.option("--launch-timeout", default="15m", show_default=True, metavar="DURATION",
@@ -37,14 +40,15 @@ from agent.protocol.options import store_options
 @click.option("--ec2-endpoint-url", envvar="TRAINCTL_EC2_ENDPOINT", default=None, metavar="URL", hidden=True)
 @click.option("--region", default=None, help="Region of instances whose metadata names none.")
 def watch_cmd(store_url, endpoint_url, store_region, once, interval, slack_webhook, slack_token, slack_channel,
-              slack_api_url, heartbeat_s, heartbeat_grace, progress_timeout, setup_timeout, launch_timeout, orphan_after, ec2,
+              slack_api_url, heartbeat_s, heartbeat_grace, progress_timeout, log_silence, setup_timeout, launch_timeout, orphan_after, ec2,
               ec2_endpoint_url, region):
     """Watch every run in the store and alert on Slack when one fails, hangs, goes silent or finishes."""
     from agent.protocol.durations import parse_duration
     from ops.config import build_watcher, settings_from
 
     settings = settings_from({"heartbeat_s": heartbeat_s, "grace_s": heartbeat_grace,
-                              "progress_timeout_s": progress_timeout, "setup_progress_timeout_s": setup_timeout,
+                              "progress_timeout_s": progress_timeout, "log_silence_s": log_silence,
+                              "setup_progress_timeout_s": setup_timeout,
                               "launch_timeout_s": launch_timeout, "orphan_after_s": orphan_after})
     every = parse_duration(interval, what="--interval")
     if every <= 0:

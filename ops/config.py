@@ -11,12 +11,13 @@ from ops.state import Settings
 
 # env name -> Settings field (the Lambda reads these; the CLI has flags of the same meaning)
 ENV_SETTINGS = {"TRAINCTL_HEARTBEAT_S": "heartbeat_s", "TRAINCTL_HEARTBEAT_GRACE": "grace_s",
-                "TRAINCTL_PROGRESS_TIMEOUT": "progress_timeout_s",
+                "TRAINCTL_PROGRESS_TIMEOUT": "progress_timeout_s", "TRAINCTL_LOG_SILENCE": "log_silence_s",
                 "TRAINCTL_SETUP_PROGRESS_TIMEOUT": "setup_progress_timeout_s",
                 "TRAINCTL_LAUNCH_TIMEOUT": "launch_timeout_s", "TRAINCTL_ORPHAN_AFTER": "orphan_after_s"}
 OPTIONAL = ("orphan_after_s",)  # settings that `never` (or off, none, 0) turns off
 
 FLAGS = {"heartbeat_s": "--heartbeat", "grace_s": "--heartbeat-grace", "progress_timeout_s": "--progress-timeout",
+         "log_silence_s": "--log-silence",
          "setup_progress_timeout_s": "--setup-timeout", "launch_timeout_s": "--launch-timeout",
          "orphan_after_s": "--orphan-after"}
 

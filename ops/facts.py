@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from agent.protocol import records as p
+from agent.protocol.frames import fold_frames
 from agent.protocol.runstore import RunStore
 from ops.alerts import ledger as L
 from ops.alerts.message import MessageFacts
@@ -88,5 +89,5 @@ def message_facts(rs: RunStore, f: RunFacts) -> MessageFacts:
         mf.log_tail = [str(x) for x in f.error.log_tail]
     else:
         latest = rs.read_latest_log(run_id)
-        mf.log_tail = latest.splitlines()[-30:] if latest else []
+        mf.log_tail = fold_frames(latest).splitlines()[-30:] if latest else []
     return mf

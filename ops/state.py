@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from agent.protocol import records as p
 from agent.protocol.durations import fmt_duration
+from ops import hang
 
 LAUNCHING, HEALTHY, LATE = "launching", "healthy", "late"
 AGENT_SILENT, HUNG, INSTANCE_GONE = "agent_silent", "hung", "instance_gone"
@@ -33,7 +34,8 @@ class Settings:
 
     heartbeat_s: float | None = None  # None: use the run's own heartbeat_s
     grace_s: float = 60.0
-    progress_timeout_s: float = 900.0
+    progress_timeout_s: float = 900.0  # the most a run's own cadence may allow between steps
+    log_silence_s: float = 900.0  # no progress source recognised: no new log bytes this long = hung
     setup_progress_timeout_s: float = 3600.0  # setup, downloads, data prep, first step
     launch_timeout_s: float = 900.0  # metadata written, no heartbeat yet
     max_clock_skew_s: float = 120.0
@@ -48,6 +50,7 @@ class Settings:
             self,
             heartbeat_s=None if self.heartbeat_s is None else self.heartbeat_s * factor,
             grace_s=self.grace_s * factor, progress_timeout_s=self.progress_timeout_s * factor,
+            log_silence_s=self.log_silence_s * factor,
             setup_progress_timeout_s=self.setup_progress_timeout_s * factor,
             launch_timeout_s=self.launch_timeout_s * factor, max_clock_skew_s=self.max_clock_skew_s * factor,
             repeat_schedule_s=tuple(s * factor for s in self.repeat_schedule_s),
@@ -121,6 +124,7 @@ class RunState:
     phase: str | None = None
     cause: str | None = None  # the agent's cause id for failed runs
     clock_skew_s: float | None = None
+    evidence: str | None = None  # what the heartbeat shows about progress (ops.hang.evidence), live runs only
 
 
 def by_spot_reclaim(e: p.ErrorMarker, inst: InstanceInfo | None) -> bool:
@@ -145,8 +149,9 @@ def _terminal(f: RunFacts, phase: str | None) -> RunState | None:
                         since=max((m.ts for m in (f.error, f.complete) if m), default=None), phase=phase)
     if f.has_complete:
         c = f.complete
-        return RunState(COMPLETED, "training finished and its artifacts were verified",
-                        since=c.ts if c else None, phase=phase)
+        # The agent's own words say how many artifacts verified (an older agent's marker has none).
+        return RunState(COMPLETED, (c.reason if c and c.reason else None) or "training finished and its artifacts "
+                        "were verified", since=c.ts if c else None, phase=phase)
     if f.has_error:
         e = f.error
         if e is None:
@@ -198,17 +203,12 @@ def assess(f: RunFacts, now: float, s: Settings = Settings()) -> RunState:
         return RunState(AGENT_SILENT, f"no heartbeat for {fmt_duration(age)} (expected every {fmt_duration(hb_s)}, "
                         f"grace {fmt_duration(s.grace_s)})", since=hb.ts + hb_s + s.grace_s, phase=phase)
 
-    first_step_pending = hb.last_step is None
-    slow_phase = phase in p.SETUP_PHASES or first_step_pending
-    timeout = s.setup_progress_timeout_s if slow_phase else s.progress_timeout_s
-    ref = hb.last_progress_ts or (md.created if md else None)
-    if ref is not None and now - ref > timeout and not f.stop_requested:
-        where = f"step {hb.last_step}" if hb.last_step is not None else "before the first step"
-        who = "the agent is alive" + ("" if hb.trainer_alive else " but the trainer process is gone")
-        return RunState(HUNG, f"no training progress for {fmt_duration(now - ref)} ({where}, phase {phase or '?'}); {who}",
-                        since=ref + timeout, phase=phase, clock_skew_s=skew)
+    ev = hang.evidence(hb, phase, s)
+    hung = None if f.stop_requested else hang.judge(hb, md, phase, now, s)
+    if hung is not None:
+        return RunState(HUNG, hung.reason, since=hung.since, phase=phase, clock_skew_s=skew, evidence=ev)
     if age > hb_s:
         return RunState(LATE, f"heartbeat {fmt_duration(age)} old, inside the {fmt_duration(s.grace_s)} grace",
-                        since=hb.ts + hb_s, phase=phase, clock_skew_s=skew)
+                        since=hb.ts + hb_s, phase=phase, clock_skew_s=skew, evidence=ev)
     return RunState(HEALTHY, "heartbeat fresh" + (f" (agent clock {fmt_duration(skew)} ahead)" if skew else ""),
-                    since=hb.ts, phase=phase, clock_skew_s=skew)
+                    since=hb.ts, phase=phase, clock_skew_s=skew, evidence=ev)

@@ -48,10 +48,13 @@ def parse_duration(text: str | float | int, *, what: str = "duration", allow_nev
     return total
 
 
-def fmt_duration(seconds: float | None) -> str:
-    """`42s`, `14m 03s`, `2h 05m`, `1d 01h`; `-` when unknown; negative counts as 0."""
+def fmt_duration(seconds: float | None, fine: bool = False) -> str:
+    """`42s`, `14m 03s`, `2h 05m`, `1d 01h`; `-` when unknown; negative counts as 0. With `fine`,
+    under 10 s keeps two significant digits (`9.8s`, `0.25s`): a step time, not an age."""
     if seconds is None:
         return "-"
+    if fine and 0 < seconds < 10:
+        return f"{seconds:.2g}s"
     s = int(max(0.0, seconds))  # whole seconds, rounded down: "no heartbeat for 59s" until it is 1m
     d, rem = divmod(s, 86400)
     h, rem = divmod(rem, 3600)

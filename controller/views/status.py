@@ -42,7 +42,7 @@ def collect(rs: RunStore, run_id: str, now: float, ec2: Ec2Enricher | None = Non
     pr = rs.read_progress(run_id)
     return {
         "run_id": run_id, "store": rs.url, "outcome": row.outcome, "state": st.state, "reason": st.reason,
-        "since": st.since, "phase": row.phase,
+        "since": st.since, "phase": row.phase, "evidence": st.evidence,
         "created": md.created if md else None, "host": md.host if md else None,
         "instance_id": md.instance_id if md else None, "instance_type": md.instance_type if md else None,
         "instance_state": state, "region": md.region if md else None,
@@ -66,6 +66,7 @@ def render(d: dict, now: float) -> str:
     lines = [
         f"run        {d['run_id']}  ({d['state']})",
         f"state      {d['state']}: {d['reason']}",
+        *([f"evidence   {d['evidence']}"] if d.get("evidence") and d["outcome"] == "running" else []),
         f"store      {d['store']}",
         f"created    {p.iso(d['created']) or '-'}" + (f"  ({fmt_duration(now - d['created'])} ago)" if d["created"] else ""),
         f"host       {d['host'] or '-'}",

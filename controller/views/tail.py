@@ -1,7 +1,9 @@
 """`ctl tail`: follow a run's log from the store's chunks until the watcher's state ends it.
 
 Reads only new chunks (cursor = last chunk key, listed with StartAfter), so following a long
-run never replays it. When to stop, the exit code and the closing words come from the watcher's
+run never replays it. A tqdm bar's carriage-return frames are shown as a terminal would leave them:
+the last frame of each line (agent.protocol.frames); a line still being written is held until it
+ends, or until the tail stops. The stored chunks stay byte-exact. When to stop, the exit code and the closing words come from the watcher's
 `assess` (controller.views.facts): 0 completed; 1 failed, stopped_by_user, interrupted, corrupt
 (cause and fix printed); 3 stale (agent_silent, hung, instance_gone); 130 when the user pressed
 Ctrl-C (the run goes on).
@@ -17,6 +19,7 @@ from dataclasses import dataclass, field
 from agent.protocol import records as p
 from agent.protocol.durations import fmt_duration
 from agent.protocol.errors import StoreError
+from agent.protocol.frames import FrameFolder
 from agent.protocol.runstore import RunStore
 from controller.views.facts import TAIL_EXIT, finished, read_facts, view_settings, wants_instance
 from ops.ec2 import Ec2Enricher
@@ -114,17 +117,30 @@ class Tail:
     _status_shown: bool = False
     _instance: InstanceInfo | None = None
     _instance_at: float = -math.inf
+    _folder: FrameFolder = field(default_factory=lambda: FrameFolder(binary=True))
 
     def __post_init__(self) -> None:
         if self.settings is None:
             self.settings = view_settings(grace_s=self.stale_after_s)
 
+    def show(self, data: bytes) -> None:
+        """Print log bytes (the lines before the cursor, then each new chunk), frames folded."""
+        self._write_log(data)
+
     def _write_log(self, data: bytes) -> None:
-        if not data:
+        lines = self._folder.feed(data) if data else b""
+        if not lines:
             return
         self._clear_status()
-        self.out.write(data.decode("utf-8", "replace"))
+        self.out.write(lines.decode("utf-8", "replace"))
         self.out.flush()
+
+    def _flush_log(self) -> None:
+        """The tail stops: the line still being written, as it stands (its last frame)."""
+        rest = self._folder.flush()
+        if rest:
+            self._clear_status()
+            self.out.write(rest.decode("utf-8", "replace") + "\n")
 
     def _clear_status(self) -> None:
         if self._status_shown:
@@ -169,6 +185,7 @@ class Tail:
             return RUNNING
         if finished(st):
             self._drain()  # lines flushed just before the marker
+        self._flush_log()
         self._clear_status()
         self.out.write(closing_text(self.run_id, f, st) + "\n")
         return code
@@ -192,6 +209,7 @@ class Tail:
                 self.out.flush()
                 return code
             if not follow:
+                self._flush_log()
                 self._clear_status()
                 if self.state is not None:  # stdout stays the log alone; the verdict goes to stderr
                     self.err.write(f"run {self.run_id} is {self.state.state}: {self.state.reason}\n")

@@ -19,6 +19,7 @@ from slack_sdk.models.blocks import (
 
 from agent.protocol import records as p
 from agent.protocol.durations import fmt_duration
+from agent.protocol.frames import last_frame
 from agent.protocol.redact import redact
 from ops import state as S
 from ops.pricing import fmt_cost, hourly_price, run_cost
@@ -169,6 +170,8 @@ def build(msg: dict, f: MessageFacts) -> Message:
     if msg["kind"] == "resolved":
         reason = f"recovered after {fmt_duration(msg.get('lasted_s') or 0)} ({reason})"
     fields["Reason"] = reason
+    if msg.get("evidence"):
+        fields["Evidence"] = msg["evidence"]
     inst = f.instance
     iid = inst.instance_id if inst else (f.metadata.instance_id if f.metadata else None)
     if iid:
@@ -186,7 +189,8 @@ def build(msg: dict, f: MessageFacts) -> Message:
     fields = {k: _cap(redact(str(v)), FIELD_CHARS) for k, v in fields.items()}
     action = remediation_for(msg, f)
     action = _cap(redact(action), 2900) if action else None
-    tail = [redact(line.rstrip("\n")) for line in f.log_tail[-LOG_LINES:]]
+    # A tqdm bar's carriage-return frames read as a terminal shows them: the last frame of each line.
+    tail = [redact(last_frame(line.rstrip("\n"))) for line in f.log_tail[-LOG_LINES:]]
     log_text = _cap("\n".join(tail), LOG_CHARS) if tail else ""
     tail_cmd = f"ctl tail {run} --store {f.store_url}" if f.store_url else f"ctl tail {run}"
 

@@ -20,6 +20,8 @@ RESOLVING_STATES = (HEALTHY, LAUNCHING)  # `late` leaves an open incident open: 
 def _queue(ledger: Ledger, kind: str, st: RunState, now: float, **extra) -> dict:
     msg = {"id": ledger.next_id(kind), "kind": kind, "state": st.state, "reason": st.reason, "since": st.since,
            "cause": st.cause, "created": now, "attempts": 0, "lease": None, **extra}
+    if st.evidence and kind in ("alert", "repeat"):  # what the heartbeat showed when it was judged
+        msg["evidence"] = st.evidence
     ledger.outbox.append(msg)
     return msg
 
