@@ -19,7 +19,10 @@ from agent.protocol.errors import ConfigError, StoreError, TrainctlError
 from agent.protocol.runstore import RunStore
 
 log = logging.getLogger("trainctl.agent")
-_CKPT_STATE = re.compile(rf"/checkpoint-(\d+)/{re.escape(p.CHECKPOINT_STATE)}\Z")
+# A stored checkpoint is whole once its trainer state (written last) is in: train.sft's, or HF
+# Trainer's trainer_state.json (the agent uploads an HF script's checkpoint-N folders as they complete).
+HF_CHECKPOINT_STATE = "trainer_state.json"
+_CKPT_STATE = re.compile(rf"/checkpoint-(\d+)/(?:{re.escape(p.CHECKPOINT_STATE)}|{re.escape(HF_CHECKPOINT_STATE)})\Z")
 
 
 @dataclass(frozen=True)
