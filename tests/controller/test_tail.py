@@ -247,3 +247,44 @@ def test_status_line_only_on_a_terminal(tmp_path):
         os.close(master)
     assert proc.returncode == 0
     assert b"phase training | step 120/3000 | loss 1.8300" in out and b"heartbeat" in out
+
+
+def test_tail_shows_the_last_frame_of_each_carriage_return_line(tmp_path):
+    """Issue 12: a tqdm bar split over chunks (and over the --lines cursor) reads as its last frame;
+    the stored chunks stay byte-exact."""
+    from agent.protocol.store_local import LocalStore
+
+    store = tmp_path / "store"
+    rs = RunStore(LocalStore(store))
+    frames = [f"\r{i}/30 [00:{i:02d}<00:10, 1.11it/s]" for i in range(1, 31)]
+    chunks = ["loading\n", "".join(frames[:10]), "".join(frames[10:20]), "".join(frames[20:]) + "\n",
+              "{'loss': '6.63'}\r\n", "done\n"]
+    make_run(rs, chunks)
+    assert rs.read_logs(RID).data == "".join(chunks).encode()
+    want = "loading\n30/30 [00:30<00:10, 1.11it/s]\n{'loss': '6.63'}\ndone\n"
+    r = subprocess.run([*CTL, "tail", RID, "--store", str(store), "--no-follow", "--from-start"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout == want, r.stdout
+    r = subprocess.run([*CTL, "tail", RID, "--store", str(store), "--no-follow", "--lines", "3"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout == want.split("\n", 1)[1], r.stdout
+    out = io.StringIO()
+    t = Tail(rs, RID, out=out, err=io.StringIO())
+    t.show("".join(chunks[:3]).encode())  # the run stops mid-bar: its latest frame is shown when the tail ends
+    assert out.getvalue() == "loading\n"
+    t._flush_log()
+    assert out.getvalue() == "loading\n20/30 [00:20<00:10, 1.11it/s]\n"
+
+
+def test_status_shows_the_hang_evidence(rs):
+    make_run(rs, ["x\n"])
+    now = time.time()
+    rs.write_heartbeat(RID, p.Heartbeat(
+        ts=now - 1, seq=2, agent_pid=42, trainer_alive=True, phase="training", last_step=120,
+        last_progress_ts=now - 121, progress_source="trainer", last_log_ts=now - 111,
+        gpus=[{"index": 0, "util_percent": 0}],
+        cadence={"step_p50_s": 9.8, "hung_after_s": 60.0, "learned": True, "last_step_ts": now - 121}))
+    d = collect(rs, RID, now)
+    assert d["state"] == "hung" and d["evidence"] == ("steps every 9.8s, last step 2m 00s ago, hung after 1m 00s, "
+                                                      "last log line 1m 50s ago, GPU util 0% (heartbeat)")
+    assert f"evidence   {d['evidence']}" in render(d, now)

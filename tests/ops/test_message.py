@@ -167,3 +167,60 @@ def test_instance_gone_payload_from_facts():
     assert m.fields["Reason"] == "instance i-0abc was stopped by spot interruption at 08:00 UTC"
     assert m.fields["Instance"] == "i-0abc (stopped)"
     assert "Spot capacity was reclaimed" in m.text
+
+
+def test_hung_by_cadence_payload_shows_the_evidence_and_folded_bar_frames(s3_store, slack):
+    """Issue 12: the hung alert says what the heartbeat showed, and a tqdm bar reads as its last frame."""
+    from agent.protocol import records as p
+
+    rs = RunStore(s3_store)
+    bar = "".join(f"\r {i}/30 [00:{i:02d}<00:10, 1.11it/s]" for i in range(1, 13))
+    rid = make_run(rs, log=["loading model", bar.lstrip("\r"), "still here"])
+    ts = T0 - 5
+    rs.write_heartbeat(rid, p.Heartbeat(
+        ts=ts, seq=3, agent_pid=4242, trainer_alive=True, trainer_pid=31337, phase="training", last_step=12,
+        last_progress_ts=ts - 120, progress_source="output", last_log_ts=ts - 110,
+        gpus=[{"index": 0, "util_percent": 0}],
+        cadence={"step_p50_s": 9.8, "hung_after_s": 60.0, "learned": True, "last_step_ts": ts - 120,
+                 "phase": "training", "phase_since": None, "eval_allowance_s": 600.0, "save_allowance_s": 300.0}))
+    sweep_once(rs, slack, T0)
+    header, fields, blocks = parts(slack.posts[0])
+    assert header == "🧊 Training hung"
+    assert fields["Reason"].startswith("no training progress for 2m 00s (step 12, phase training; hung after "
+                                       "1m 00s from the run's own cadence)")
+    assert fields["Evidence"] == ("steps every 9.8s, last step 2m 00s ago, hung after 1m 00s, last log line "
+                                  "1m 50s ago, GPU util 0% (heartbeat)")
+    log = blocks["log"]["text"]["text"]
+    assert "loading model\n 12/30 [00:12<00:10, 1.11it/s]\nstill here" in log and "11/30" not in log
+    assert "Evidence: steps every 9.8s" in slack.posts[0]["body"]["text"]
+
+
+def test_silent_script_without_progress_source_alerts_with_the_log_silence_reason(local_store):
+    """`ctl watch --log-silence`: a script whose progress is not recognised is judged by its log's silence."""
+    import time
+
+    from agent.protocol import records as p
+    from tests.ops.test_cli import ctl
+
+    rs = RunStore(local_store)
+    now = time.time()
+    rid = make_run(rs, now=now, created_ago=7200, step=None, phase="running")
+    rs.write_heartbeat(rid, p.Heartbeat(ts=now - 2, seq=3, agent_pid=4242, trainer_alive=True, phase=None,
+                                        progress_source=None, last_log_ts=now - 200))
+    quiet = ctl(["watch", "--once", "--no-ec2", "--store", local_store.url, "--log-silence", "5m"])
+    assert quiet.returncode == 0 and "Training hung" not in quiet.stdout, quiet.stdout  # 2 h, but its log is alive
+    res = ctl(["watch", "--once", "--no-ec2", "--store", local_store.url, "--log-silence", "3m"])
+    assert res.returncode == 0, res.stderr
+    assert "🧊 Training hung" in res.stdout and rid in res.stdout
+    assert "Reason: no log output for 3m 1" in res.stdout and "while the agent is alive" in res.stdout
+    assert "Evidence: no progress source recognised, silent after 3m 00s, last log line 3m 1" in res.stdout
+    bad = ctl(["watch", "--once", "--no-ec2", "--store", local_store.url, "--log-silence", "0"])
+    assert bad.returncode == 2 and "--log-silence must be positive" in bad.stderr
+
+
+def test_the_lambda_reads_the_log_silence_setting():
+    from ops.config import settings_from_env
+
+    assert settings_from_env({"TRAINCTL_LOG_SILENCE": "20m"}).log_silence_s == 1200.0
+    assert settings_from_env({}).log_silence_s == 900.0
+    assert settings_from_env({"TRAINCTL_LOG_SILENCE": "20m"}).scaled(0.5).log_silence_s == 600.0
