@@ -132,7 +132,10 @@ CAUSE_MEANING = {
 WATCHER_STATES = {
     "late": "The heartbeat is older than heartbeat_s but still inside the grace period. No alert yet.",
     "agent_silent": "No heartbeat for heartbeat_s + grace: the agent or the box is down.",
-    "hung": "The agent is alive but the trainer has made no step for progress_timeout (longer in setup phases).",
+    "hung": "The agent is alive but the trainer has made no step for its own deadline (learned from its step times, "
+            "never above progress_timeout; evaluation and checkpoint saving get their own allowances; longer in setup "
+            "phases), or, when no progress can be read from its output, has printed nothing for log_silence "
+            "(`--log-silence`, default 15m). The alert's evidence says which.",
     "instance_gone": "EC2 says the instance is stopped, terminated or spot-reclaimed; mutes agent_silent and hung.",
     "interrupted": "The run ended with cause `interrupted` (spot reclaim, reboot): its checkpoint is in the store.",
     "corrupt": "Both `_error` and `_complete` exist, which the agent never writes: something else wrote a marker.",
