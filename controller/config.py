@@ -97,6 +97,12 @@ class TrainerCfg:
     config: str = setting("", help="local train.toml, copied into the run's folder on the box")
     set: list[str] = setting([], help="key=value overrides passed to the trainer")
     env: dict[str, str] = setting({})
+    progress_regex: str = setting("", help="read progress from output lines matching this regex (named groups step, "
+                                           "total, loss, lr); HF/TRL/axolotl logs and tqdm bars need none")
+    artifacts: list[str] = setting([], help="final outputs (relative to the trainer's output dir TRAINCTL_OUTPUT_DIR, "
+                                        "or absolute): uploaded and verified before _complete; missing = failed")
+    checkpoints: str = setting("", help="folder of HF-style checkpoint-N folders (relative to the output dir, or "
+                                     "absolute): each is uploaded once complete, for --resume")
 
 
 @dataclass
@@ -181,6 +187,13 @@ def semantic_errors(cfg: RunConfig) -> list[Problem]:
         tuple(int(x) for x in cfg.box.min_python.split("."))
     except ValueError:
         errs.append(Problem("box.min_python", f"{cfg.box.min_python!r} must look like 3.10"))
+    if cfg.trainer.progress_regex:
+        import re
+
+        try:
+            re.compile(cfg.trainer.progress_regex)
+        except re.error as exc:
+            errs.append(Problem("trainer.progress_regex", f"{cfg.trainer.progress_regex!r} does not compile: {exc}"))
     if not cfg.trainer.command and not cfg.trainer.config:
         errs.append(Problem("trainer", "set trainer.config (a train.toml) or trainer.command"))
     return errs

@@ -241,7 +241,19 @@ def agent_argv(cfg: RunConfig, lay: Layout, run_id: str, store_url: str, endpoin
         argv += ["--endpoint-url", endpoint_url]
     if hourly_usd is not None:
         argv += ["--hourly-usd", f"{hourly_usd:g}", "--price-basis", price_basis or "on-demand"]
-    return [*argv, "--", *trainer_argv(cfg, lay, wd)]
+    return [*argv, *trainer_flags(cfg), "--", *trainer_argv(cfg, lay, wd)]
+
+
+def trainer_flags(cfg: RunConfig) -> list[str]:
+    """run.toml's `[trainer]` progress_regex, artifacts and checkpoints as the agent's flags."""
+    t, out = cfg.trainer, []
+    if t.progress_regex:
+        out += ["--progress-regex", t.progress_regex]
+    for path in t.artifacts:
+        out += ["--artifact", path]
+    if t.checkpoints:
+        out += ["--checkpoints", t.checkpoints]
+    return out
 
 
 def gpu_mem_arg(gpus: list[str]) -> str | None:

@@ -134,3 +134,23 @@ def test_a_bad_progress_regex_is_refused_in_one_line(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: --progress-regex:") and "does not compile" in lines[0]
     assert not (tmp_path / "wd").exists() and not (tmp_path / "store").exists()  # refused before anything ran
+
+
+def test_run_toml_trainer_keys_reach_the_agent():
+    """`[trainer] progress_regex / artifacts / checkpoints` in run.toml become the agent's flags, which
+    the real agent CLI parses back to the same values; a regex that does not compile is refused at load."""
+    from agent.protocol.errors import ConfigError
+    from controller.config import resolve
+    from controller.launch import plan
+    from trainctl.cli import main
+
+    rx = r"it (?P<step>\d+)/(?P<total>\d+) loss (?P<loss>[\d.]+)"
+    cfg = resolve({"trainer": {"command": ["python", "train.py"], "progress_regex": rx,
+                               "artifacts": ["adapter", "/data/merged"], "checkpoints": "hf"}})
+    argv = plan.agent_argv(cfg, plan.Layout(cfg.box.data_root, "h"), RUN, "s3://b/runs", "")
+    ctx = main.commands["agent"].commands["run"].make_context("run", argv[3:])
+    assert ctx.params["progress_regex"] == rx and ctx.params["checkpoints"] == "hf"
+    assert list(ctx.params["artifacts"]) == ["adapter", "/data/merged"]
+    assert list(ctx.params["command"]) == ["python", "train.py"]
+    with pytest.raises(ConfigError, match="progress_regex"):
+        resolve({"trainer": {"command": ["python", "train.py"], "progress_regex": "(?P<step>\\d+"}})
