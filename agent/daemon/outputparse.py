@@ -231,9 +231,13 @@ class OutputReader:
         if not text:
             return []
         buf = self._pending + text
+        first_read, screen = self._pending_read, self.rx is None
+        if screen and "{" not in buf and "[" not in buf:  # plain text only (most output): nothing to split
+            cut = max(buf.rfind("\n"), buf.rfind("\r")) + 1
+            self._pending, self._pending_read = buf[cut:][-MAX_FRAME_CHARS:], first_read and cut == 0
+            return []
         frames = _FRAME_END.split(buf) if "\r" in buf else buf.split("\n")
         out: list[Parsed] = []
-        first_read, screen = self._pending_read, self.rx is None
         for frame in frames[1 if first_read else 0:-1]:
             if screen and "{" not in frame and "[" not in frame:  # most lines: no dict, no bar
                 continue
