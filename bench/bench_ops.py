@@ -9,6 +9,12 @@ delay the watcher adds.
 
 Sweep cost: N runs of which A are active, on moto's S3. The indexed sweep against a naive sweep
 that reads every run (metadata, heartbeat, both markers), both measured in this run.
+
+Hang to alert and false hung alerts (issue 12, bench/ops_hang.py): the agent's real Cadence publishing
+heartbeats and the watcher's real assess at every sweep, on a simulated clock, for a trainer stepping
+every 2 s (log-normal; evaluations and saves of 10-40 steps): the adaptive deadline against the fixed
+15-minute timeout in the same run, at the agent's default 30 s heartbeat with `ctl watch`'s 30 s sweep,
+and at a 2 s heartbeat and sweep (the figure is then the deadline itself).
 """
 
 from __future__ import annotations
@@ -245,8 +251,11 @@ def _orphan_scan(moto, n_boxes: int, n_idle: int) -> list[dict]:
 
 def run(quick: bool = True) -> list[dict]:
     """Rows for `make bench` (quick: 1,000 runs / 10 active; full: 10,000 / 100)."""
+    from bench.bench_cadence import make_trace
+    from bench.ops_hang import rows as hang_rows
+
+    rows = hang_rows(quick, make_trace, heartbeat_s=30.0, sweep_s=30.0) + hang_rows(quick, make_trace, 2.0, 2.0)
     moto, slack = _servers()
-    rows = []
     try:
         hb_grace = 30 * FACTOR + 60 * FACTOR
         target = f"<= {1 + SWEEP_S / hb_grace:.2f}x (1.0x + one {SWEEP_S:g} s sweep)"
