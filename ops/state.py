@@ -2,7 +2,8 @@
 
 Modelled on healthchecks: every state comes with the real deadline that was crossed (`since`)
 and a reason a human can read. Precedence, strongest first: terminal markers, the EC2 instance
-being gone, then agent liveness (heartbeat age), then training progress (hung).
+being gone, then agent liveness (heartbeat age), then training progress (hung: ops/hang.py, by the
+run's own cadence, by log silence when no progress can be read, else by the fixed timeouts).
 """
 
 from __future__ import annotations
