@@ -94,6 +94,7 @@ def test_loss_halves_then_the_adapter_is_saved_declared_and_reloads(run, tiny_mo
     assert recs[-1] == {**recs[-1], "artifact": "adapter", "path": "adapter/", "final": True}
     saved = (out / "adapter" / "trainctl_train.toml").read_text()
     assert "max_steps = 30" in saved and "dropout = 0.0" in saved  # the resolved config, --set included
+    assert "resolved: compute_dtype float32, optim AdamW, attn_implementation sdpa" in output  # auto, on a CPU
 
     import torch
     from peft import PeftModel

@@ -27,7 +27,7 @@ from train.schemas import TrainConfig, resolve_output_dir
 from train.sft import progress
 from train.sft.checkpoint import latest_checkpoint, load_checkpoint, save_adapter, save_checkpoint
 from train.sft.collate import collate_blocks, epoch_batches, real_tokens, steps_per_epoch
-from train.sft.model import Dist, attn_implementation, build_optimizer, load_model, setup_distributed
+from train.sft.model import Dist, attn_implementation, build_optimizer, compute_dtype, load_model, setup_distributed
 
 SIGTERM_EXIT = 128 + signal.SIGTERM
 
@@ -145,9 +145,13 @@ def setup(cfg: TrainConfig, dist: Dist, out: Path) -> Run:
     per_epoch = steps_per_epoch(len(train_ds), t.per_device_batch_size, t.grad_accum, dist.world)
     total_steps = t.max_steps or max(1, math.ceil(t.epochs * per_epoch))
     optimizer, scheduler = build_optimizer(cfg, params, total_steps, dist)
+    attn = attn_implementation(cfg, dist.device)
+    # `auto` is decided here, on the box: say what it became (a GPU check reads this line).
+    print(f"resolved: compute_dtype {str(compute_dtype(cfg)).removeprefix('torch.')}, "
+          f"optim {type(optimizer).__name__}, attn_implementation {attn}", flush=True)
     run = Run(cfg, dist, out, train_ds, val_ds, model, tok, optimizer, scheduler, per_epoch, total_steps,
               params=params, pad_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
-              flat=attn_implementation(cfg, dist.device) == "flash_attention_2")
+              flat=attn == "flash_attention_2")
     ckpt = latest_checkpoint(out)
     if ckpt is not None:
         run.step = load_checkpoint(ckpt, model, optimizer, scheduler)["step"]
