@@ -61,10 +61,13 @@ class Watched:
         except p.RecordError:  # mid-write on a local disk never happens on S3, but be safe
             return None
 
-    def sweep_on_new_heartbeat(self):
-        """Wait for a heartbeat newer than the last one swept, then sweep once; returns the heartbeat."""
-        hb = wait_for(lambda: (h := self.heartbeat()) and h.seq > self.seq and h, timeout=60,
-                      what="a new heartbeat")
+    def sweep_on_new_heartbeat(self, ended=lambda: False):
+        """Wait for a heartbeat newer than the last one swept, then sweep once; returns the heartbeat
+        (None, without sweeping, once `ended()`: the agent exited and beats no more)."""
+        hb = wait_for(lambda: ((h := self.heartbeat()) and h.seq > self.seq and h) or (ended() and "ended"),
+                      timeout=60, what="a new heartbeat")
+        if hb == "ended":
+            return None
         self.seq = hb.seq
         self.watcher.sweep(time.time())
         return hb
@@ -138,17 +141,17 @@ time.sleep(3600)
 
 
 def test_steady_logs_without_progress_are_never_hung(moto_server, slack, agents, tmp_path):
-    """Logs every 0.2 s for longer than every timeout (progress 2 s, log silence 2 s; the setup timeout, 6 s,
+    """Logs every 0.2 s for longer than every timeout (progress 2 s, log silence 3 s; the setup timeout, 6 s,
     which also bounds the wait for the first output, is the longest): judged by its log, never by
-    missing progress."""
+    missing progress. (Log silence is the finalizing agent's margin: the trainer's output ends when it
+    exits, and the agent writes _complete right after.)"""
     script = tmp_path / "steady.py"
     script.write_text(STEADY)
     w = Watched(moto_server, slack, agents, tmp_path, "steady-20260101-120000", progress_timeout_s=2.0,
-                setup_progress_timeout_s=6.0, log_silence_s=2.0)
+                setup_progress_timeout_s=6.0, log_silence_s=3.0)
     proc = w.start([sys.executable, str(script), "60"])  # 12 s of output: twice the longest timeout
     judged = 0
-    while proc.poll() is None:
-        hb = w.sweep_on_new_heartbeat()
+    while (hb := w.sweep_on_new_heartbeat(ended=lambda: proc.poll() is not None)) is not None:
         assert hb.progress_source is None and hb.cadence is None, hb  # nothing in it reads as progress
         judged += hb.last_log_ts is not None and hb.trainer_alive
     assert agents.wait(proc, 60) == 0
