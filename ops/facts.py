@@ -3,7 +3,8 @@
 A healthy run costs three requests per sweep: one prefix listing of `<run>/_` (which of
 `_error`, `_complete`, `_alerts.json` exist), the heartbeat, and the ledger. Metadata is read
 once and cached in the ledger; it is read again, with `control/stop`, only when the heartbeat
-is missing or stale. Markers are read when they exist, which happens once per run.
+is missing or stale (`control/stop` also when the run would be hung). Markers are read when they
+exist, which happens once per run.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from agent.protocol.frames import fold_frames
 from agent.protocol.runstore import RunStore
 from ops.alerts import ledger as L
 from ops.alerts.message import MessageFacts
-from ops.state import DEFAULT_HEARTBEAT_S, RunFacts, Settings
+from ops.state import DEFAULT_HEARTBEAT_S, HUNG, RunFacts, Settings, assess
 
 CACHED = ("created", "phase", "heartbeat_s", "instance_id", "instance_type", "region", "trainer_pid")
 
@@ -73,7 +74,9 @@ def observe(rs: RunStore, run_id: str, now: float, s: Settings) -> Observed:
         f.metadata = md or metadata_from_cache(run_id, cached)
     else:
         f.metadata = metadata_from_cache(run_id, cached)
-    if stale:
+    # A stop explains a quiet agent or a stalled trainer: read it then (and only then, it costs a request),
+    # so the watcher and `ctl status` never disagree about a run someone stopped.
+    if stale or assess(f, now, s).state == HUNG:
         f.stop_requested = rs.stop_requested(run_id)
     return obs
 

@@ -141,6 +141,16 @@ def test_observe_reads_markers_and_caches_metadata(local_store):
     assert assess(stale.facts, T0, S).state == "agent_silent"
 
 
+def test_a_stalled_run_someone_stopped_is_not_hung_for_the_watcher_either(local_store):
+    """Fresh heartbeat, stalled progress, stop requested: observe reads control/stop, as `ctl status` does."""
+    rs = RunStore(local_store)
+    rid = make_run(rs, progress_age=4000)
+    assert assess(observe(rs, rid, T0, S).facts, T0, S).state == "hung"
+    assert rs.request_stop(rid, requested_by="test")
+    facts = observe(rs, rid, T0, S).facts
+    assert facts.stop_requested and assess(facts, T0, S).state != "hung"
+
+
 # -- the adaptive deadline and log silence (issue 12): judged at the heartbeat's own ts -------------
 
 def cad(step_ago=10.0, hung_after=60.0, p50=9.8, phase="training", phase_since_ago=None, eval_s=600.0,
