@@ -118,6 +118,8 @@ CAUSE_MEANING = {
     "s3_access_denied": "S3 answered AccessDenied / 403 to the trainer or the agent.",
     "no_credentials": "boto3 found no AWS credentials, or they expired.",
     "missing_module": "Python could not import a module (ModuleNotFoundError, ImportError, broken wheel).",
+    "command_not_found": "The trainer command could not be started: its first word is not on the box's PATH "
+                         "or venv (exit 127, `No such file or directory` from exec), or it is not executable (126).",
     "path_missing": "A model, dataset or output path the trainer was given does not exist.",
     "artifact_missing": "The trainer succeeded but a final artifact the run declared (`[trainer] artifacts`, "
                         "`--artifact`) was not where it was declared, so the run is not complete.",
@@ -126,6 +128,10 @@ CAUSE_MEANING = {
     "stopped_by_user": "Someone ran `ctl stop`; the agent stopped the trainer gracefully.",
     "trainer_lost": "The trainer disappeared while the agent was down and left no exit status.",
     "interrupted": "The agent was told to shut down (spot interruption, reboot, systemctl stop).",
+    "runtime_cap": "The run reached `[trainer] max_runtime`; the agent stopped the trainer gracefully (checkpoint "
+                   "first). The summary gives the runtime reached.",
+    "cost_cap": "The run's cost (the box's hourly price times its runtime) reached `[trainer] max_cost`; the agent "
+                "stopped the trainer gracefully (checkpoint first). The summary gives the dollars reached.",
     "unknown": "None of the rules matched; the last log lines in the alert are the evidence.",
 }
 

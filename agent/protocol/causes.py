@@ -35,6 +35,9 @@ REMEDIATION: dict[str, str] = {
                       "refresh expired credentials; never copy keys onto the box.",
     "missing_module": "A Python module is missing or broken on the box: rerun setup (ctl launch reinstalls "
                       "'.[train]' into the venv) and check the module named in the summary.",
+    "command_not_found": "The trainer command could not be run (exit 126/127): check [trainer] command's first "
+                         "word is installed in the box's venv or on its PATH (ctl launch's preflight lists it), "
+                         "or use an absolute path; a script needs its execute bit (chmod +x); then relaunch.",
     "path_missing": "A file or folder the trainer needs is missing: check the model, dataset and output paths in "
                     "the config and that staging copied them to /mnt/training.",
     "artifact_missing": "The trainer exited 0 but a declared final artifact is not there: check the paths in "
@@ -49,6 +52,13 @@ REMEDIATION: dict[str, str] = {
                     "kill -9 of the process group?): check the instance, then relaunch.",
     "interrupted": "The agent was told to shut down (reboot, spot interruption, systemctl stop): relaunch; "
                    "training resumes from the last saved checkpoint.",
+    "runtime_cap": "The run reached its runtime cap and was stopped gracefully (its newest checkpoint is stored): "
+                   "if it needs longer, raise max_runtime under [trainer] in run.toml (or --set "
+                   "trainer.max_runtime=12h) and continue it with ctl launch ... --resume <run-id>; if it was "
+                   "looping or crawling, read the log first.",
+    "cost_cap": "The run reached its spend cap and was stopped gracefully (its newest checkpoint is stored): if "
+                "it is worth more, raise max_cost (USD) under [trainer] in run.toml (or --set "
+                "trainer.max_cost=50) and continue it with ctl launch ... --resume <run-id>.",
     "unknown": "Unrecognised failure: read the last log lines in _error (ctl tail <run-id> --from-start), fix, relaunch.",
 }
 
@@ -102,8 +112,13 @@ def _artifact_missing(code, sig, facts):
     return f"exit {code} but {what}" if what else None
 
 
-def _not_found(code, sig, facts):
-    return "trainer command not found (exit 127)" if code == 127 else None
+def _not_runnable(code, sig, facts):
+    """Exit 126 (found, not executable) or 127 (not found), the shell's and the agent's wrapper's codes."""
+    if code == 127:
+        return "trainer command not found (exit 127)"
+    if code == 126:
+        return "trainer command is not executable (exit 126)"
+    return None
 
 
 RULES: tuple[Rule, ...] = (
@@ -111,6 +126,8 @@ RULES: tuple[Rule, ...] = (
     Rule("trainer_lost", check=_facts_flag("trainer_lost", "trainer lost while the agent was down")),
     Rule("interrupted", check=_facts_flag("agent_interrupted", "agent received SIGTERM and stopped the trainer")),
     Rule("artifact_missing", check=_artifact_missing),
+    # Before the log rules: 126/127 mean the command never ran, so its log cannot outvote the exit code.
+    Rule("command_not_found", check=_not_runnable),
     Rule("cuda_oom", (r"CUDA out of memory", r"torch\.(?:cuda\.)?OutOfMemoryError", r"CUDA error: out of memory",
                       r"CUBLAS_STATUS_ALLOC_FAILED", r"cudaErrorMemoryAllocation", r"out of memory on device",
                       r"HIP out of memory")),
@@ -138,11 +155,11 @@ RULES: tuple[Rule, ...] = (
                                r"compiled without GPU support", r"CUDA initialization", r"cudaErrorLaunchFailure",
                                r"GPU has fallen off the bus", r"NVIDIA driver on your system is too old",
                                r"No CUDA GPUs are available")),
+    Rule("command_not_found", (r"^trainctl: cannot start the trainer", r"command not found", r": not found$")),
     Rule("path_missing", (r"FileNotFoundError", r"No such file or directory", r"does not appear to have a file named",
                           r"is not a local folder and is not a valid model identifier", r"HFValidationError",
                           r"Repository Not Found", r"Can't load (?:tokenizer|config|the model)", r"NoSuchKey",
-                          r"NoSuchBucket", r"command not found", r": not found$", r"Unable to find '.*'"),
-         check=_not_found),
+                          r"NoSuchBucket", r"Unable to find '.*'")),
 )
 
 

@@ -8,7 +8,7 @@ from agent.protocol.causes import REMEDIATION, classify
 
 CONTRACT_CAUSES = {"cuda_oom", "host_oom", "nan_loss", "disk_full", "s3_access_denied", "no_credentials",
                    "missing_module", "path_missing", "nccl_error", "cuda_driver_error", "stopped_by_user",
-                   "trainer_lost", "interrupted", "unknown", "artifact_missing"}
+                   "trainer_lost", "interrupted", "unknown", "artifact_missing", "command_not_found"}
 
 TRACE = ["Traceback (most recent call last):", '  File "/mnt/training/train.py", line 212, in <module>',
          "    trainer.train()"]
@@ -66,7 +66,11 @@ CASES = [
     ("hf_validation", ["huggingface_hub.errors.HFValidationError: Repo id must be in the form 'repo_name' or "
                        "'namespace/repo_name': '/mnt/training/models/x'. Use `repo_type` argument if needed."],
      1, None, {}, "path_missing"),
-    ("command_not_found", ["sh: 1: accelerate: not found"], 127, None, {}, "path_missing"),
+    ("command_not_found", ["sh: 1: accelerate: not found"], 127, None, {}, "command_not_found"),
+    ("exec_enoent", ["trainctl: cannot start the trainer 'accelerate': [Errno 2] No such file or directory: "
+                     "'accelerate'"], 127, None, {}, "command_not_found"),
+    ("not_executable", ["bash: ./train.sh: Permission denied"], 126, None, {}, "command_not_found"),
+    ("bash_not_found_exit_1", ["train.sh: line 3: deepspeed: command not found"], 1, None, {}, "command_not_found"),
     ("nccl_system_error", ["torch.distributed.DistBackendError: NCCL error in: ../torch/csrc/distributed/c10d/"
                            "ProcessGroupNCCL.cpp:1970, unhandled system error (run with NCCL_DEBUG=INFO for details), "
                            "NCCL version 2.20.5",

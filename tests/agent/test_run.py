@@ -145,7 +145,8 @@ def test_trainer_command_not_found(agents, s3, tmp_path):
                         env=s3["env"], endpoint=s3["endpoint"])
     assert agents.wait(proc) == 0, Agents.output(proc)
     err = s3["rs"].read_error(RUN)
-    assert err.cause == "path_missing" and err.exit_code == 127
+    assert err.cause == "command_not_found" and err.exit_code == 127
+    assert "definitely-not-a-trainer-xyz" in "\n".join(err.log_tail) and "[trainer] command" in err.remediation
 
 
 def test_secrets_never_reach_the_store(agents, s3, tmp_path):
