@@ -80,10 +80,20 @@ def watch_cmd(store_url, endpoint_url, store_region, once, interval, slack_webho
             for e in rep.errors:
                 click.echo(f"warning: {e}", err=True)
             if once:
+                _exit_if_undelivered(rep)
                 return
             time.sleep(every)
     except KeyboardInterrupt:
         click.echo("stopped", err=True)
+
+
+def _exit_if_undelivered(rep) -> None:
+    """For cron: an alert that did not reach Slack (pending or refused) is a failed `--once`."""
+    if not (rep.pending or rep.failed):
+        return
+    why = f": {rep.last_send_error}" if rep.last_send_error else " (another watcher holds them, or they wait to retry)"
+    click.echo(f"error: {max(rep.pending, rep.failed)} alert(s) not delivered, still pending{why}", err=True)
+    raise click.exceptions.Exit(1)
 
 
 @click.command("ack")

@@ -39,11 +39,13 @@ class SweepReport:
     done: int = 0
     idle_instances: int = 0  # trainctl-tagged running instances with no active run
     errors: list[str] = field(default_factory=list)
+    last_send_error: str | None = None  # why the last failed send failed (no secrets: sinks clean it)
 
     def as_dict(self) -> dict:
         return {"runs": self.runs, "active": self.active, "states": dict(self.states), "sent": self.sent,
                 "failed": self.failed, "pending": self.pending, "done": self.done,
-                "idle_instances": self.idle_instances, "errors": self.errors}
+                "idle_instances": self.idle_instances, "errors": self.errors,
+                "last_send_error": self.last_send_error}
 
 
 @dataclass
@@ -55,6 +57,7 @@ class RunOutcome:
     failed: int = 0
     pending: int = 0
     done: int = 0
+    error: str | None = None
 
 
 class Watcher:
@@ -89,6 +92,7 @@ class Watcher:
                 rep.failed += res.failed
                 rep.pending += res.pending
                 rep.done += res.done
+                rep.last_send_error = res.error or rep.last_send_error
         if len(seen) == len(ids):  # a run we could not read might be the one keeping a box busy
             self._scan_orphans(seen, rep, now)
         return rep
@@ -151,9 +155,11 @@ class Watcher:
             for msg in mine:
                 thread = msg.get("thread_ts") or (_last_alert_thread(led) if msg["kind"] in ("repeat", "resolved")
                                                   else None)
-                d = self.notifier.send(build(msg, mf), thread_ts=thread, channel=msg.get("channel"))
+                d = self.notifier.send(build(msg, mf), thread_ts=thread, channel=msg.get("channel"),
+                                       key=f"{run_id}/{msg['id']}")
                 out.sent += d.delivered
                 out.failed += not d.delivered
+                out.error = d.error if not d.delivered else out.error
                 led, _ = L.update(self.rs, run_id, lambda x, m=msg, d=d: L.record_result(
                     x, m["id"], self.owner, now, d.delivered, d.via, d.error, d.thread_ts, d.channel))
         out.pending = len(led.outbox)

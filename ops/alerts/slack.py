@@ -3,15 +3,19 @@
 Retries are slack_sdk's: RateLimitErrorRetryHandler honours 429 + Retry-After, and
 ConnectionErrorRetryHandler rides out resets. We check the reply ourselves (webhooks answer
 200 with the body `ok`). A permanent error (404, 410, invalid_token, ...) is reported once on
-the console and the remaining alerts of this process print there instead of being retried
-forever; a transient one (5xx, connection refused) leaves the alert pending for the next sweep.
+the console and the remaining alerts of this process print there (once each) instead of being
+retried forever; a transient one (5xx, connection refused) leaves the alert pending for the next
+sweep. A console print never counts as a Slack delivery: the alert stays pending in the ledger,
+so it reaches Slack once the webhook or token is fixed, and `ctl watch --once` exits non-zero.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import sys
 import threading
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from ops.alerts.message import Message
 
@@ -139,23 +143,49 @@ class Notifier:
         self.console = console or ConsoleSink()
         self.sink = sink or self.console
         self.broken: str | None = None
+        self._printed: set[str] = set()  # alerts already shown on the console instead of Slack
         self._lock = threading.Lock()
 
-    def send(self, message: Message, thread_ts: str | None = None, channel: str | None = None) -> Delivery:
+    def send(self, message: Message, thread_ts: str | None = None, channel: str | None = None,
+             key: str | None = None) -> Delivery:
+        """Post `message`; `key` (the ledger's message id) keeps a console fallback to one print."""
         with self._lock:  # sweeps send from worker threads; one post at a time keeps Slack's order
-            return self._send(message, thread_ts, channel)
+            return self._send(message, thread_ts, channel, key or message.header)
 
-    def _send(self, message: Message, thread_ts: str | None, channel: str | None) -> Delivery:
+    def _send(self, message: Message, thread_ts: str | None, channel: str | None, key: str) -> Delivery:
         if self.broken is None:
             d = self.sink.send(message, thread_ts=thread_ts, channel=channel)
             if d.delivered or not d.permanent:
                 return d
             self.broken = d.error or "permanent error"
             self.console.note(f"Slack rejected alerts permanently ({self.broken}); fix the webhook/token. "
-                              "Alerts print here until the watcher is restarted.")
-        fallback = self.console.send(message)
-        fallback.error = f"{self.sink.via}: {self.broken}"
-        return fallback
+                              "Alerts print here and stay pending until Slack takes them.")
+        if key not in self._printed:
+            self._printed.add(key)
+            self.console.send(message)
+        # Shown here, not delivered: the ledger keeps it pending for Slack.
+        return Delivery(False, self.sink.via, f"{self.sink.via}: {self.broken}", permanent=True)
+
+
+def check_webhook_url(url: str) -> None:
+    """Refuse anything but https:// (plain http:// only to a loopback address, e.g. a local stand-in)."""
+    from agent.protocol.errors import ConfigError
+
+    parts = urlsplit(url)
+    if parts.scheme == "https" and parts.hostname:
+        return
+    if parts.scheme == "http" and _loopback(parts.hostname):
+        return
+    raise ConfigError("--slack-webhook must be an https:// URL (Slack: Apps > Incoming Webhooks)")
+
+
+def _loopback(host: str | None) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host or "").is_loopback
+    except ValueError:
+        return False
 
 
 def make_notifier(webhook_url: str | None = None, token: str | None = None, channel: str | None = None,
@@ -169,7 +199,6 @@ def make_notifier(webhook_url: str | None = None, token: str | None = None, chan
             raise ConfigError("--slack-token needs --slack-channel (e.g. --slack-channel '#training-alerts')")
         return Notifier(ApiSink(token, channel, base_url=api_url), console)
     if webhook_url:
-        if not webhook_url.startswith(("https://", "http://")):
-            raise ConfigError("--slack-webhook must be an https:// URL (Slack: Apps > Incoming Webhooks)")
+        check_webhook_url(webhook_url)
         return Notifier(WebhookSink(webhook_url), console)
     return Notifier(None, console)
