@@ -204,6 +204,36 @@ def status_cmd(run_id, store_url, endpoint_url, store_region, as_json, no_instan
     click.echo(json.dumps(d, indent=2, default=str) if as_json else render(d, now))
 
 
+@click.command("report")
+@click.argument("run_id")
+@store_options
+@click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Where to write the HTML (default <run-id>-report.html here).")
+@click.option("--png", "png", is_flag=True, help="Also write each plot as a PNG beside the HTML.")
+@_no_instance
+@_at
+def report_cmd(run_id, store_url, endpoint_url, store_region, out_path, png, no_instance, at):
+    """One self-contained HTML page about a run: outcome, cause, cost, config, timings and plots."""
+    from agent.protocol import plots
+    from agent.protocol.runid import validate_run_id
+    from controller.views.facts import view_settings
+    from controller.views.report import build, to_html
+    from controller.views.status import collect
+
+    validate_run_id(run_id)
+    if png and not plots.available():
+        raise ConfigError("--png needs matplotlib: pip install 'trainctl[plots]'")
+    rs = open_run_store(store_url, endpoint_url, store_region)
+    rep = build(rs, run_id, collect(rs, run_id, time.time() if at is None else at, _ec2(no_instance), view_settings()))
+    out = out_path or Path(f"{run_id}-report.html")
+    out.write_text(to_html(rep), encoding="utf-8")
+    click.echo(f"wrote {out}")
+    for title, data in rep.pngs.items() if png else ():
+        dest = out.with_name(f"{out.stem}-{title.replace(' ', '_')}.png")
+        dest.write_bytes(data)
+        click.echo(f"wrote {dest}")
+
+
 @click.command("stop")
 @click.argument("run_id")
 @store_options
@@ -296,4 +326,4 @@ def hosts_forget(name):
         click.echo(f"no host key pinned for {name}")
 
 
-COMMANDS = [launch_cmd, tail_cmd, status_cmd, stop_cmd, runs_cmd, hosts_group]
+COMMANDS = [launch_cmd, tail_cmd, status_cmd, report_cmd, stop_cmd, runs_cmd, hosts_group]

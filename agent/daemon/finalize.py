@@ -16,6 +16,7 @@ from pathlib import Path
 from agent.daemon import hostfacts
 from agent.daemon.artifacts import ArtifactError, sync_artifact
 from agent.daemon.backoff import Backoff
+from agent.daemon.curve import write_loss_curve
 from agent.daemon.progress import finite_or_str
 from agent.daemon.trainer import ExitStatus
 from agent.protocol import records as p
@@ -102,6 +103,10 @@ def decide(agent, status: ExitStatus, facts: dict, duration: float | None):
               "last_loss": agent.progress.last_loss}
     if agent.spot.notice is not None and not status.ok:  # a trainer that finished anyway completes
         return agent.spot.interrupted_marker(agent, status, facts, tail, common)
+    if agent.state.cap is not None:  # stopped at a cap: its cause, even if the trainer then exited 0
+        from agent.daemon.caps import cap_marker
+
+        return cap_marker(agent, status, facts, tail, common)
     if not status.ok or facts["stop_requested"] or facts["agent_interrupted"]:
         return error_marker(status, facts, tail, **common)
     finals = final_artifacts(agent)
@@ -154,6 +159,8 @@ def finalize(agent, status: ExitStatus) -> int:
             if agent.progress.metrics or agent.progress.phase:
                 agent.rs.write_progress(agent.run_id, agent.progress.record(time.time()))
                 agent.rs.write_history(agent.run_id, agent.progress.history_points())
+            write_loss_curve(agent)  # best effort, once: never holds up the marker
+            agent.sampler.flush()  # the samples' last stretch, before the marker
             step = "heartbeat"
             agent.heartbeat(alive=False)
             if marker is None:

@@ -23,6 +23,7 @@ import psutil
 
 from agent.daemon import hostfacts
 from agent.daemon.artifacts import ArtifactQueue
+from agent.daemon.caps import CapWatch, budget
 from agent.daemon.checkpoints import CheckpointWatch
 from agent.daemon.duties import STORE_ERRORS, Duties, Duty
 from agent.daemon.filewatch import FileWatch
@@ -30,6 +31,7 @@ from agent.daemon.logship import LogShipper
 from agent.daemon.outputparse import compile_progress_regex
 from agent.daemon.outputprogress import OutputProgress
 from agent.daemon.progress import ProgressTracker
+from agent.daemon.sampling import Sampler
 from agent.daemon.settings import AgentSettings
 from agent.daemon.spot import SpotWatch
 from agent.daemon.stopping import StopLadder
@@ -71,6 +73,7 @@ class Agent:
         self._history_at = 0.0
         self.artifacts = ArtifactQueue(self.rs, run_id, wd.output, self.stored_apart)
         self.spot = SpotWatch.from_settings(settings)
+        self.sampler = Sampler(self.rs, run_id, wd.root)
         self.duties = self._duties()
 
     def _duties(self) -> Duties:
@@ -86,6 +89,8 @@ class Agent:
             Duty("artifacts", lambda now: self.artifacts.pump(self.progress.declared), retry_max_s=r,
                  while_down="the upload is retried"),
             Duty("spot watch", lambda now: self.spot.tick(self.ladder, now)),
+            Duty("sampling", lambda now: self.sampler.tick(now, time.time()), retry_max_s=r),
+            Duty("caps", CapWatch(self).tick),
         ])
 
     # -- startup -------------------------------------------------------------------------------
@@ -285,6 +290,7 @@ class Agent:
         md.command = md.command or self.state.command
         md.host = md.host or hostfacts.host_stats(self.wd.root).get("hostname")
         md.trainctl_version = md.trainctl_version or _version()
+        md.budget = budget(self.s, self.state.started_ts)
         self.rs.write_metadata(md)
         self._metadata_dirty = self.progress.phase_changed = False
 

@@ -93,6 +93,7 @@ class ProgressTracker:
             self.declare(rec["artifact"], rec["path"], bool(rec.get("final")))
         if isinstance(rec.get("eval_loss"), int | float) and "step" not in rec:
             self.metrics["eval_loss"] = rec["eval_loss"]
+            self._mark_eval(rec["eval_loss"])
             self.changed = True
         if "step" in rec:
             if self.source != p.Heartbeat.SOURCE_TRAINER:
@@ -115,9 +116,16 @@ class ProgressTracker:
         if fields.get("loss") is None:
             return  # a step between logs: progress, not a point of the loss curve
         self.history.append({"step": fields.get("step", self.metrics.get("step")), "loss": fields["loss"],
-                             "lr": fields.get("lr"), "epoch": fields.get("epoch"), "ts": ts})
+                             "lr": fields.get("lr"), "epoch": fields.get("epoch"), "ts": ts,
+                             "tokens_per_s": fields.get("tokens_per_s")})
         if len(self.history) > HISTORY_MAX:  # keep the curve's shape, halve its resolution
             self.history = self.history[::2]
+
+    def _mark_eval(self, value) -> None:
+        """An evaluation's loss goes on the curve's latest point (`eval_loss`), so history.json
+        carries the eval curve too (the loss-curve plot reads it) without points of its own."""
+        if self.history:
+            self.history[-1]["eval_loss"] = value
 
     def set_phase(self, name: str, ts: float, pace: bool = True) -> None:
         """The trainer is in phase `name` since `ts` (from its file, its output, or a checkpoint folder)."""
@@ -149,10 +157,12 @@ class ProgressTracker:
             self._step(fields, ts, live)
             if rec.eval_loss is not None:
                 self.metrics["eval_loss"] = rec.eval_loss
+                self._mark_eval(rec.eval_loss)
         elif rec.kind == "other_bar" and self.source is not None and rec.total and rec.step < rec.total:
             self.set_phase(EVAL, ts, live)  # another bar while training: HF's evaluation loop
         elif rec.kind == "eval":
             self.metrics["eval_loss"] = rec.eval_loss
+            self._mark_eval(rec.eval_loss)
             if self.phase == EVAL:
                 self.set_phase("training", ts, live)
             elif rec.runtime_s is not None and live:

@@ -41,6 +41,10 @@ ERROR = "_error"
 COMPLETE = "_complete"
 STOP = "control/stop"
 ALERTS = "_alerts.json"
+# The loss curve the agent draws at the end of a run (agent/daemon/curve.py; needs the plots extra).
+LOSS_CURVE = "artifacts/loss_curve.png"
+# The agent's host/GPU/disk samples: a bounded columnar time series (agent/daemon/sampling.py).
+SAMPLES = "samples.json"
 # The watcher's index: one empty-ish marker per run that is finished and fully alerted, so a
 # sweep lists these once instead of reading every finished run (ops/index.py).
 INDEX = "_index/"
@@ -205,6 +209,8 @@ class Metadata(Record):
     heartbeat_s: float = 30.0
     workdir: str | None = None
     trainctl_version: str | None = None
+    # The agent's caps (agent.daemon.caps.budget): max_runtime_s, max_cost_usd, hourly_usd, started_ts.
+    budget: dict | None = None
 
 
 @dataclass
