@@ -103,10 +103,6 @@ def decide(agent, status: ExitStatus, facts: dict, duration: float | None):
               "last_loss": agent.progress.last_loss}
     if agent.spot.notice is not None and not status.ok:  # a trainer that finished anyway completes
         return agent.spot.interrupted_marker(agent, status, facts, tail, common)
-    if agent.state.cap is not None:  # stopped at a cap: its cause, even if the trainer then exited 0
-        from agent.daemon.caps import cap_marker
-
-        return cap_marker(agent, status, facts, tail, common)
     if not status.ok or facts["stop_requested"] or facts["agent_interrupted"]:
         return error_marker(status, facts, tail, **common)
     finals = final_artifacts(agent)
