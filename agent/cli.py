@@ -74,6 +74,12 @@ def agent_group():
 @click.option("--price-basis", type=click.Choice(PRICE_BASES), default=None, envvar="TRAINCTL_PRICE_BASIS",
               help="Which price --hourly-usd is: the on-demand price, or the spot price the box ran at "
                    "(default on-demand; env TRAINCTL_PRICE_BASIS).")
+@click.option("--max-runtime", default=None, envvar="TRAINCTL_MAX_RUNTIME",
+              help="Runtime cap (30s, 90m, 12h): at it the trainer is stopped gracefully (checkpoint first) and the "
+                   "run fails with cause runtime_cap (env TRAINCTL_MAX_RUNTIME).")
+@click.option("--max-cost", type=click.FloatRange(min=0, min_open=True), default=None, envvar="TRAINCTL_MAX_COST",
+              help="Spend cap in USD at --hourly-usd: at it the trainer is stopped gracefully and the run fails with "
+                   "cause cost_cap; needs --hourly-usd (env TRAINCTL_MAX_COST).")
 @click.option("--progress-regex", default=None, envvar="TRAINCTL_PROGRESS_REGEX",
               help="Read progress from output lines matching this regex, with named groups step, total, loss, lr "
                    "(e.g. 'it (?P<step>\\d+)/(?P<total>\\d+) loss (?P<loss>[\\d.]+)'); HF/TRL/axolotl log dicts "
@@ -92,7 +98,8 @@ def agent_group():
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def run_cmd(run_id, store_url, endpoint_url, store_region, workdir, heartbeat_s, log_flush_s, stop_poll_s, latest_s,
             progress_s, stop_grace_s, retry_max_s, finalize_timeout_s, shutdown_timeout_s, partial_line_s, tick_s, nice,
-            imds_endpoint, imds_poll_s, spot_checkpoint_s, hourly_usd, price_basis, progress_regex, read_output,
+            imds_endpoint, imds_poll_s, spot_checkpoint_s, hourly_usd, price_basis, max_runtime, max_cost,
+            progress_regex, read_output,
             artifacts, checkpoints, checkpoint_settle_s, verbose, command):
     """Run COMMAND as the trainer of RUN_ID and keep the store up to date until it ends.
 
@@ -109,6 +116,7 @@ def run_cmd(run_id, store_url, endpoint_url, store_region, workdir, heartbeat_s,
                                "s3://bucket/training-runs")
     validate_run_id(run_id)
     _check_regex(progress_regex)
+    max_runtime_s = _check_caps(max_runtime, max_cost, hourly_usd)
     _setup_logging(verbose)
     settings = AgentSettings(heartbeat_s=heartbeat_s, log_flush_s=log_flush_s, stop_poll_s=stop_poll_s,
                              latest_s=latest_s, progress_s=progress_s, stop_grace_s=stop_grace_s,
@@ -117,6 +125,7 @@ def run_cmd(run_id, store_url, endpoint_url, store_region, workdir, heartbeat_s,
                              partial_line_s=partial_line_s, tick_s=tick_s, nice=nice, imds_endpoint=imds_endpoint,
                              imds_poll_s=imds_poll_s, spot_checkpoint_s=spot_checkpoint_s, hourly_usd=hourly_usd,
                              price_basis=price_basis if hourly_usd is not None else None,
+                             max_runtime_s=max_runtime_s, max_cost_usd=max_cost,
                              progress_regex=progress_regex or None, read_output=read_output,
                              artifacts=tuple(artifacts), checkpoints=checkpoints or None,
                              checkpoint_settle_s=checkpoint_settle_s)
@@ -127,6 +136,25 @@ def run_cmd(run_id, store_url, endpoint_url, store_region, workdir, heartbeat_s,
     wd = Workdir((workdir or default_workdir(run_id)).expanduser().resolve())
     code = Agent(run_id, store, wd, list(command), settings, stats).run()
     sys.exit(code)
+
+
+def _check_caps(max_runtime: str | None, max_cost: float | None, hourly_usd: float | None) -> float | None:
+    """The runtime cap in seconds; a bad cap, or a cost cap with no price to count it in, is one line, exit 2."""
+    from agent.protocol.durations import parse_duration
+    from agent.protocol.errors import ConfigError
+
+    if max_cost is not None and hourly_usd is None:
+        raise click.UsageError("--max-cost needs --hourly-usd (ctl launch passes the box's price): without a "
+                               "price there is no cost to cap")
+    if not max_runtime:
+        return None
+    try:
+        seconds = parse_duration(max_runtime, what="--max-runtime")
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    if not seconds:
+        raise click.UsageError("--max-runtime must be above 0")
+    return seconds
 
 
 def _check_regex(pattern: str | None) -> None:

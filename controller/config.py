@@ -103,6 +103,11 @@ class TrainerCfg:
                                         "or absolute): uploaded and verified before _complete; missing = failed")
     checkpoints: str = setting("", help="folder of HF-style checkpoint-N folders (relative to the output dir, or "
                                      "absolute): each is uploaded once complete, for --resume")
+    max_runtime: str = setting("", help="runtime cap (90m, 12h): the trainer is stopped gracefully (checkpoint first) "
+                                     "and the run fails with cause runtime_cap; empty = none")
+    max_cost: float = setting(0.0, min=0, max=1e6, help="spend cap in USD at the box's hourly price: stopped "
+                                                     "gracefully, cause cost_cap; 0 = none; not enforced where "
+                                                     "the box has no known price (--local, --host)")
 
 
 @dataclass
@@ -194,6 +199,12 @@ def semantic_errors(cfg: RunConfig) -> list[Problem]:
             re.compile(cfg.trainer.progress_regex)
         except re.error as exc:
             errs.append(Problem("trainer.progress_regex", f"{cfg.trainer.progress_regex!r} does not compile: {exc}"))
+    if cfg.trainer.max_runtime:
+        try:
+            if not parse_duration(cfg.trainer.max_runtime, what="trainer.max_runtime"):
+                errs.append(Problem("trainer.max_runtime", "must be above 0 (leave it empty for no cap)"))
+        except ConfigError as exc:
+            errs.append(Problem("trainer.max_runtime", str(exc).removeprefix("trainer.max_runtime: ")))
     if not cfg.trainer.command and not cfg.trainer.config:
         errs.append(Problem("trainer", "set trainer.config (a train.toml) or trainer.command"))
     return errs

@@ -16,6 +16,7 @@ from pathlib import Path
 from agent.daemon import hostfacts
 from agent.daemon.artifacts import ArtifactError, sync_artifact
 from agent.daemon.backoff import Backoff
+from agent.daemon.caps import stored_checkpoint
 from agent.daemon.curve import write_loss_curve
 from agent.daemon.progress import finite_or_str
 from agent.daemon.trainer import ExitStatus
@@ -103,6 +104,11 @@ def decide(agent, status: ExitStatus, facts: dict, duration: float | None):
               "last_loss": agent.progress.last_loss}
     if agent.spot.notice is not None and not status.ok:  # a trainer that finished anyway completes
         return agent.spot.interrupted_marker(agent, status, facts, tail, common)
+    if (cap := agent.state.cap) is not None:  # stopped at a cap: its cause, even if the trainer then exited 0
+        note, where = stored_checkpoint(agent)
+        marker = error_marker(status, facts, tail, cause=cap["cause"], summary=f"{cap['summary']}; {note}", **common)
+        marker.checkpoint = where
+        return marker
     if not status.ok or facts["stop_requested"] or facts["agent_interrupted"]:
         return error_marker(status, facts, tail, **common)
     finals = final_artifacts(agent)

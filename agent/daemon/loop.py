@@ -23,6 +23,7 @@ import psutil
 
 from agent.daemon import hostfacts
 from agent.daemon.artifacts import ArtifactQueue
+from agent.daemon.caps import CapWatch, budget
 from agent.daemon.checkpoints import CheckpointWatch
 from agent.daemon.duties import STORE_ERRORS, Duties, Duty
 from agent.daemon.filewatch import FileWatch
@@ -89,6 +90,7 @@ class Agent:
                  while_down="the upload is retried"),
             Duty("spot watch", lambda now: self.spot.tick(self.ladder, now)),
             Duty("sampling", lambda now: self.sampler.tick(now, time.time()), retry_max_s=r),
+            Duty("caps", CapWatch(self).tick),
         ])
 
     # -- startup -------------------------------------------------------------------------------
@@ -288,6 +290,7 @@ class Agent:
         md.command = md.command or self.state.command
         md.host = md.host or hostfacts.host_stats(self.wd.root).get("hostname")
         md.trainctl_version = md.trainctl_version or _version()
+        md.budget = budget(self.s, self.state.started_ts)
         self.rs.write_metadata(md)
         self._metadata_dirty = self.progress.phase_changed = False
 

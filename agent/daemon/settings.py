@@ -30,6 +30,8 @@ class AgentSettings:
     spot_checkpoint_s: float = 90.0  # notice -> SIGKILL if the trainer has not checkpointed and exited
     hourly_usd: float | None = None  # the box's price, from the controller: markers carry the run's cost
     price_basis: str | None = None  # "spot" or "on-demand": which price hourly_usd is
+    max_runtime_s: float | None = None  # runtime cap (agent.daemon.caps): stop the trainer gracefully at it
+    max_cost_usd: float | None = None  # spend cap in USD at hourly_usd (no price given: not enforced)
     # Any trainer (run.toml [trainer], `ctl agent run` flags): progress, final outputs, checkpoints.
     progress_regex: str | None = None  # named groups step/total/loss/lr, for output outputparse cannot read
     read_output: bool = True  # read progress from the trainer's output when its progress file has none

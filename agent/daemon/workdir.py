@@ -108,6 +108,7 @@ class AgentState:
     oom_kill_base: int | None = None
     stop_seen: bool = False
     interrupted: bool = False
+    cap: dict | None = None  # the cap that stopped the trainer (agent.daemon.caps.reached), if one did
     log: LogCursor = field(default_factory=LogCursor)
     stats: dict = field(default_factory=dict)  # S3 requests/bytes of the last agent process (agent.protocol.reqstats)
 

@@ -209,6 +209,8 @@ class Metadata(Record):
     heartbeat_s: float = 30.0
     workdir: str | None = None
     trainctl_version: str | None = None
+    # The agent's caps (agent.daemon.caps.budget): max_runtime_s, max_cost_usd, hourly_usd, started_ts.
+    budget: dict | None = None
 
 
 @dataclass

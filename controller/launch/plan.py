@@ -241,6 +241,8 @@ def agent_argv(cfg: RunConfig, lay: Layout, run_id: str, store_url: str, endpoin
         argv += ["--endpoint-url", endpoint_url]
     if hourly_usd is not None:
         argv += ["--hourly-usd", f"{hourly_usd:g}", "--price-basis", price_basis or "on-demand"]
+        if cfg.trainer.max_cost:  # a cost cap needs a price to count in
+            argv += ["--max-cost", f"{cfg.trainer.max_cost:g}"]
     return [*argv, *trainer_flags(cfg), "--", *trainer_argv(cfg, lay, wd)]
 
 
@@ -253,6 +255,8 @@ def trainer_flags(cfg: RunConfig) -> list[str]:
         out += ["--artifact", path]
     if t.checkpoints:
         out += ["--checkpoints", t.checkpoints]
+    if t.max_runtime:
+        out += ["--max-runtime", t.max_runtime]
     return out
 
 

@@ -57,7 +57,24 @@ def collect(rs: RunStore, run_id: str, now: float, ec2: Ec2Enricher | None = Non
         "command": md.command if md else [], "git_sha": md.git_sha if md else None,
         "console_url": rs.console_url(run_id),
         "autostop": countdown(md, (err or done).ts if (err or done) else None, now, state),
+        "budget": budget_left(md.budget if md else None, (err or done).ts if (err or done) else now),
     }
+
+
+def budget_left(budget: dict | None, at: float) -> str | None:
+    """What is left of the run's caps at `at` (its marker's time once finished): `runtime 42m left of
+    1h; cost $1.10 left of $2.00 (at $1.21/h)`; None without caps. Cost as the agent counts it
+    (agent.daemon.caps: hourly price times runtime, 60 s minimum)."""
+    if not budget or budget.get("started_ts") is None:
+        return None
+    ran = max(0.0, at - budget["started_ts"])
+    parts = []
+    if (cap := budget.get("max_runtime_s")) is not None:
+        parts.append(f"runtime {fmt_duration(max(0.0, cap - ran))} left of {fmt_duration(cap)}")
+    if (usd := budget.get("max_cost_usd")) is not None and (hourly := budget.get("hourly_usd")) is not None:
+        spent = hourly * max(60.0, ran) / 3600.0
+        parts.append(f"cost ${max(0.0, usd - spent):,.2f} left of ${usd:,.2f} (at ${hourly:g}/h)")
+    return "; ".join(parts) or None
 
 
 def render(d: dict, now: float) -> str:
@@ -101,6 +118,8 @@ def render(d: dict, now: float) -> str:
         lines.append(f"console    {d['console_url']}")
     if d.get("autostop"):
         lines.append(f"autostop   {d['autostop']}")
+    if d.get("budget"):
+        lines.append(f"budget     {d['budget']}")
     return "\n".join(lines)
 
 

@@ -26,6 +26,20 @@ def _progress(rec: dict) -> None:
         fh.write(json.dumps(rec) + "\n")
 
 
+def _checkpoint_and_exit(signum, _frame) -> None:
+    """What our trainer does on a stop signal: a whole checkpoint folder (state file last), then exit."""
+    name = "checkpoint-7"
+    folder = os.path.join(os.environ["TRAINCTL_OUTPUT_DIR"], name)
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "adapter_model.safetensors"), "wb") as fh:
+        fh.write(b"\0" * 1024)
+    with open(os.path.join(folder, "trainer_state.pt"), "wb") as fh:
+        fh.write(b"state")
+    _progress({"artifact": name, "path": f"{name}/", "final": False})
+    print(f"received signal {signum}: saved {name}", file=sys.stderr, flush=True)
+    os._exit(130)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--lines", type=int, default=20)
@@ -40,7 +54,12 @@ def main() -> int:
     ap.add_argument("--leave-child", default="", help="start a long sleep in the background, pid to this file")
     ap.add_argument("--rotated-checkpoint", action="store_true",
                     help="declare a checkpoint, then delete it (save_total_limit rotation) before it can ship")
+    ap.add_argument("--checkpoint-on-stop", action="store_true",
+                    help="on SIGINT/SIGTERM save checkpoint-<step>/ (as our trainer does), declare it, exit 130")
     args = ap.parse_args()
+    if args.checkpoint_on_stop:
+        signal.signal(signal.SIGINT, _checkpoint_and_exit)
+        signal.signal(signal.SIGTERM, _checkpoint_and_exit)
 
     out = sys.stdout.buffer
     _progress({"phase": "training"})
