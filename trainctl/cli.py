@@ -31,6 +31,13 @@ class TrainctlGroup(click.Group):
             return super().invoke(ctx)
         except TrainctlError as exc:
             raise CleanError(str(exc), exc.exit_code) from None
+        except Exception as exc:  # an AWS error no part translated: still one line with the fix
+            from agent.protocol import awserrors
+
+            if not awserrors.is_botocore(exc):
+                raise
+            raise CleanError(f"AWS: {awserrors.one_line(exc, fix_resource='check the names in the command')}",
+                             1) from None
 
 
 @click.group(cls=TrainctlGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -25,7 +25,7 @@ from agent.daemon import hostfacts
 from agent.daemon.artifacts import ArtifactQueue
 from agent.daemon.caps import CapWatch, budget
 from agent.daemon.checkpoints import CheckpointWatch
-from agent.daemon.duties import STORE_ERRORS, Duties, Duty
+from agent.daemon.duties import Duties, Duty
 from agent.daemon.filewatch import FileWatch
 from agent.daemon.logship import LogShipper
 from agent.daemon.outputparse import compile_progress_regex
@@ -138,10 +138,10 @@ class Agent:
         write_atomic(self.wd.agent_pid, f"{os.getpid()}\n")
 
     def _already_finished(self) -> bool:
-        try:
-            return self.rs.finished(self.run_id)
-        except STORE_ERRORS:
-            return False  # store down: carry on spooling; the marker write is create-only anyway
+        # The start-up store probe: a store that cannot work refuses a fresh run; a store down is spooled.
+        from agent.daemon.probe import probe_store
+
+        return probe_store(self.rs, self.run_id, fresh=not self.wd.state.exists())
 
     def _start_or_adopt(self) -> ExitStatus | None:
         """Start the trainer, or find the one a previous agent started. Returns its status if it already ended."""

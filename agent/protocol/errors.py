@@ -21,5 +21,10 @@ class StoreError(TrainctlError):
     """The run store could not be reached or refused an operation."""
 
 
+class StoreRefused(StoreError):
+    """The store cannot work as configured (no such bucket, access denied, bad credentials, wrong
+    region): retrying will not help, so the agent refuses the run instead of spooling."""
+
+
 class NotFound(StoreError):
     """A key or run that is not in the store."""

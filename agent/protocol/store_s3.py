@@ -11,7 +11,8 @@ import os
 from collections.abc import Iterator
 from urllib.parse import urlencode
 
-from agent.protocol.errors import NotFound, StoreError
+from agent.protocol import awserrors
+from agent.protocol.errors import NotFound, StoreError, StoreRefused
 from agent.protocol.store import Store, Versioned
 
 # A precondition failure is the expected "someone else got there first", not an error.
@@ -57,7 +58,12 @@ class S3Store(Store):
         self.region = region
         self.endpoint_url = endpoint_url
         self.url = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
-        self.client = client or s3_client(endpoint_url, region, profile, max_attempts, timeout)
+        try:
+            self.client = client or s3_client(endpoint_url, region, profile, max_attempts, timeout)
+        except Exception as exc:  # a profile that is not there, a broken ~/.aws/config
+            if not awserrors.is_botocore(exc):
+                raise
+            raise StoreRefused(f"S3 store {self.url}: {awserrors.one_line(exc)}") from None
 
     def _k(self, key: str) -> str:
         if not key or key.startswith("/") or "/../" in f"/{key}/":
@@ -68,8 +74,11 @@ class S3Store(Store):
         return full[len(self.prefix) + 1:] if self.prefix else full
 
     def _fail(self, what: str, key: str, exc) -> StoreError:
-        code = _code(exc) or type(exc).__name__
-        return StoreError(f"S3 {what} {self.location(key)} failed: {code}: {exc}")
+        """One line naming the fix; StoreRefused when retrying cannot help (the agent refuses the run)."""
+        region = self.region or getattr(getattr(self.client, "meta", None), "region_name", None)
+        line = awserrors.one_line(exc, region=None if self.endpoint_url else region)
+        cls = StoreRefused if awserrors.permanent(exc) else StoreError
+        return cls(f"S3 {what} {self.location(key)} failed: {line}")
 
     def put(self, key: str, data: bytes, tags: dict[str, str] | None = None) -> None:
         extra = {"Tagging": urlencode(tags)} if tags else {}

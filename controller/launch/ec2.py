@@ -84,7 +84,10 @@ def describe(client, instance_id: str) -> Instance:
         if code in ("InvalidInstanceID.NotFound", "InvalidInstanceID.Malformed"):
             raise TrainctlError(f"instance {instance_id} not found in region {region}: check the id, or pass "
                                 f"--region (or AWS_REGION) for the region it lives in") from None
-        raise TrainctlError(f"EC2 DescribeInstances in {region} failed: {exc}") from None
+        from agent.protocol import awserrors
+
+        raise TrainctlError(f"EC2 DescribeInstances {instance_id} in {region} failed: "
+                            f"{awserrors.one_line(exc, fix_resource='check --existing and --region')}") from None
     found = [i for r in resp.get("Reservations", []) for i in r.get("Instances", [])]
     if not found:
         raise TrainctlError(f"instance {instance_id} not found in region {region}: check the id, or pass "
