@@ -39,9 +39,13 @@ from agent.protocol.options import store_options
               help="Ask EC2 about each run's instance and look for idle tagged instances.")
 @click.option("--ec2-endpoint-url", envvar="TRAINCTL_EC2_ENDPOINT", default=None, metavar="URL", hidden=True)
 @click.option("--region", default=None, help="Region of instances whose metadata names none.")
+@click.option("--events", "events_spec", envvar="TRAINCTL_EVENTS", default="auto", show_default=True,
+              metavar="auto|none|sqs://QUEUE",
+              help="Sweep a run the moment its _error/_complete appears: auto watches a local store's folder; "
+              "sqs://<queue> long-polls the queue the bucket notifies (terraform output events_queue).")
 def watch_cmd(store_url, endpoint_url, store_region, once, interval, slack_webhook, slack_token, slack_channel,
               slack_api_url, heartbeat_s, heartbeat_grace, progress_timeout, log_silence, setup_timeout, launch_timeout, orphan_after, ec2,
-              ec2_endpoint_url, region):
+              ec2_endpoint_url, region, events_spec):
     """Watch every run in the store and alert on Slack when one fails, hangs, goes silent or finishes."""
     from agent.protocol.durations import parse_duration
     from ops.config import build_watcher, settings_from
@@ -58,33 +62,71 @@ def watch_cmd(store_url, endpoint_url, store_region, once, interval, slack_webho
     w = build_watcher(store_url, endpoint_url, settings=settings, webhook_url=slack_webhook, token=slack_token,
                       channel=slack_channel, api_url=slack_api_url, ec2=ec2, ec2_endpoint_url=ec2_endpoint_url,
                       region=region, store_region=store_region)
-    sink = w.notifier.sink.via
-    click.echo(f"watching {w.rs.url} every {every:g}s; alerts to {sink}", err=True)
-    from agent.protocol.errors import StoreError
+    from ops.push import open_events
 
+    events = None if once else open_events(events_spec, w.rs.store, endpoint_url, store_region)
+    pushed = f"; markers pushed by {type(events).__name__}" if events else ""
+    click.echo(f"watching {w.rs.url} every {every:g}s; alerts to {w.notifier.sink.via}{pushed}", err=True)
+    if events:
+        events.start()
     try:
-        while True:
-            try:
-                rep = w.sweep(time.time())
-            except StoreError as exc:
-                if once:
-                    raise
-                # A store outage must not end the watcher: say so and try again next interval.
-                click.echo(f"warning: sweep failed, retrying in {every:g}s: {exc}", err=True)
-                time.sleep(every)
-                continue
-            states = ", ".join(f"{k} {v}" for k, v in sorted(rep.states.items())) or "none active"
-            idle = f"; {rep.idle_instances} idle tagged instance(s)" if rep.idle_instances else ""
-            click.echo(f"sweep: {rep.runs} runs, {rep.active} active ({states}); sent {rep.sent}, "
-                       f"pending {rep.pending}{idle}", err=True)
-            for e in rep.errors:
-                click.echo(f"warning: {e}", err=True)
-            if once:
-                _exit_if_undelivered(rep)
-                return
-            time.sleep(every)
+        _loop(w, events, every, once)
     except KeyboardInterrupt:
         click.echo("stopped", err=True)
+    finally:
+        if events:
+            events.stop()
+
+
+def _loop(w, events, every: float, once: bool) -> None:
+    """Full sweeps every `every` s; in between, pushed markers are swept the moment they arrive."""
+    from agent.protocol.errors import StoreError
+
+    while True:
+        try:
+            rep = w.sweep(time.time())
+        except StoreError as exc:
+            if once:
+                raise
+            # A store outage must not end the watcher: say so and try again next interval.
+            click.echo(f"warning: sweep failed, retrying in {every:g}s: {exc}", err=True)
+            _wait(w, events, every)
+            continue
+        states = ", ".join(f"{k} {v}" for k, v in sorted(rep.states.items())) or "none active"
+        idle = f"; {rep.idle_instances} idle tagged instance(s)" if rep.idle_instances else ""
+        click.echo(f"sweep: {rep.runs} runs, {rep.active} active ({states}); sent {rep.sent}, "
+                   f"pending {rep.pending}{idle}", err=True)
+        for e in rep.errors:
+            click.echo(f"warning: {e}", err=True)
+        if once:
+            _exit_if_undelivered(rep)
+            return
+        _wait(w, events, every)
+
+
+def _wait(w, events, every: float) -> None:
+    """Until the next full sweep: sleep, or sweep each run a pushed marker names as it comes."""
+    from agent.protocol.errors import StoreError
+
+    deadline = time.monotonic() + every
+    while (left := deadline - time.monotonic()) > 0:
+        if events is None:
+            time.sleep(left)
+            return
+        try:
+            ids = events.wait(left)
+            if not ids:
+                events.done()  # a test event, another prefix's marker: nothing to sweep, drop it
+                continue
+            rep = w.sweep_runs(ids, time.time())
+        except StoreError as exc:
+            events.done(swept=False)
+            click.echo(f"warning: pushed sweep failed, the next full sweep retries: {exc}", err=True)
+            continue
+        events.done(swept=not rep.errors)
+        click.echo(f"pushed: {', '.join(sorted(ids))}: sent {rep.sent}, pending {rep.pending}", err=True)
+        for e in rep.errors:
+            click.echo(f"warning: {e}", err=True)
 
 
 def _exit_if_undelivered(rep) -> None:

@@ -1,4 +1,5 @@
-"""The same sweep as `ctl watch --once`, as an AWS Lambda handler on an EventBridge schedule.
+"""The same sweep as `ctl watch --once`, as an AWS Lambda handler on an EventBridge schedule;
+fed an SQS batch (the bucket's `_error`/`_complete` notifications), it sweeps just those runs.
 
 Configuration comes from the function's environment: TRAINCTL_STORE (required); the webhook
 from SLACK_WEBHOOK_SSM_PARAMETER (a SecureString, read once per container, so the URL is in
@@ -56,6 +57,28 @@ def handler(event, context):
                       api_url=env.get("SLACK_API_URL"), ec2=env.get("TRAINCTL_EC2", "1") != "0",
                       ec2_endpoint_url=env.get("TRAINCTL_EC2_ENDPOINT"))
     now = float((event or {}).get("now") or time.time())
+    if _is_sqs_batch(event):
+        return _sweep_batch(w, event, now)
     report = w.sweep(now).as_dict()
+    print(report)
+    return report
+
+
+def _is_sqs_batch(event) -> bool:
+    recs = (event or {}).get("Records") if isinstance(event, dict) else None
+    return bool(recs) and all(r.get("eventSource") == "aws:sqs" for r in recs)
+
+
+def _sweep_batch(w, event: dict, now: float) -> dict:
+    """The queue's batch: sweep just the runs its S3 notifications name. A message whose run could
+    not be read goes back to the queue (ReportBatchItemFailures; the dead-letter queue after a few)."""
+    from ops.push import runs_from_sqs_batch
+
+    store = w.rs.store
+    by_msg = runs_from_sqs_batch(event, getattr(store, "bucket", ""), getattr(store, "prefix", ""))
+    rep = w.sweep_runs(set().union(set(), *by_msg.values()), now)
+    broken = {e.split(":", 1)[0] for e in rep.errors}
+    report = rep.as_dict()
+    report["batchItemFailures"] = [{"itemIdentifier": m} for m, ids in by_msg.items() if ids & broken]
     print(report)
     return report

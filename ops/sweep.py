@@ -73,6 +73,22 @@ class Watcher:
         """Run one sweep at time `now`. Runs are read and handled in parallel (I/O bound)."""
         rep = SweepReport()
         ids, rep.runs = index.active_runs(self.rs)
+        seen = self._sweep_ids(ids, rep, now)
+        if len(seen) == len(ids):  # a run we could not read might be the one keeping a box busy
+            self._scan_orphans(seen, rep, now)
+        return rep
+
+    def sweep_runs(self, run_ids, now: float) -> SweepReport:
+        """Handle just `run_ids` (a pushed marker named them) at `now`: no listing, no orphan scan.
+
+        Duplicate, late or reordered events are harmless: each run is assessed from what the store
+        holds now, and the ledger's compare-and-set keeps every message to one send."""
+        ids = sorted(set(run_ids))
+        rep = SweepReport(runs=len(ids))
+        self._sweep_ids(ids, rep, now, pushed=True)
+        return rep
+
+    def _sweep_ids(self, ids: list[str], rep: SweepReport, now: float, pushed: bool = False) -> list[F.Observed]:
         rep.active = len(ids)
         with ThreadPoolExecutor(max_workers=self.workers) as pool:
             seen = []
@@ -80,6 +96,8 @@ class Watcher:
                                                  ids), strict=True):
                 if isinstance(got, str):
                     rep.errors.append(f"{run_id}: {got}")
+                elif pushed and not (got.facts.has_error or got.facts.has_complete):
+                    rep.active -= 1  # no marker (a stale event, a deleted run): the schedule's business
                 else:
                     seen.append(got)
             self._enrich(seen, rep)
@@ -93,9 +111,7 @@ class Watcher:
                 rep.pending += res.pending
                 rep.done += res.done
                 rep.last_send_error = res.error or rep.last_send_error
-        if len(seen) == len(ids):  # a run we could not read might be the one keeping a box busy
-            self._scan_orphans(seen, rep, now)
-        return rep
+        return seen
 
     def _scan_orphans(self, seen: list[F.Observed], rep: SweepReport, now: float) -> None:
         """One tagged describe_instances per region: idle trainctl boxes alert once, with their cost."""

@@ -1,0 +1,110 @@
+"""S3 -> SQS -> the watcher (issue 14 item 1) on moto's server, which delivers the bucket's
+ObjectCreated notifications to the queue as S3 does: the Lambda handler fed the queue's batch,
+and `ctl watch --events sqs://...` (a real process) long-polling it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+import time
+import uuid
+from urllib.parse import unquote_plus
+
+from agent.protocol.runstore import RunStore
+from ops.alerts import ledger as L
+from tests.ops.test_cli import CTL
+from tests.ops.test_fakes import complete, fail, make_run
+from tests.ops.test_push import _reader
+
+
+def notify_queue(moto_server, store) -> str:
+    """The queue and the bucket notification infra/terraform/events.tf declares, made with boto3."""
+    sqs = moto_server.client("sqs")
+    url = sqs.create_queue(QueueName=f"ev-{uuid.uuid4().hex[:10]}")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    moto_server.client("s3").put_bucket_notification_configuration(
+        Bucket=store.bucket, NotificationConfiguration={"QueueConfigurations": [
+            {"QueueArn": arn, "Events": ["s3:ObjectCreated:*"], "Filter": {"Key": {"FilterRules": [
+                {"Name": "prefix", "Value": f"{store.prefix}/"}, {"Name": "suffix", "Value": suffix}]}}}
+            for suffix in ("/_error", "/_complete")]})
+    return url
+
+
+def drain(sqs, url: str, want: int) -> list[dict]:
+    """Long-poll until `want` messages came (each poll waits on the queue, not on a sleep)."""
+    got: list[dict] = []
+    for _ in range(30):
+        got += sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=2).get("Messages", [])
+        if len(got) >= want:
+            break
+    return got
+
+
+def as_lambda_event(msgs: list[dict]) -> dict:
+    return {"Records": [{"eventSource": "aws:sqs", "messageId": m["MessageId"], "body": m["Body"],
+                         "receiptHandle": m["ReceiptHandle"]} for m in msgs]}
+
+
+def test_lambda_sweeps_just_the_runs_the_queue_names(s3_store, slack, moto_server, monkeypatch):
+    from ops.lambda_handler import handler
+
+    rs = RunStore(s3_store)
+    url = notify_queue(moto_server, s3_store)
+    now = time.time()
+    oom, done, quiet = make_run(rs, "oom", now=now), make_run(rs, "done", now=now), make_run(rs, "quiet", now=now)
+    fail(rs, oom, now, "cuda_oom")
+    complete(rs, done, now)
+    msgs = drain(moto_server.client("sqs"), url, 2)
+    keys = [unquote_plus(r["s3"]["object"]["key"]) for m in msgs for r in json.loads(m["Body"]).get("Records", [])]
+    assert sorted(keys) == sorted([f"training-runs/{done}/_complete", f"training-runs/{oom}/_error"])
+    for k, v in {"TRAINCTL_STORE": s3_store.url, "TRAINCTL_S3_ENDPOINT": moto_server.endpoint,
+                 "SLACK_WEBHOOK_URL": slack.webhook_url, "TRAINCTL_EC2": "0"}.items():
+        monkeypatch.setenv(k, v)
+    event = as_lambda_event(msgs)
+    report = handler({**event, "now": now + 1}, None)
+    assert report["active"] == 2 and report["sent"] == 2 and report["batchItemFailures"] == []
+    assert quiet not in json.dumps(report) and L.load(rs, quiet).etag is None  # not read, not written
+    texts = sorted(p["body"]["text"].splitlines()[0] for p in slack.posts)
+    assert texts[0].startswith("✅ Training completed") and texts[1].startswith("🔥 Training FAILED: cuda_oom")
+    again = handler({**event, "now": now + 2}, None)  # SQS delivers at least once: a redelivery
+    assert again["sent"] == 0 and len(slack.posts) == 2
+
+
+def test_watch_long_polls_the_queue_and_posts_without_a_sweep(s3_store, slack, moto_server):
+    rs = RunStore(s3_store)
+    url = notify_queue(moto_server, s3_store)
+    name = url.rsplit("/", 1)[1]
+    rid = make_run(rs, now=time.time())
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "TRAINCTL_"))}
+    env.update(moto_server.env(), SLACK_WEBHOOK_URL=slack.webhook_url)
+    proc = subprocess.Popen([CTL, "watch", "--no-ec2", "--interval", "1h", "--store", s3_store.url,
+                             "--events", f"sqs://{name}"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    swept, pushed = threading.Event(), threading.Event()
+    _reader(proc, lines, swept, "sweep: 1 runs", {f"pushed: {rid}": pushed})
+    try:
+        assert swept.wait(60), "".join(lines)
+        assert "markers pushed by QueueEvents" in "".join(lines)
+        fail(rs, rid, time.time(), "cuda_oom")
+        [post] = slack.wait_for_posts(1)
+        assert post["body"]["text"].startswith("🔥 Training FAILED: cuda_oom")
+        assert pushed.wait(60), "".join(lines)  # printed once its messages were deleted
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert sum("sweep: " in line for line in lines) == 1
+    sqs = moto_server.client("sqs")
+    attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+    assert attrs["ApproximateNumberOfMessages"] == "0" and attrs["ApproximateNumberOfMessagesNotVisible"] == "0"
+
+
+def test_watch_with_an_unknown_queue_is_one_line(s3_store, moto_server):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "TRAINCTL_"))}
+    env.update(moto_server.env())
+    res = subprocess.run([CTL, "watch", "--no-ec2", "--store", s3_store.url, "--events", "sqs://no-such-queue"],
+                         env=env, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and res.stderr.strip().startswith("Error: --events sqs://no-such-queue")
+    assert len(res.stderr.strip().splitlines()) == 1
