@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.protocol.errors import ConfigError
+from train import keyhints
 from train.schema_walk import Override, Problem, build, nest, read_toml, setting
 from train.schema_walk import parse_override as _parse_override
 
@@ -157,6 +158,11 @@ def anchor_paths(raw: dict, base: Path) -> dict:
         if isinstance(val, str) and val and not val.startswith(("/", "~")):
             out[section][key] = str(base / val)
     return out
+
+
+# The one did-you-mean knows every file's keys: a train.toml key in run.toml says where it lives.
+keyhints.register("run.toml", RunConfig)
+import train.schemas  # noqa: E402,F401  (registers train.toml and data.toml)
 
 
 def resolve(raw: dict, overrides: dict[str, Any] | None = None, source: str = "run.toml") -> RunConfig:

@@ -108,3 +108,79 @@ def test_agent_rides_out_a_store_that_is_only_down(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+# --- one did-you-mean for all three files; the examples and README snippets validate --------------
+
+@pytest.mark.parametrize("cls_name, override, hint", [
+    ("TrainConfig", "lr=1e-4", "(did you mean 'train.learning_rate'?)"),  # run.example.toml's own example
+    ("TrainConfig", "train.max_seq_length=512",  # TRL's habit: it lives in data.toml, not near max_steps
+     "('max_seq_length' lives in data.toml as 'tokenizer.max_seq_length'; then re-run ctl train prepare)"),
+    ("TrainConfig", "train.gradient_accumulation_steps=8", "(did you mean 'train.grad_accum'?)"),
+    ("TrainConfig", "lora.lora_alpha=16", "(did you mean 'lora.alpha'?)"),
+    ("TrainConfig", "train.region=eu-west-1", "('region' lives in run.toml as 'instance.region')"),
+    ("DataConfig", "validation.learning_rate=1e-4",
+     "('learning_rate' lives in train.toml as 'train.learning_rate')"),
+    ("DataConfig", "lora.r=8", "([lora] is a section of train.toml)"),
+])
+def test_a_key_that_lives_elsewhere_says_where(cls_name, override, hint):
+    import controller.config  # noqa: F401  (registers run.toml, as ctl launch does)
+    import train.schemas as schemas
+    from agent.protocol.errors import ConfigError
+    from train.config import load_config
+
+    cls = getattr(schemas, cls_name)
+    sources = ["sources=[{path = 'x'}]"] if cls is schemas.DataConfig else []
+    with pytest.raises(ConfigError) as err:
+        load_config(cls, None, [*sources, override], validate=False)
+    key = override.partition("=")[0]
+    key = key.partition(".")[0] if "section" in hint else key  # an unknown section is reported by its name
+    assert str(err.value) == f"--set {override}: unknown key '{key}' {hint}"
+
+
+def test_a_train_toml_key_in_run_toml_says_where_it_lives():
+    from agent.protocol.errors import ConfigError
+    from controller import config as c
+
+    with pytest.raises(ConfigError) as err:
+        c.resolve({"name": "m", "trainer": {"command": ["python", "t.py"], "learning_rate": 1e-4}})
+    assert str(err.value) == ("run.toml: unknown key 'trainer.learning_rate' "
+                              "('learning_rate' lives in train.toml as 'train.learning_rate')")
+
+
+def _toml_snippets(doc: Path) -> list[str]:
+    import re
+
+    return re.findall(r"```toml\n(.*?)```", doc.read_text(), re.S)
+
+
+def _validate_any(raw: dict, where: str) -> None:
+    """Validate a whole example file or a README snippet against the one schema whose sections it uses."""
+    from controller import config as c
+    from train.config import build
+    from train.schema_walk import all_keys
+    from train.schemas import DataConfig, TrainConfig
+
+    schemas = {"run.toml": c.RunConfig, "train.toml": TrainConfig, "data.toml": DataConfig}
+    fits = [label for label, cls in schemas.items() if set(raw) <= {k for k in all_keys(cls) if "." not in k}]
+    assert fits, f"{where}: its sections {sorted(raw)} fit no config file"
+    label = fits[0]
+    if label == "run.toml":
+        base = {"name": "m", "trainer": {"command": ["python", "t.py"]}}
+        c.resolve({**base, **raw, "trainer": {**base["trainer"], **raw.get("trainer", {})}}, source=where)
+    else:
+        layers = [("base", {"sources": [{"path": "x"}]})] if label == "data.toml" else []
+        build(schemas[label], [*layers, (where, raw)], source=where, disk=False)
+
+
+def test_every_example_file_and_readme_snippet_parses_and_validates():
+    import tomllib
+
+    files = [REPO / "controller" / "run.example.toml", *sorted((REPO / "train" / "examples").glob("*.toml"))]
+    for f in files:
+        _validate_any(tomllib.loads(f.read_text()), str(f.relative_to(REPO)))
+    snippets = [(doc, s) for doc in sorted(REPO.glob("**/README.md")) if ".venv" not in doc.parts
+                for s in _toml_snippets(doc)]
+    assert snippets, "the README's toml snippets were not found"
+    for doc, snippet in snippets:
+        _validate_any(tomllib.loads(snippet), f"{doc.relative_to(REPO)} snippet")

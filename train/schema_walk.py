@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from agent.protocol.errors import ConfigError
+from train import keyhints
 
 CUTOFF = 0.6  # the difflib ratio a did-you-mean needs; one value for every file and section
 _WORDS = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
@@ -132,10 +133,34 @@ def _closeness(key: str, candidate: str) -> tuple[float, float]:
     return (whole if c_parent == parent else _ratio(leaf, c_leaf), whole)
 
 
+def _elsewhere(plain: str, root, own: list[str]) -> str:
+    """The hint for a leaf no section of this file has: another tool's name for one of our keys,
+    or a key of another config file (which says where it lives); '' when neither."""
+    leaf = plain.rpartition(".")[2]
+    target = keyhints.HABITS.get(leaf)
+    if target in own:
+        return f" (did you mean '{target}'?)"
+    for label, other in keyhints.SCHEMAS.items():
+        if other is root:
+            continue
+        keys = all_keys(other)
+        hit = target if target in keys else next((k for k in keys if k.rpartition(".")[2] == leaf), None)
+        if hit and any(k.startswith(hit + ".") for k in keys):
+            return f" ([{hit}] is a section of {label})"
+        if hit:
+            return f" ('{leaf}' lives in {label} as '{hit}'{keyhints.AFTER_MOVE.get(label, '')})"
+    return ""
+
+
 def did_you_mean(key: str, root) -> str:
-    """` (did you mean 'x.y'?)` for the closest key in any section of `root`'s schema, else ''."""
+    """` (did you mean 'x.y'?)` for the closest key in any section of `root`'s schema; for a name
+    this file has nowhere, another tool's habit or the file where it lives; else ''."""
     plain = re.sub(r"\[\d+\]", "", key)
-    scored = [(_closeness(plain, c), c) for c in all_keys(root) if c != plain]
+    own = all_keys(root)
+    leaf = plain.rpartition(".")[2]
+    if not any(c.rpartition(".")[2] == leaf for c in own if c != plain) and (moved := _elsewhere(plain, root, own)):
+        return moved
+    scored = [(_closeness(plain, c), c) for c in own if c != plain]
     (score, _), best = max(scored, key=lambda sc: sc[0], default=((0.0, 0.0), ""))
     if score < CUTOFF:
         return ""
