@@ -156,6 +156,7 @@ class TrainLoop:
     save_steps: int = setting(200, min=0)  # 0 = no periodic checkpoints (SIGTERM still saves one)
     save_total_limit: int = setting(2, min=1)
     checkpoint_on_sigterm: bool = True
+    report_to: list[str] = setting([])  # experiment tracking (train.sft.tracking): [] or ["tensorboard"]
 
 
 @dataclass
@@ -186,6 +187,12 @@ class TrainConfig:
             out.append(Problem("train.epochs", f"{t.epochs} must be > 0 (or 0 with train.max_steps set)"))
         if not 0 <= self.lora.dropout < 1:
             out.append(Problem("lora.dropout", f"{self.lora.dropout} must be >= 0 and < 1"))
+        from train.sft.tracking import BACKENDS
+
+        for name in t.report_to:
+            if name not in BACKENDS:
+                why = " (W&B is not offered: too heavy to install)" if name == "wandb" else ""
+                out.append(Problem("train.report_to", f"{name!r} is not one of {', '.join(BACKENDS)}{why}"))
         if not self.lora.target_modules:
             out.append(Problem("lora.target_modules", 'empty; name the projections to adapt, e.g. ["q_proj", "v_proj"]'))
         if not disk:

@@ -24,7 +24,7 @@ from typing import Any
 from agent.protocol.errors import ConfigError, TrainctlError
 from train.config import to_dict, to_toml
 from train.schemas import TrainConfig, resolve_output_dir
-from train.sft import progress
+from train.sft import progress, tracking
 from train.sft.checkpoint import latest_checkpoint, load_checkpoint, save_adapter, save_checkpoint
 from train.sft.collate import collate_blocks, epoch_batches, real_tokens, steps_per_epoch
 from train.sft.model import Dist, attn_implementation, build_optimizer, compute_dtype, load_model, setup_distributed
@@ -121,10 +121,14 @@ def run_sft(cfg: TrainConfig) -> Path:
         out.mkdir(parents=True, exist_ok=True)
         print(f"resolved config (output_dir = {out}):\n{resolved}", flush=True)
     run = setup(cfg, dist, out)
-    train(run, stopper)
-    if stopper.signum:
-        raise SystemExit(SIGTERM_EXIT)
-    return finish(run, resolved)
+    tracking.start(cfg.train.report_to, out)
+    try:
+        train(run, stopper)
+        if stopper.signum:
+            raise SystemExit(SIGTERM_EXIT)
+        return finish(run, resolved)
+    finally:
+        tracking.close()
 
 
 def setup(cfg: TrainConfig, dist: Dist, out: Path) -> Run:
@@ -231,6 +235,7 @@ def log_step(run: Run, loss: float, tokens: int, elapsed: float) -> None:
     lr = run.scheduler.get_last_lr()[0]
     tps = tokens * run.dist.world / elapsed
     progress.step(run.step, run.total_steps, run.epoch, loss, lr, tps)
+    tracking.log(run.step, loss=loss, learning_rate=lr, tokens_per_s=tps)
     if run.dist.is_main:
         print(f"step {run.step}/{run.total_steps} epoch {run.epoch:.3f} loss {loss:.4f} "
               f"lr {lr:.3g} tokens/s {tps:.0f}", flush=True)
@@ -246,6 +251,8 @@ def finish(run: Run, resolved: str) -> Path:
         save_adapter(run.out, run.model, run.tok, resolved,
                      {"step": run.step, "total_steps": run.total_steps, "eval_loss": eval_loss})
         print(f"adapter saved to {final}", flush=True)
+        if tracking.close():  # the event files into the run's artifacts, beside the adapter
+            progress.artifact(tracking.FOLDER, f"{tracking.FOLDER}/", final=True)
     run.dist.barrier()
     run.dist.close()
     return final
@@ -255,5 +262,6 @@ def _report_eval(eval_loss: float | None, step: int) -> None:
     if eval_loss is None:
         return
     progress.emit(eval_loss=eval_loss, eval_at_step=step)  # no "step" key: not a training step
+    tracking.log(step, eval_loss=eval_loss)
     if os.environ.get("RANK", "0") == "0":
         print(f"eval loss {eval_loss:.4f} at step {step}", flush=True)
