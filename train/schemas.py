@@ -135,6 +135,9 @@ class DataRef:
     path: str = ""  # the output_dir of `ctl train prepare` (holds train/ and val/)
 
 
+TRACKERS = ("tensorboard",)  # train.report_to's choices (train.sft.tracking writes them)
+
+
 @dataclass
 class TrainLoop:
     output_dir: str = ""  # "" = $TRAINCTL_OUTPUT_DIR, else ./output (see resolve_output_dir)
@@ -187,12 +190,10 @@ class TrainConfig:
             out.append(Problem("train.epochs", f"{t.epochs} must be > 0 (or 0 with train.max_steps set)"))
         if not 0 <= self.lora.dropout < 1:
             out.append(Problem("lora.dropout", f"{self.lora.dropout} must be >= 0 and < 1"))
-        from train.sft.tracking import BACKENDS
-
         for name in t.report_to:
-            if name not in BACKENDS:
+            if name not in TRACKERS:
                 why = " (W&B is not offered: too heavy to install)" if name == "wandb" else ""
-                out.append(Problem("train.report_to", f"{name!r} is not one of {', '.join(BACKENDS)}{why}"))
+                out.append(Problem("train.report_to", f"{name!r} is not one of {', '.join(TRACKERS)}{why}"))
         if not self.lora.target_modules:
             out.append(Problem("lora.target_modules", 'empty; name the projections to adapt, e.g. ["q_proj", "v_proj"]'))
         if not disk:

@@ -14,7 +14,6 @@ import os
 import sys
 from pathlib import Path
 
-BACKENDS = ("tensorboard",)
 FOLDER = "tensorboard"
 _writers: list = []  # the open writers of this process (rank 0), fed by log()
 
