@@ -184,3 +184,67 @@ def test_every_example_file_and_readme_snippet_parses_and_validates():
     assert snippets, "the README's toml snippets were not found"
     for doc, snippet in snippets:
         _validate_any(tomllib.loads(snippet), f"{doc.relative_to(REPO)} snippet")
+
+
+# --- model folders: one line before any model is loaded -------------------------------------------
+
+def _broken_copy(tiny_model: Path, tmp_path: Path, drop: tuple[str, ...]) -> Path:
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model, folder)
+    for pattern in drop:
+        for f in folder.glob(pattern):
+            f.unlink()
+    return folder
+
+
+@pytest.mark.parametrize("drop, needle", [
+    (("*.safetensors", "*.bin"), "has no model weights"),
+    (("tokenizer.json", "tokenizer.model", "vocab.json"), "has no tokenizer"),
+], ids=["no-weights", "no-tokenizer"])
+def test_train_commands_refuse_an_incomplete_model_folder(drop, needle, tiny_model, tmp_path):
+    from tests.fixtures.tiny_model import prepare_tiny_dataset
+
+    data = prepare_tiny_dataset(tmp_path / "d", ["some text to pack into blocks " * 8] * 4, tiny_model)
+    folder = _broken_copy(tiny_model, tmp_path, drop)
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    (tmp_path / "empty.toml").write_text("")
+    sets = ["--config", str(tmp_path / "empty.toml"), "--set", f"model.path={folder}", "--set", f"data.path={data}", "--set", f"train.output_dir={out}"]
+    sft = ctl(["train", "sft", *sets], env, timeout=300)
+    assert_refused(sft, "model.path", needle)
+    assert not out.exists()
+    est = ctl(["train", "estimate", *sets, "--gpu-mem", "24GiB"], env, timeout=300)
+    assert_refused(est, "model.path", needle)  # estimate refuses what sft refuses, never "fits"
+    assert "fits" not in est.stdout
+    if needle == "has no tokenizer":  # prepare needs only the tokenizer
+        (tmp_path / "src").mkdir()
+        (tmp_path / "src" / "d.jsonl").write_text('{"text": "hello"}\n')
+        prep = ctl(["train", "prepare", "--config", str(tmp_path / "empty.toml"), "--set", f"tokenizer.path={folder}", "--set", f"output_dir={tmp_path / 'p'}",
+                    "--set", f"sources=[{{path='{tmp_path / 'src'}'}}]"], env, timeout=300)
+        assert_refused(prep, "tokenizer.path", needle)
+        assert not (tmp_path / "p").exists()
+
+
+def test_a_sharded_model_missing_a_shard_names_it(tiny_model, tmp_path):
+    import json
+
+    from train.modelfolder import folder_problem
+
+    folder = _broken_copy(tiny_model, tmp_path, ("*.safetensors",))
+    (folder / "model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}))
+    (folder / "model-00001-of-00002.safetensors").write_bytes(b"x")
+    assert "lacks 1 weight shard(s)" in folder_problem(str(folder), weights=True)
+    assert "model-00002-of-00002.safetensors" in folder_problem(str(folder), weights=True)
+    assert folder_problem(str(tiny_model), weights=True) is None
+
+
+@pytest.mark.parametrize("args, needle", [(["--gpu-mem", "0GiB"], "more than 0 bytes"),
+                                          (["--gpu-mem", "-24GiB"], "write a size like 24GiB")])
+def test_estimate_refuses_sizes_that_cannot_be(args, needle, tmp_path):
+    (tmp_path / "empty.toml").write_text("")
+    r = ctl(["train", "estimate", "--config", str(tmp_path / "empty.toml"), "--arch", "mistral-7b", "--seq-len", "512",
+             *args], {**os.environ, "PYTHONPATH": str(REPO)})
+    assert_refused(r, needle)

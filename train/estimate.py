@@ -79,7 +79,10 @@ def parse_bytes(text: str) -> int:
     if not m:
         raise ConfigError(f"--gpu-mem {text!r}: write a size like 24GiB, 80GB or 16000MiB")
     unit = {"GiB": GiB, "G": GiB, "GB": 10**9, "MiB": 1024**2, "MB": 10**6, None: GiB}[m.group(2)]
-    return int(float(m.group(1)) * unit)
+    size = int(float(m.group(1)) * unit)
+    if size <= 0:
+        raise ConfigError(f"--gpu-mem {text!r}: a GPU has more than 0 bytes; write its size, e.g. 24GiB")
+    return size
 
 
 @dataclass
@@ -132,8 +135,13 @@ def estimate(cfg: TrainConfig, gpu_mem: int, arch: Arch | None = None, seq: int 
     """Whether `cfg` fits in `gpu_mem` bytes, with what to change when it does not."""
     if arch is None:
         p = Path(cfg.model.path) if cfg.model.path else None
-        if p is not None and (p / "config.json").is_file():
-            arch = arch_from_folder(p)
+        if p is not None and p.expanduser().is_dir():
+            # A folder here is what sft would load: refuse what sft refuses (no weights, no tokenizer).
+            from train.modelfolder import folder_problem
+
+            if why := folder_problem(cfg.model.path, weights=True):
+                raise ConfigError(f"model.path: {why}")
+            arch = arch_from_folder(p.expanduser())
         elif cfg.model.path in PRESETS or not cfg.model.path:
             arch = PRESETS.get(cfg.model.path, PRESETS["mistral-7b"])
         else:

@@ -17,17 +17,12 @@ from train import keyhints
 from train.schema_walk import Problem, setting
 
 
-def model_folder_problem(path: str) -> str | None:
-    """Why `path` is no model or tokenizer folder, else None: they are only read from a local
-    folder (HF_HUB_OFFLINE)."""
-    if not path:
-        return "not set; point it at a local model folder (staged from S3 by the controller)"
-    p = Path(path).expanduser()
-    if not p.is_dir():
-        return f"model folder {p} does not exist (models are loaded from a local folder only)"
-    if not any((p / name).is_file() for name in ("config.json", "tokenizer.json", "tokenizer_config.json")):
-        return f"{p} holds no config.json or tokenizer files; is it a saved model folder?"
-    return None
+def model_folder_problem(path: str, weights: bool = False) -> str | None:
+    """Why `path` is no model (`weights`) or tokenizer folder, else None: they are only read from a
+    local folder (HF_HUB_OFFLINE). The checks are train.modelfolder's."""
+    from train.modelfolder import folder_problem
+
+    return folder_problem(path, weights=weights)
 
 
 def _positive(key: str, value: float) -> list[Problem]:
@@ -198,7 +193,7 @@ class TrainConfig:
             out.append(Problem("lora.target_modules", 'empty; name the projections to adapt, e.g. ["q_proj", "v_proj"]'))
         if not disk:
             return out
-        if why := model_folder_problem(self.model.path):
+        if why := model_folder_problem(self.model.path, weights=True):
             out.append(Problem("model.path", why))
         if not self.data.path:
             out.append(Problem("data.path", "not set; point it at the output_dir of `ctl train prepare`"))

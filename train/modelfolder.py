@@ -1,0 +1,60 @@
+"""Is this folder a whole saved model? Checked before any model is loaded (sft, estimate, prepare).
+
+transformers answers a folder with a config but no weights, or no tokenizer, with a 40-line
+traceback deep in from_pretrained; these checks say the same in one line with the fix, reading
+only file names (and a sharded checkpoint's index), so they cost microseconds and need no torch.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+_WEIGHT_GLOBS = ("*.safetensors", "pytorch_model*.bin", "model*.bin", "consolidated*.pth")
+_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+_FIX = "copy the whole saved model folder (save_pretrained, or stage.model from S3) and point model.path at it"
+
+
+def _weights_problem(p: Path) -> str | None:
+    for name in _INDEXES:
+        index = p / name
+        if index.is_file():
+            try:
+                shards = set(json.loads(index.read_text()).get("weight_map", {}).values())
+            except (OSError, ValueError):
+                return f"{index} is not readable JSON: {_FIX}"
+            missing = sorted(s for s in shards if not (p / s).is_file())
+            if missing:
+                return f"{p} lacks {len(missing)} weight shard(s) its {name} lists (first: {missing[0]}): {_FIX}"
+            return None
+    if not any(next(p.glob(g), None) for g in _WEIGHT_GLOBS):
+        return f"{p} has no model weights (*.safetensors or pytorch_model*.bin): {_FIX}"
+    return None
+
+
+def _tokenizer_problem(p: Path) -> str | None:
+    if (p / "tokenizer.json").is_file() or (p / "tokenizer.model").is_file():
+        return None
+    if (p / "vocab.json").is_file() and (p / "merges.txt").is_file():
+        return None
+    return (f"{p} has no tokenizer (tokenizer.json, tokenizer.model, or vocab.json + merges.txt): save the "
+            f"tokenizer into the folder too (tokenizer.save_pretrained(folder))")
+
+
+def folder_problem(path: str, *, weights: bool, tokenizer: bool = True) -> str | None:
+    """Why `path` is not a usable local model (`weights`) or tokenizer folder, else None."""
+    if not path:
+        return "not set; point it at a local model folder (staged from S3 by the controller)"
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        return f"model folder {p} does not exist (models are loaded from a local folder only)"
+    if weights and not (p / "config.json").is_file():
+        return f"{p} has no config.json; is it a saved model folder? {_FIX}"
+    if not weights and not any((p / n).is_file() for n in ("config.json", "tokenizer.json", "tokenizer_config.json",
+                                                          "tokenizer.model")):
+        return f"{p} holds no config.json or tokenizer files; is it a saved model folder?"
+    if weights and (why := _weights_problem(p)):
+        return why
+    if tokenizer:
+        return _tokenizer_problem(p)
+    return None
