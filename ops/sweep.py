@@ -169,15 +169,19 @@ class Watcher:
         if mine:
             mf = F.message_facts(self.rs, o.facts)
             for msg in mine:
-                thread = msg.get("thread_ts") or (_last_alert_thread(led) if msg["kind"] in ("repeat", "resolved")
-                                                  else None)
-                d = self.notifier.send(build(msg, mf), thread_ts=thread, channel=msg.get("channel"),
+                parent = _parent(led, msg)
+                body = build(msg, mf)
+                d = self.notifier.send(body, thread_ts=parent["ts"] if parent else None,
+                                       channel=parent["channel"] if parent else msg.get("channel"),
                                        key=f"{run_id}/{msg['id']}")
                 out.sent += d.delivered
                 out.failed += not d.delivered
                 out.error = d.error if not d.delivered else out.error
-                led, _ = L.update(self.rs, run_id, lambda x, m=msg, d=d: L.record_result(
-                    x, m["id"], self.owner, now, d.delivered, d.via, d.error, d.thread_ts, d.channel))
+                led, _ = L.update(self.rs, run_id, lambda x, m=msg, d=d: _record(x, m, d, self.owner, now))
+                if d.delivered and parent and parent["channel"]:
+                    # Bot token: the run's first post tells the current state; the reply holds the details.
+                    u = self.notifier.update(parent["channel"], parent["ts"], body)
+                    out.error = u.error if u is not None and not u.delivered else out.error
         out.pending = len(led.outbox)
         if led.finished:
             index.mark_done(self.rs, run_id, led.state if led.state in TERMINAL_STATES else "backfill", now)
@@ -190,5 +194,21 @@ def _interrupted(f: F.RunFacts) -> bool:
     return bool(f.error and f.error.cause == INTERRUPTED and not f.has_complete)
 
 
-def _last_alert_thread(led: L.Ledger) -> str | None:
-    return (led.incident or {}).get("thread_ts")
+def _parent(led: L.Ledger, msg: dict) -> dict | None:
+    """The Slack message `msg` replies to, {ts, channel}: the incident's alert, else the run's first post.
+
+    Only a bot token gets a ts back, so webhook alerts never have one and post as before."""
+    inc = led.incident or {}
+    ts = msg.get("thread_ts") or (inc.get("thread_ts") if msg["kind"] in ("repeat", "resolved") else None)
+    channel = msg.get("channel") or inc.get("channel")
+    if not ts and led.message:
+        ts, channel = led.message.get("ts"), led.message.get("channel")
+    return {"ts": ts, "channel": channel or (led.message or {}).get("channel")} if ts else None
+
+
+def _record(led: L.Ledger, msg: dict, d, owner: str, now: float) -> bool:
+    """Record a send; the run's first delivered post with a ts becomes the message later ones update."""
+    changed = L.record_result(led, msg["id"], owner, now, d.delivered, d.via, d.error, d.thread_ts, d.channel)
+    if changed and d.delivered and d.thread_ts and d.channel and led.message is None:
+        led.message = {"ts": d.thread_ts, "channel": d.channel}
+    return changed

@@ -35,6 +35,7 @@ class Ledger:
     outbox: list = field(default_factory=list)
     sent: list = field(default_factory=list)
     facts: dict = field(default_factory=dict)  # cached metadata: instance_id, region, heartbeat_s, created
+    message: dict | None = None  # bot-token mode: the run's one Slack message {ts, channel}, updated in place
 
     def to_bytes(self) -> bytes:
         d = asdict(self)

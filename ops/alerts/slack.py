@@ -135,6 +135,15 @@ class ApiSink:
         return Delivery(True, self.via, thread_ts=resp.get("ts") if not thread_ts else thread_ts,
                         channel=resp.get("channel"))
 
+    def update(self, channel: str, ts: str, message: Message) -> Delivery:
+        """chat.update: the incident's first post now shows `message` (its header is the current state)."""
+        try:
+            self.client.chat_update(channel=channel, ts=ts, text=message.text, blocks=message.blocks)
+        except Exception as exc:  # noqa: BLE001 - SlackApiError, connection errors: the thread reply stands
+            status = getattr(getattr(exc, "response", None), "status_code", None)
+            return Delivery(False, self.via, f"chat.update: HTTP {status}" if status else type(exc).__name__)
+        return Delivery(True, self.via, thread_ts=ts, channel=channel)
+
 
 class Notifier:
     """A sink with the console as fallback once the sink has failed permanently."""
@@ -165,6 +174,14 @@ class Notifier:
             self.console.send(message)
         # Shown here, not delivered: the ledger keeps it pending for Slack.
         return Delivery(False, self.sink.via, f"{self.sink.via}: {self.broken}", permanent=True)
+
+    def update(self, channel: str, ts: str, message: Message) -> Delivery | None:
+        """Edit a posted message in place where the sink can (bot token); None where it cannot."""
+        update = getattr(self.sink, "update", None)
+        if update is None or self.broken is not None:
+            return None
+        with self._lock:
+            return update(channel, ts, message)
 
 
 def check_webhook_url(url: str) -> None:

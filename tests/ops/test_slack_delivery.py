@@ -33,7 +33,7 @@ def test_watch_once_exits_nonzero_when_an_alert_is_not_delivered(s3_store, slack
     led = L.load(rs, rid).ledger
     assert led.sent == [] and len(led.outbox) == 1
     # Slack answers again: the next cron run delivers it, once, and exits 0.
-    slack._failures.clear()
+    slack.clear_failures()
     again = ctl(args, env)
     assert again.returncode == 0, again.stderr
     [post] = slack.posts
