@@ -84,6 +84,10 @@ def launch_cmd(instance_id, host, local, new, var_files, stack_name, auto_approv
         raise ConfigError("choose one of --existing, --host, --local and --new")
     if (var_files or auto_approve) and not new:
         raise ConfigError("--var-file and --yes go with --new (provision, then launch)")
+    if instance_id:  # the cheapest check first: a malformed id is named before any file is read
+        from controller.launch.ec2 import validate_instance_id
+
+        validate_instance_id(instance_id)
     if config_path is None and Path("run.toml").is_file():
         config_path = "run.toml"
     raw = c.load_raw(config_path)

@@ -248,3 +248,28 @@ def test_estimate_refuses_sizes_that_cannot_be(args, needle, tmp_path):
     r = ctl(["train", "estimate", "--config", str(tmp_path / "empty.toml"), "--arch", "mistral-7b", "--seq-len", "512",
              *args], {**os.environ, "PYTHONPATH": str(REPO)})
     assert_refused(r, needle)
+
+
+# --- ctl launch: the cheapest check first, nothing touched for a refused launch -------------------
+
+def test_a_malformed_instance_id_is_named_before_the_missing_config(tmp_path):
+    # No run.toml anywhere: the id is what is wrong first, not the trainer the config would name.
+    r = subprocess.run([sys.executable, "-m", "trainctl", "launch", "--existing", "i-123"], capture_output=True,
+                       text=True, env=no_aws_env(tmp_path), cwd=tmp_path, timeout=120)
+    assert_refused(r, "'i-123' is not an EC2 instance id", "i-0123456789abcdef0", max_lines=1)
+    assert r.returncode == 2
+
+
+def test_a_train_toml_out_of_range_refuses_the_launch_before_any_connection(moto_server, tmp_path):
+    bucket = moto_server.new_bucket()
+    (tmp_path / "train.toml").write_text("[lora]\nr = -4\n")
+    env = no_aws_env(tmp_path, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+                     TRAINCTL_HOME=str(tmp_path / "home"))
+    r = subprocess.run([sys.executable, "-m", "trainctl", "launch", "--host", "ubuntu@127.0.0.1:1",
+                        "--store", f"s3://{bucket}/runs", "--endpoint-url", moto_server.endpoint,
+                        "--trainer-config", str(tmp_path / "train.toml")],
+                       capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert_refused(r, "lora.r: -4 is below the minimum 1", max_lines=1)
+    assert r.returncode == 2 and "connecting" not in r.stdout
+    assert moto_server.client("s3").list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
+    assert not (tmp_path / "home" / "known_hosts").exists()

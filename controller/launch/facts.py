@@ -80,6 +80,14 @@ except (OSError, ValueError, TypeError):
     if active is not None:
         active["alive"] = False
 f["active_run"] = active
+w = a.get("trainer_word") or ""  # the trainer command's first word: on PATH, in the venv, or beside the seed
+if w and "/" in w:
+    f["trainer_found"] = not w.startswith("/") or os.access(w, os.X_OK)  # a relative path: cwd is the run's
+elif w:
+    dirs = [os.path.join(venv, "bin")] if venv else []
+    if f.get("seed"):
+        dirs.append(os.path.dirname(f["seed"].get("executable") or ""))
+    f["trainer_found"] = bool(shutil.which(w)) or any(os.access(os.path.join(d, w), os.X_OK) for d in dirs if d)
 host, port = a.get("store_host") or "", int(a.get("store_port") or 0)
 if host:
     try:
@@ -119,6 +127,7 @@ class Facts:
     active_run: dict | None = None
     store_reachable: bool = False
     store_error: str = ""
+    trainer_found: bool = True  # [trainer] command's first word runs on the box (True when not asked)
 
     @classmethod
     def from_dict(cls, d: dict) -> Facts:

@@ -121,6 +121,17 @@ class PinnedPolicy(paramiko.MissingHostKeyPolicy):
         self.pins = pins or PinStore()
         self.say = say
         self.result: str | None = None
+        self.pending: paramiko.PKey | None = None  # a first-use key, pinned by commit() once login worked
 
     def missing_host_key(self, client, hostname, key):
+        if not self.pins.get(self.name):
+            # First use: nothing is pinned for a box we could not log in to (a refused launch leaves no trace).
+            self.pending, self.result = key, "pending"
+            return
         self.result = check(self.pins, self.name, key, self.say)
+
+    def commit(self) -> None:
+        """Pin the first-use key now that the login with it succeeded (a no-op when it was pinned already)."""
+        if self.pending is not None:
+            self.result = check(self.pins, self.name, self.pending, self.say)
+            self.pending = None

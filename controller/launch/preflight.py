@@ -48,6 +48,16 @@ def _mount_candidates(facts: Facts, device: str) -> list[dict]:
     return out
 
 
+_VENV_PROVIDES = {"python", "python3", "pip", "pip3", "ctl"}
+
+
+def _setup_may_install(cfg: RunConfig, facts: Facts) -> bool:
+    """Whether setup, still to run, may yet provide the trainer command (then it is not judged now)."""
+    if cfg.setup.mode != "venv" or facts.venv_ready:
+        return False
+    return cfg.trainer.command[0] in _VENV_PROVIDES or bool(cfg.setup.pip_args or cfg.setup.commands)
+
+
 def preflight(facts: Facts, cfg: RunConfig, box_needs_sudo: bool) -> tuple[list[Problem], list[Step]]:
     """Every preflight failure with its fix, plus the steps that prepare the data volume."""
     problems: list[Problem] = []
@@ -100,6 +110,11 @@ def preflight(facts: Facts, cfg: RunConfig, box_needs_sudo: bool) -> tuple[list[
     if not mounting and facts.free_bytes < b.min_free_gb * 1e9:
         problems.append(Problem(f"only {facts.free_bytes / 1e9:.1f} GB free under {root}, the run needs "
                                 f"{b.min_free_gb:g} GB", "free space on the volume, grow it, or lower box.min_free_gb"))
+    if cfg.trainer.command and not facts.trainer_found and not _setup_may_install(cfg, facts):
+        word = cfg.trainer.command[0]
+        problems.append(Problem(f"the trainer command {word!r} is not on the box (not on PATH, not in the venv, not "
+                                f"beside setup.python)", "fix [trainer] command (an absolute path works), or install "
+                                "it with setup.pip_args / setup.commands"))
     if not facts.store_reachable:
         problems.append(Problem(f"the run store is not reachable from the box ({facts.store_error or 'no route'})",
                                 "allow HTTPS egress (or add an S3 VPC endpoint), and check store.endpoint_url"))

@@ -120,8 +120,10 @@ class SshBox(Box):
         self.policy = PinnedPolicy(self.pin_name, pins, say)
         self.conn.client.set_missing_host_key_policy(self.policy)
         gw = self.conn.gateway
+        self.policies = [self.policy]
         if gw is not None and hasattr(gw, "client"):  # a ProxyJump bastion gets its own pin
-            gw.client.set_missing_host_key_policy(PinnedPolicy(f"{gw.host}:{gw.port}", pins, say))
+            self.policies.append(PinnedPolicy(f"{gw.host}:{gw.port}", pins, say))
+            gw.client.set_missing_host_key_policy(self.policies[-1])
         self.name = f"{self.conn.user}@{self.conn.host}:{self.conn.port}"
         self.say = say
 
@@ -134,6 +136,8 @@ class SshBox(Box):
         while True:
             try:
                 self.conn.open()
+                for policy in self.policies:  # logged in: only now is a first-use host key pinned
+                    policy.commit()
                 # Long quiet steps (pip, staging) must not be dropped by a NAT or bastion idle timeout.
                 self.conn.transport.set_keepalive(30)
                 return

@@ -40,7 +40,6 @@ def connect(cfg: RunConfig, target: Target) -> tuple[Box, dict]:
         inst = ensure_running(client, target.value, start_if_stopped=cfg.instance.start_if_stopped,
                               allow_no_gpu=cfg.instance.allow_no_gpu, timeout_s=cfg.instance.wait_timeout_s,
                               poll_s=cfg.instance.poll_s, say=say)
-        ensure_managed_tag(client, inst.id, say)  # the watcher's idle-instance scan filters on it
         address = inst.address(cfg.instance.address)
         if not address:
             raise TrainctlError(f"instance {inst.id} has no {cfg.instance.address} address: set "
@@ -58,6 +57,9 @@ def connect(cfg: RunConfig, target: Target) -> tuple[Box, dict]:
                      ssh_config=ssh.config, connect_timeout=ssh.connect_timeout_s, say=say)
     say(f"connecting to {box.name}")
     box.wait_ready(ssh.wait_timeout_s, poll_s=min(2.0, cfg.instance.poll_s))
+    if target.kind == "existing":
+        # Tagged only once we are logged in: a launch refused before that leaves the instance untouched.
+        ensure_managed_tag(client, inst.id, say)  # the watcher's idle-instance scan filters on it
     return box, info
 
 
@@ -99,7 +101,8 @@ def inspect(c: Launch) -> list[plan.Step] | str:
     host, port = _store_probe(c.rs.url, cfg.store.endpoint_url, c.region)
     c.facts = facts = gather(box, {"data_root": cfg.box.data_root, "seed_python": cfg.setup.python, "venv": lay.venv,
                                    "wheel_path": lay.wheel_path, "active_file": lay.active_file,
-                                   "store_host": host, "store_port": port})
+                                   "store_host": host, "store_port": port,
+                                   "trainer_word": cfg.trainer.command[0] if cfg.trainer.command else ""})
     box.needs_sudo = facts.uid != 0 and c.target.kind != "local"
     c.lap("facts")
     c.other = (facts.active_run or {}).get("run_id")

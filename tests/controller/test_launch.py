@@ -328,6 +328,37 @@ def test_changed_host_key_is_refused(moto_server, sshd, s3_bucket, env, tmp_path
     assert iid not in ctl(["hosts", "list"], env, check=0).stdout
 
 
+def test_a_refused_login_tags_nothing_pins_nothing_and_writes_nothing(moto_server, sshd, s3_bucket, env, tmp_path,
+                                                                       box_root, trainer_script):
+    # Refusal order (issue 13): the instance is tagged and its host key pinned only once the login worked.
+    iid = new_instance(moto_server, sshd)
+    cfg = write_config(tmp_path / "run.toml", s3_bucket, moto_server.endpoint, box_root, trainer_script)
+    home = tmp_path / "home"
+    r = ctl(["launch", "--existing", iid, "--config", str(cfg), "--user", "nobody-trainctl-13"],
+            {**env, "TRAINCTL_HOME": str(home)}, check=1)
+    assert "SSH login to" in r.stderr and "was refused" in r.stderr and "--user / ssh.user" in r.stderr
+    assert "Traceback" not in r.stderr and r.stderr.count("\n") == 1
+    tags = moto_server.client("ec2").describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]
+    assert not [t for t in tags.get("Tags", []) if t["Key"] == "ManagedBy"]
+    assert "pinned host key" not in r.stdout
+    assert iid not in ctl(["hosts", "list"], {**env, "TRAINCTL_HOME": str(home)}, check=0).stdout
+    assert moto_server.client("s3").list_objects_v2(Bucket=s3_bucket).get("KeyCount", 0) == 0
+    assert not (box_root / "trainctl").exists()
+
+
+def test_a_trainer_command_missing_on_the_box_is_a_preflight_problem(sshd, s3_bucket, moto_server, env, tmp_path,
+                                                                      box_root, trainer_script):
+    cfg = write_config(tmp_path / "run.toml", s3_bucket, moto_server.endpoint, box_root, trainer_script)
+    r = ctl(["launch", "--host", f"{sshd.user}@127.0.0.1:{sshd.port}", "--ssh-key", str(sshd.user_key),
+             "--config", str(cfg), "--", "definitely-not-installed-13", "--epochs", "1"],
+            {**env, "TRAINCTL_HOME": str(tmp_path / "home")}, check=1)
+    assert "preflight found 1 problem(s)" in r.stderr and "Traceback" not in r.stderr
+    assert "the trainer command 'definitely-not-installed-13' is not on the box" in r.stderr
+    assert "fix: fix [trainer] command" in r.stderr
+    assert moto_server.client("s3").list_objects_v2(Bucket=s3_bucket).get("KeyCount", 0) == 0
+    assert not (box_root / "trainctl").exists()
+
+
 @pytest.mark.parametrize("state", ["terminated", "missing", "t3"])
 def test_unusable_instances_are_clear_errors(moto_server, sshd, s3_bucket, env, tmp_path, box_root, trainer_script,
                                              state):

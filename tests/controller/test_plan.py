@@ -79,6 +79,22 @@ def test_preflight_table(over, cfg_over, expect_problems, expect_steps):
         assert s.script.startswith("sudo -n ")  # privileged as a non-root user
 
 
+@pytest.mark.parametrize("found, trainer, setup, expect", [
+    (False, {"command": ["acelerate", "launch", "t.py"]}, {"mode": "current"},
+     ["the trainer command 'acelerate' is not on the box (not on PATH, not in the venv, not beside setup.python)"]),
+    (False, {"command": ["/opt/train.sh"]}, {"mode": "current"},
+     ["the trainer command '/opt/train.sh' is not on the box (not on PATH, not in the venv, not beside setup.python)"]),
+    (True, {"command": ["accelerate", "launch", "t.py"]}, {"mode": "current"}, []),
+    (False, {"command": ["python", "t.py"]}, {"mode": "venv"}, []),  # the venv setup is about to make it
+    (False, {"command": ["accelerate"]}, {"mode": "venv", "commands": ["pip install accelerate"]}, []),
+    (False, {"config": "train.toml"}, {"mode": "current"}, []),  # ctl train sft: the launch installs it
+])
+def test_preflight_checks_the_trainer_command_exists_on_the_box(found, trainer, setup, expect):
+    problems, _ = preflight(facts(trainer_found=found), cfg(trainer=trainer, setup=setup), box_needs_sudo=False)
+    assert whats(problems) == expect
+    assert all("[trainer] command" in p.fix for p in problems)
+
+
 def test_preflight_lists_every_failure_in_one_pass():
     f = facts(gpus=[], python=[3, 9, 0], free_bytes=0, store_reachable=False, has_flock=False)
     problems, _ = preflight(f, cfg(), box_needs_sudo=False)
