@@ -43,9 +43,11 @@ from agent.protocol.options import store_options
               metavar="auto|none|sqs://QUEUE",
               help="Sweep a run the moment its _error/_complete appears: auto watches a local store's folder; "
               "sqs://<queue> long-polls the queue the bucket notifies (terraform output events_queue).")
+@click.option("--slack-buttons/--no-slack-buttons", envvar="SLACK_BUTTONS", default=False, show_default=True,
+              help="Put Snooze 4h and Stop run on alerts (needs `ctl slack serve` or the stack's interactivity URL).")
 def watch_cmd(store_url, endpoint_url, store_region, once, interval, slack_webhook, slack_token, slack_channel,
               slack_api_url, heartbeat_s, heartbeat_grace, progress_timeout, log_silence, setup_timeout, launch_timeout, orphan_after, ec2,
-              ec2_endpoint_url, region, events_spec):
+              ec2_endpoint_url, region, events_spec, slack_buttons):
     """Watch every run in the store and alert on Slack when one fails, hangs, goes silent or finishes."""
     from agent.protocol.durations import parse_duration
     from ops.config import build_watcher, settings_from
@@ -62,6 +64,7 @@ def watch_cmd(store_url, endpoint_url, store_region, once, interval, slack_webho
     w = build_watcher(store_url, endpoint_url, settings=settings, webhook_url=slack_webhook, token=slack_token,
                       channel=slack_channel, api_url=slack_api_url, ec2=ec2, ec2_endpoint_url=ec2_endpoint_url,
                       region=region, store_region=store_region)
+    w.buttons = slack_buttons
     from ops.push import open_events
 
     events = None if once else open_events(events_spec, w.rs.store, endpoint_url, store_region)
@@ -162,3 +165,27 @@ def ack_cmd(run_id, duration, by, store_url, endpoint_url, store_region):
         click.echo(f"{run_id}: snooze lifted; alerts resume on the next sweep")
     else:
         click.echo(f"{run_id}: alerts muted until {iso(until)} (completion, failure and recovery still post)")
+
+
+@click.group("slack")
+def slack_group():
+    """Slack's side of the watcher: the endpoint behind the alerts' buttons."""
+
+
+@slack_group.command("serve")
+@store_options
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (put TLS in front).")
+@click.option("--port", default=3000, show_default=True, type=int, help="Port to listen on (0: any free one).")
+@click.option("--signing-secret", envvar="SLACK_SIGNING_SECRET", default=None, metavar="SECRET",
+              help="The app's signing secret (env SLACK_SIGNING_SECRET; prefer the env over the flag).")
+def slack_serve_cmd(store_url, endpoint_url, store_region, host, port, signing_secret):
+    """Answer Snooze 4h / Stop run clicks: verify Slack's signature, then ack in the ledger or write control/stop."""
+    from agent.protocol.options import open_run_store
+    from ops.interact import Interactions, serve
+
+    inter = Interactions(open_run_store(store_url, endpoint_url, store_region), signing_secret or "")
+    ready = lambda bound: click.echo(f"listening on http://{host}:{bound} for {inter.rs.url}", err=True)  # noqa: E731
+    try:
+        serve(inter, host, port, ready=ready)
+    except KeyboardInterrupt:
+        click.echo("stopped", err=True)

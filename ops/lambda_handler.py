@@ -22,6 +22,11 @@ _webhooks: dict[str, str] = {}  # SSM parameter name -> URL, for the container's
 
 def webhook_from_ssm(name: str, endpoint_url: str | None = None) -> str:
     """The webhook URL stored (encrypted) in SSM Parameter Store under `name`."""
+    return secret_from_ssm(name, endpoint_url, what="Slack webhook")
+
+
+def secret_from_ssm(name: str, endpoint_url: str | None = None, what: str = "Slack webhook") -> str:
+    """A secret stored (encrypted) in SSM Parameter Store under `name`, read once per container."""
     if name not in _webhooks:
         import boto3
         from botocore.config import Config
@@ -31,7 +36,7 @@ def webhook_from_ssm(name: str, endpoint_url: str | None = None) -> str:
             value = ssm.get_parameter(Name=name, WithDecryption=True)["Parameter"]["Value"]
         except Exception as exc:  # noqa: BLE001 - missing parameter, no permission: say which
             code = getattr(exc, "response", {}).get("Error", {}).get("Code", type(exc).__name__)
-            raise ConfigError(f"cannot read the Slack webhook from SSM parameter {name}: {code} "
+            raise ConfigError(f"cannot read the {what} from SSM parameter {name}: {code} "
                               "(aws ssm put-parameter --type SecureString --overwrite ...)") from None
         _webhooks[name] = value.strip()
     return _webhooks[name]

@@ -19,9 +19,10 @@ from ops import facts as F
 from ops import index
 from ops.alerts import ledger as L
 from ops.alerts.message import build
-from ops.alerts.policy import decide
+from ops.alerts.policy import decide, notice_oom
 from ops.alerts.slack import Notifier
 from ops.ec2 import Ec2Enricher
+from ops.interact import with_buttons
 from ops.orphans.scan import OrphanScan
 from ops.state import INTERRUPTED, TERMINAL_STATES, Settings, assess
 
@@ -64,8 +65,9 @@ class Watcher:
     """Sweeps one store. `owner` names this watcher in leases (unique per process by default)."""
 
     def __init__(self, rs: RunStore, notifier: Notifier, settings: Settings = Settings(),
-                 ec2: Ec2Enricher | None = None, owner: str | None = None, workers: int = 8):
+                 ec2: Ec2Enricher | None = None, owner: str | None = None, workers: int = 8, buttons: bool = False):
         self.rs, self.notifier, self.settings, self.ec2, self.workers = rs, notifier, settings, ec2, workers
+        self.buttons = buttons  # Snooze 4h / Stop run on alerts: only where an interactivity endpoint answers
         self.owner = owner or f"watcher-{uuid.uuid4().hex[:12]}"
         self.orphans = OrphanScan(rs, ec2, notifier, self.owner, settings.lease_s) if ec2 is not None else None
 
@@ -160,6 +162,7 @@ class Watcher:
             changed = False
             if o.cache is not None and led.facts != o.cache:
                 led.facts, changed = dict(o.cache), True
+            changed |= notice_oom(led, o.facts.metadata, st, now)  # before a final message: it happened first
             changed |= decide(led, st, now, self.settings, first_sight=first_sight)
             changed |= bool(L.claim_outbox(led, self.owner, now, self.settings.lease_s))
             return changed
@@ -171,6 +174,8 @@ class Watcher:
             for msg in mine:
                 parent = _parent(led, msg)
                 body = build(msg, mf)
+                if self.buttons and msg["kind"] in ("alert", "repeat"):
+                    body.blocks = with_buttons(body.blocks, run_id)
                 d = self.notifier.send(body, thread_ts=parent["ts"] if parent else None,
                                        channel=parent["channel"] if parent else msg.get("channel"),
                                        key=f"{run_id}/{msg['id']}")

@@ -51,10 +51,10 @@ def _add_parts() -> None:
     from agent.cli import agent_group
     from controller.commands import COMMANDS as CONTROLLER_COMMANDS
     from infra.cli import COMMANDS as INFRA_COMMANDS
-    from ops.cli import ack_cmd, watch_cmd
+    from ops.cli import ack_cmd, slack_group, watch_cmd
     from train.cli import train_group
 
-    for cmd in (watch_cmd, ack_cmd, agent_group, *CONTROLLER_COMMANDS, train_group, autostop_cmd, *INFRA_COMMANDS):
+    for cmd in (watch_cmd, ack_cmd, slack_group, agent_group, *CONTROLLER_COMMANDS, train_group, autostop_cmd, *INFRA_COMMANDS):
         main.add_command(cmd)
 
 
