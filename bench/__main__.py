@@ -14,7 +14,7 @@ import sys
 import time
 import traceback
 
-PARTS = ("agent", "cadence", "ops", "train", "controller")
+PARTS = ("agent", "cadence", "sampling", "ops", "train", "controller")
 
 
 def _fmt(v) -> str:

@@ -162,9 +162,9 @@ def finalize(agent, status: ExitStatus) -> int:
                 agent.rs.write_progress(agent.run_id, agent.progress.record(time.time()))
                 agent.rs.write_history(agent.run_id, agent.progress.history_points())
             write_loss_curve(agent)  # best effort, once: never holds up the marker
-            agent.sampler.flush()  # the samples' last stretch, before the marker
             step = "heartbeat"
             agent.heartbeat(alive=False)
+            agent.sampler.flush()  # the samples' last stretch (this heartbeat's included), before the marker
             if marker is None:
                 step = "artifacts"
                 agent.wait_artifacts(max(0.0, deadline - time.monotonic()))  # incl. ones declared at the end

@@ -89,7 +89,7 @@ class Agent:
             Duty("artifacts", lambda now: self.artifacts.pump(self.progress.declared), retry_max_s=r,
                  while_down="the upload is retried"),
             Duty("spot watch", lambda now: self.spot.tick(self.ladder, now)),
-            Duty("sampling", lambda now: self.sampler.tick(now, time.time()), retry_max_s=r),
+            Duty("sampling", self.sampler.tick, retry_max_s=r),
             Duty("caps", CapWatch(self).tick),
         ])
 
@@ -307,6 +307,7 @@ class Agent:
                          host=host, gpus=hostfacts.gpu_stats(), spool_backlog_bytes=self.shipper.backlog(),
                          progress_source=self.progress.source, last_log_ts=self.output.last_log_ts,
                          cadence=self.progress.cadence_record())
+        self.sampler.observe(hb, time.monotonic())  # samples.json reuses these facts: no second nvidia-smi
         self.rs.write_heartbeat(self.run_id, hb)
 
 

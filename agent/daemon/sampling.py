@@ -2,25 +2,25 @@
 
 A heartbeat says how the box is now; `samples.json` says how it got there (RAM climbing during
 tokenization, a disk filling with checkpoints), for `ctl report` and the watcher's warnings. One
-sample every `every_s` (env TRAINCTL_SAMPLE_S, default 15; 0 turns sampling off), stored at most
-every `write_s` (TRAINCTL_SAMPLES_WRITE_S, default 60) as columns of numbers. Its size is bounded
-whatever the run length: past `max_points` samples every other one is dropped and the interval
-doubles, as history.json halves its resolution, so a week-long run stores as much as a day-long one.
+sample at most every `every_s` (env TRAINCTL_SAMPLE_S, default 30; 0 turns sampling off), taken
+from the heartbeat's own host and GPU facts (so sampling adds no nvidia-smi call: a sample per
+heartbeat at most), stored at most every `write_s` (TRAINCTL_SAMPLES_WRITE_S, default 60) as
+columns of numbers. Its size is bounded whatever the run length: past `max_points` samples every
+other one is dropped and the interval doubles, as history.json halves its resolution, so a
+week-long run stores as much as a day-long one.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 
 import psutil
 
-from agent.daemon import hostfacts
 from agent.protocol import records as p
 
 COLUMNS = ("ts", "ram_used_bytes", "swap_used_bytes", "gpu_util_percent", "gpu_mem_used_mib", "disk_free_bytes")
-MAX_POINTS = 720  # 3 h at 15 s before the first halving; ~60 bytes a point: ~45 KB at most
+MAX_POINTS = 720  # 6 h at 30 s before the first halving; ~60 bytes a point: ~45 KB at most
 
 
 def _env_s(name: str, default: float) -> float:
@@ -30,21 +30,19 @@ def _env_s(name: str, default: float) -> float:
         return default
 
 
-def take(workdir, gpus: list[dict] | None = None) -> dict:
-    """One sample: host RAM and swap in use, mean GPU utilisation and total GPU memory in use
-    (None without nvidia-smi), free bytes of the workdir's (data) volume."""
-    vm, sw = psutil.virtual_memory(), psutil.swap_memory()
-    gpus = [g for g in (hostfacts.gpu_stats() if gpus is None else gpus) if "util_percent" in g]
+def take(host: dict, gpus: list[dict]) -> dict:
+    """One sample from a heartbeat's host and GPU facts (no second nvidia-smi call): host RAM and
+    swap in use, mean GPU utilisation and total GPU memory in use (None without nvidia-smi), free
+    bytes of the workdir's (data) volume."""
+    sw = psutil.swap_memory()
+    gpus = [g for g in gpus if "util_percent" in g]
     utils = [g["util_percent"] for g in gpus if isinstance(g.get("util_percent"), int | float)]
     mems = [g["mem_used_mib"] for g in gpus if isinstance(g.get("mem_used_mib"), int | float)]
-    try:
-        free = shutil.disk_usage(workdir).free
-    except OSError:
-        free = None
-    return {"ram_used_bytes": vm.total - vm.available, "swap_used_bytes": sw.used,
-            "gpu_util_percent": round(sum(utils) / len(utils), 1) if utils else None,
-            "gpu_mem_used_mib": sum(mems) if mems else None, "disk_free_bytes": free,
-            "ram_total_bytes": vm.total, "swap_total_bytes": sw.total,
+    total, avail = host.get("ram_total_bytes"), host.get("ram_available_bytes")
+    return {"ram_used_bytes": total - avail if total is not None and avail is not None else None,
+            "swap_used_bytes": sw.used, "gpu_util_percent": round(sum(utils) / len(utils), 1) if utils else None,
+            "gpu_mem_used_mib": sum(mems) if mems else None, "disk_free_bytes": host.get("disk_free_bytes"),
+            "ram_total_bytes": total, "swap_total_bytes": sw.total,
             "gpu_mem_total_mib": sum(g["mem_total_mib"] for g in gpus
                                      if isinstance(g.get("mem_total_mib"), int | float)) or None}
 
@@ -55,7 +53,7 @@ class Sampler:
     def __init__(self, rs, run_id: str, workdir, every_s: float | None = None, write_s: float | None = None,
                  max_points: int = MAX_POINTS):
         self.rs, self.run_id, self.workdir, self.max_points = rs, run_id, workdir, max(2, max_points)
-        self.every_s = _env_s("TRAINCTL_SAMPLE_S", 15.0) if every_s is None else every_s
+        self.every_s = _env_s("TRAINCTL_SAMPLE_S", 30.0) if every_s is None else every_s
         self.write_s = _env_s("TRAINCTL_SAMPLES_WRITE_S", 60.0) if write_s is None else write_s
         self.cols: dict[str, list] = {c: [] for c in COLUMNS}
         self.totals: dict = {}
@@ -83,20 +81,19 @@ class Sampler:
         """samples.json: the columns, the totals and the current interval."""
         return {"schema_version": p.SCHEMA_VERSION, "interval_s": self.interval_s, **self.totals, **self.cols}
 
-    def tick(self, now: float, wall: float) -> bool:
-        """The duty: sample when due, store when due. False when it did nothing."""
-        if not self.enabled:
-            return False
-        did = False
-        if now >= self._next_at:
-            self.add(round(wall, 1), take(self.workdir))
+    def observe(self, hb: p.Heartbeat, now: float) -> None:
+        """Take a sample from a heartbeat the agent just built, at most every `every_s`."""
+        if self.enabled and now >= self._next_at:
+            self.add(round(hb.ts, 1), take(hb.host, hb.gpus))
             self._next_at = now + self.every_s
-            did = True
-        if self.dirty and now >= self._write_at:
-            self.flush()
-            self._write_at = now + self.write_s
-            did = True
-        return did
+
+    def tick(self, now: float) -> bool:
+        """The duty: store what was sampled, at most every `write_s`. False when it did nothing."""
+        if not (self.enabled and self.dirty and now >= self._write_at):
+            return False
+        self.flush()
+        self._write_at = now + self.write_s
+        return True
 
     def flush(self) -> None:
         """Store what was sampled (also at the end of the run)."""
