@@ -59,6 +59,16 @@ def test_no_credentials_names_aws_configure_profile_and_sso(cmd, moto_server, tm
     assert moto_server.client("s3").list_objects_v2(Bucket=bucket).get("KeyCount", 0) == before
 
 
+def test_launch_without_credentials_says_how_to_get_them(moto_server, tmp_path):
+    (tmp_path / "train.toml").write_text("[lora]\nr = 8\n")
+    iid = "i-0123456789abcdef0"
+    r = subprocess.run([sys.executable, "-m", "trainctl", "launch", "--existing", iid, "--store", "s3://some-bucket/runs",
+                        "--endpoint-url", moto_server.endpoint, "--trainer-config", str(tmp_path / "train.toml")],
+                       capture_output=True, text=True, env=no_aws_env(tmp_path), cwd=tmp_path, timeout=120)
+    assert_refused(r, "NoCredentialsError", "aws configure", "AWS_PROFILE", "aws sso login", max_lines=1)
+    assert not (tmp_path / "home" / ".trainctl" / "known_hosts").exists()
+
+
 @pytest.mark.parametrize("cmd", [["runs"], ["status", RUN], ["watch", "--once", "--no-ec2"]], ids=lambda c: c[0])
 def test_missing_bucket_names_the_store_setting(cmd, moto_server, tmp_path):
     env = no_aws_env(tmp_path, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing")

@@ -37,13 +37,12 @@ def test_store_outage_loses_nothing_and_never_blocks_the_trainer(agents, private
     wait_for(lambda: len(chunk_seqs(rs, RUN)) >= 2, what="first chunks")
     private_moto.stop()
     spool_at_outage = _size(wd / "trainer.log")
-    time.sleep(6)
-    # The trainer kept writing while the store was gone.
-    assert _size(wd / "trainer.log") > spool_at_outage + 100 * 30
+    # Events, not a fixed outage: the agent saw the store gone and the trainer kept writing (100 more lines).
+    wait_for(lambda: "store unreachable" in Agents.output(proc), 120, "the agent to notice the outage")
+    wait_for(lambda: _size(wd / "trainer.log") > spool_at_outage + 100 * 30, 120, "the trainer to keep writing")
     assert proc.poll() is None
     private_moto.start()
     assert agents.wait(proc, 90) == 0, Agents.output(proc)
-    assert "store unreachable" in Agents.output(proc)
     assert rs.read_logs(RUN).data == b"".join(expected_lines(n))
     seqs = chunk_seqs(rs, RUN)
     assert seqs == list(range(1, len(seqs) + 1))
@@ -58,13 +57,16 @@ def test_agent_sigkill_and_restart_resumes_from_cursor(agents, moto_server, tmp_
     first = agents.start(RUN, url, wd, cmd, env=moto_server.env(), endpoint=moto_server.endpoint)
     wait_for(lambda: len(chunk_seqs(rs, RUN)) >= 3, what="first chunks")
     trainer_pid = int((wd / "trainer.pid").read_text())
+    at = _size(wd / "trainer.log")
     first.kill()
     first.wait(10)
-    time.sleep(1.0)
-    assert psutil.pid_exists(trainer_pid), "the trainer must survive the agent"
+    # The trainer survives the agent: it prints on with no agent (or, on a slow day, ends normally).
+    wait_for(lambda: _size(wd / "trainer.log") > at or (wd / "exit_status").exists(), 60, "the trainer after the kill")
+    assert psutil.pid_exists(trainer_pid) or '"exit_code": 0' in (wd / "exit_status").read_text()
     second = agents.start(RUN, url, wd, cmd, env=moto_server.env(), endpoint=moto_server.endpoint)
     assert agents.wait(second, 60) == 0, Agents.output(second)
-    assert "resumed" in Agents.output(second)
+    out = Agents.output(second)
+    assert "resumed" in out or "ended while the agent was down" in out, out
     assert rs.read_logs(RUN).data == b"".join(expected_lines(n))
     seqs = chunk_seqs(rs, RUN)
     assert seqs == list(range(1, len(seqs) + 1))
@@ -128,7 +130,8 @@ def test_store_down_when_the_agent_starts(agents, private_moto, tmp_path):
     proc = agents.start(RUN, url, wd, trainer_cmd("--lines", "150", "--interval", "0.02"),
                         env=private_moto.env(), endpoint=private_moto.endpoint)
     wait_for(lambda: _size(wd / "trainer.log") > 50 * 30, what="trainer writing while the store is down")
-    time.sleep(1.5)
+    # The start-up probe found the store down and called it transient: the trainer started anyway.
+    assert "store probe:" in Agents.output(proc) and "looks transient" in Agents.output(proc), Agents.output(proc)
     private_moto.start()
     assert agents.wait(proc, 60) == 0, Agents.output(proc)
     assert rs.read_logs(RUN).data == b"".join(expected_lines(150))

@@ -231,3 +231,58 @@ def test_lifecycle_rule_expires_the_tag_the_agent_writes():
     tf = (Path(__file__).resolve().parents[2] / "infra" / "terraform" / "store.tf").read_text()
     (key, value), = p.LOG_CHUNK_TAGS.items()
     assert f'key   = "{key}"' in tf and f'value = "{value}"' in tf
+
+
+def _client_error(code: str, status: int, op: str = "ListObjectsV2", headers: dict | None = None):
+    from botocore.exceptions import ClientError
+
+    return ClientError({"Error": {"Code": code, "Message": f"{code} happened"},
+                        "ResponseMetadata": {"HTTPStatusCode": status, "HTTPHeaders": headers or {}}}, op)
+
+
+@pytest.mark.parametrize("make, kind, words", [
+    (lambda: _client_error("AccessDenied", 403), "denied", ["may not do that", "IAM policy", "--store"]),
+    (lambda: _client_error("ExpiredToken", 400), "credentials", ["expired", "aws sso login"]),
+    (lambda: _client_error("InvalidAccessKeyId", 403), "credentials", ["aws configure", "AWS_PROFILE"]),
+    (lambda: _client_error("NoSuchBucket", 404), "not_found", ["the bucket does not exist", "store.url"]),
+    (lambda: _client_error("InvalidInstanceID.NotFound", 400, "DescribeInstances"), "not_found", ["does not exist"]),
+    (lambda: _client_error("PermanentRedirect", 301, headers={"x-amz-bucket-region": "eu-west-1"}), "region",
+     ["wrong region", "it lives in eu-west-1", "--store-region"]),
+    (lambda: _client_error("SlowDown", 503), "transient", ["throttling", "retry"]),
+    (lambda: _client_error("InternalError", 500), "transient", ["retry"]),
+])
+def test_aws_errors_become_one_line_with_the_setting_to_change(make, kind, words):
+    # Real botocore exceptions, as boto3 raises them; a permanent kind refuses the agent's run.
+    from agent.protocol import awserrors
+
+    exc = make()
+    line = awserrors.explain(exc, region="us-east-1")
+    assert awserrors.kind(exc) == kind and "\n" not in line
+    assert line.startswith(exc.response["Error"]["Code"] + ": ")
+    assert all(w in line for w in words), line
+    assert awserrors.permanent(exc) is (kind in ("credentials", "denied", "not_found", "region"))
+
+
+def test_connection_failures_are_transient_and_unknown_errors_still_one_line():
+    from botocore.exceptions import EndpointConnectionError, NoCredentialsError
+
+    from agent.protocol import awserrors
+
+    down = EndpointConnectionError(endpoint_url="http://127.0.0.1:1")
+    assert awserrors.kind(down) == "transient" and not awserrors.permanent(down)
+    assert awserrors.kind(NoCredentialsError()) == "credentials" and awserrors.permanent(NoCredentialsError())
+    odd = _client_error("SomethingNew", 400)
+    assert awserrors.explain(odd) is None and awserrors.one_line(odd) == "SomethingNew: " + str(odd)
+    assert not awserrors.is_botocore(ValueError("x")) and awserrors.is_botocore(down)
+
+
+def test_a_missing_bucket_is_store_refused_and_a_dead_endpoint_is_not(moto_server):
+    from agent.protocol.errors import StoreRefused
+    from tests.fixtures.net import free_port
+
+    with pytest.raises(StoreRefused, match="NoSuchBucket: the bucket does not exist"):
+        list(S3Store("no-such-bucket-13", "runs", endpoint_url=moto_server.endpoint).list("x/"))
+    dead = S3Store("b", "runs", endpoint_url=f"http://127.0.0.1:{free_port()}", max_attempts=1)
+    with pytest.raises(StoreError) as err:
+        list(dead.list("x/"))
+    assert not isinstance(err.value, StoreRefused) and "unreachable" in str(err.value)
