@@ -15,6 +15,10 @@ heartbeats and the watcher's real assess at every sweep, on a simulated clock, f
 every 2 s (log-normal; evaluations and saves of 10-40 steps): the adaptive deadline against the fixed
 15-minute timeout in the same run, at the agent's default 30 s heartbeat with `ctl watch`'s 30 s sweep,
 and at a 2 s heartbeat and sweep (the figure is then the deadline itself).
+
+The push path (issue 14, bench/ops_push.py): marker written -> alert posted, p50/p95 over 20 runs,
+pushed (watchdog; moto's S3 -> SQS) against schedule-only sweeps at a scaled interval, and S3
+requests per hour for 100 idle healthy runs with push on against today's.
 """
 
 from __future__ import annotations
@@ -253,6 +257,8 @@ def run(quick: bool = True) -> list[dict]:
     """Rows for `make bench` (quick: 1,000 runs / 10 active; full: 10,000 / 100)."""
     from bench.bench_cadence import make_trace
     from bench.ops_hang import rows as hang_rows
+    from bench.ops_push import latency_rows as push_rows
+    from bench.ops_push import request_rows as push_requests
 
     rows = hang_rows(quick, make_trace, heartbeat_s=30.0, sweep_s=30.0) + hang_rows(quick, make_trace, 2.0, 2.0)
     moto, slack = _servers()
@@ -268,6 +274,9 @@ def run(quick: bool = True) -> list[dict]:
         n_runs, n_active = (1000, 10) if quick else (10000, 100)
         rows += _scale(moto, n_runs, n_active)
         rows += _orphan_scan(moto, 20, 3)
+        with tempfile.TemporaryDirectory(prefix="bench-push-") as tmp:
+            rows += push_rows(moto, slack, Path(tmp), _wait)
+        rows += push_requests(moto, _count)
     finally:
         slack.stop()
         moto.stop()
