@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from agent.protocol import records as p
 from agent.protocol.durations import fmt_duration
 from ops import hang
+from ops.warnings import WarningSettings
 
 LAUNCHING, HEALTHY, LATE = "launching", "healthy", "late"
 AGENT_SILENT, HUNG, INSTANCE_GONE = "agent_silent", "hung", "instance_gone"
@@ -44,6 +45,7 @@ class Settings:
     backfill_s: float = 86400.0  # older news at first sight is recorded, not sent
     lease_s: float = 120.0  # how long a claimed send is reserved for its watcher
     orphan_after_s: float | None = 1800.0  # tagged instance running with no active run; None: never
+    warnings: WarningSettings = WarningSettings()  # the thresholds of ops.warnings (not scaled: a share, a step count)
 
     def scaled(self, factor: float) -> Settings:
         """A copy with every duration multiplied by `factor`."""

@@ -99,6 +99,16 @@ def build(rs: RunStore, run_id: str, status: dict, render: bool = True) -> Repor
     return rep
 
 
+def warnings_of(rs: RunStore, run_id: str, md: p.Metadata | None, phase: str | None,
+                settings=None) -> list:
+    """The run's active warnings (ops.warnings) from what the store has now."""
+    from ops.warnings import WarningSettings, assess_warnings
+
+    ws = getattr(settings, "warnings", None) or WarningSettings()
+    samples = rs.store.get_json(rs.k(run_id, p.SAMPLES))
+    return assess_warnings(samples, rs.read_history(run_id), md.config if md else {}, phase == "training", ws)
+
+
 def _table(rows: list[tuple[str, str]]) -> str:
     cells = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
     return f"<table>{cells}</table>"

@@ -11,6 +11,7 @@ from agent.protocol.durations import fmt_duration
 from agent.protocol.runstore import RunStore
 from controller.launch.autostop import countdown
 from controller.views.facts import read_facts, wants_instance
+from controller.views.report import warnings_of
 from controller.views.runs import run_row
 from ops.ec2 import Ec2Enricher
 from ops.state import Settings, assess
@@ -58,6 +59,7 @@ def collect(rs: RunStore, run_id: str, now: float, ec2: Ec2Enricher | None = Non
         "console_url": rs.console_url(run_id),
         "autostop": countdown(md, (err or done).ts if (err or done) else None, now, state),
         "budget": budget_left(md.budget if md else None, (err or done).ts if (err or done) else now),
+        "warnings": [] if (err or done) else [w.__dict__ for w in warnings_of(rs, run_id, md, row.phase, settings)],
     }
 
 
@@ -120,6 +122,8 @@ def render(d: dict, now: float) -> str:
         lines.append(f"autostop   {d['autostop']}")
     if d.get("budget"):
         lines.append(f"budget     {d['budget']}")
+    for w in d.get("warnings") or []:
+        lines.append(f"warning    {w['kind']}: {w['text']}")
     return "\n".join(lines)
 
 
