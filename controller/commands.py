@@ -112,7 +112,13 @@ def launch_cmd(instance_id, host, local, new, var_files, stack_name, auto_approv
         from train.config import load_config
         from train.schemas import TrainConfig
 
-        load_config(TrainConfig, str(Path(cfg.trainer.config).expanduser()), cfg.trainer.set, validate=False)
+        tcfg = load_config(TrainConfig, str(Path(cfg.trainer.config).expanduser()), cfg.trainer.set, validate=False)
+        if local and tcfg.model.path and not cfg.stage.model:
+            # A model on this machine is checked here, as sft would, before the run exists anywhere.
+            from train.modelfolder import folder_problem
+
+            if why := folder_problem(tcfg.model.path, weights=True):
+                raise ConfigError(f"{cfg.trainer.config}: model.path: {why}")
     if new:
         # Validated above before anything touched AWS; now the box exists and the launch targets it.
         from infra.cli import provision_new

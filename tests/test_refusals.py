@@ -283,3 +283,14 @@ def test_a_train_toml_out_of_range_refuses_the_launch_before_any_connection(moto
     assert r.returncode == 2 and "connecting" not in r.stdout
     assert moto_server.client("s3").list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
     assert not (tmp_path / "home" / "known_hosts").exists()
+
+
+def test_a_local_launch_refuses_an_incomplete_model_before_the_run_exists(tiny_model, tmp_path):
+    folder = _broken_copy(tiny_model, tmp_path, ("*.safetensors", "*.bin"))
+    (tmp_path / "train.toml").write_text(f'[model]\npath = "{folder}"\n')
+    home = tmp_path / "home"
+    r = subprocess.run([sys.executable, "-m", "trainctl", "launch", "--local", "--trainer-config",
+                        str(tmp_path / "train.toml")], capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                       env=no_aws_env(tmp_path, TRAINCTL_HOME=str(home)))
+    assert_refused(r, "model.path", "has no model weights", max_lines=1)
+    assert r.returncode == 2 and not (home / "runs").exists() and not (home / "box").exists()
