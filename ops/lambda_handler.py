@@ -4,7 +4,7 @@ fed an SQS batch (the bucket's `_error`/`_complete` notifications), it sweeps ju
 Configuration comes from the function's environment: TRAINCTL_STORE (required); the webhook
 from SLACK_WEBHOOK_SSM_PARAMETER (a SecureString, read once per container, so the URL is in
 neither the function's environment nor Terraform state) or SLACK_WEBHOOK_URL, or
-SLACK_BOT_TOKEN + SLACK_CHANNEL; TRAINCTL_S3_ENDPOINT / TRAINCTL_EC2_ENDPOINT /
+SLACK_BOT_TOKEN + SLACK_CHANNEL; SLACK_BUTTONS=1 (Snooze/Stop on alerts); TRAINCTL_S3_ENDPOINT / TRAINCTL_EC2_ENDPOINT /
 TRAINCTL_SSM_ENDPOINT (tests); the TRAINCTL_* timeouts of ops.config.ENV_SETTINGS. Alert state
 lives in the store's ledgers, so overlapping or retried invocations never double-send. Only
 `agent`, `ops`, `slack_sdk` and the runtime's boto3 are imported here (the zip has nothing else).
@@ -61,6 +61,7 @@ def handler(event, context):
                       webhook_url=webhook, token=env.get("SLACK_BOT_TOKEN"), channel=env.get("SLACK_CHANNEL"),
                       api_url=env.get("SLACK_API_URL"), ec2=env.get("TRAINCTL_EC2", "1") != "0",
                       ec2_endpoint_url=env.get("TRAINCTL_EC2_ENDPOINT"))
+    w.buttons = env.get("SLACK_BUTTONS") == "1"  # Terraform sets it when the buttons' function URL exists
     now = float((event or {}).get("now") or time.time())
     if _is_sqs_batch(event):
         return _sweep_batch(w, event, now)

@@ -162,3 +162,38 @@ def test_function_url_handler_reads_the_secret_from_ssm_and_refuses_forgeries(s3
     ok = lambda_handler(event(*signed_click(SECRET, payload(slack, rid, SNOOZE, message), ts=now)), None)
     assert ok["statusCode"] == 200 and L.load(rs, rid).ledger.snoozed_by == "slack:alice"
     assert SECRET not in repr(ok)
+
+
+def test_stop_click_reaches_the_agent_which_stops_the_trainer_gracefully(local_store, slack, served, agents,
+                                                                        tmp_path):
+    from tests.trainers.harness import trainer_cmd, wait_for
+
+    url, _ = served
+    rs = RunStore(local_store)
+    rid = "stopme-20270115-080000"
+    ready = tmp_path / "ready"
+    proc = agents.start(rid, str(local_store.root), tmp_path / "wd", trainer_cmd(
+        "--lines", "3", "--end", "hang", "--ready-file", str(ready)))
+    wait_for(ready.exists, what="trainer ready")
+    wait_for(lambda: rs.read_heartbeat(rid), what="first heartbeat")
+    message = {"text": "🧊 Training hung", "blocks": []}
+    body, headers = signed_click(SECRET, payload(slack, rid, STOP, message), ts=time.time())
+    assert click(url, body, headers) == 200
+    assert agents.wait(proc, 60) == 0, agents.output(proc)
+    err = rs.read_error(rid)
+    assert err.cause == "stopped_by_user" and err.signal == "SIGINT"  # the trainer took the first, gentle signal
+    assert rs.read_stop(rid).requested_by == "slack:alice"
+
+
+def test_lambda_with_buttons_on_puts_them_on_the_alert(s3_store, slack, moto_server, monkeypatch):
+    from ops.lambda_handler import handler
+
+    rs = RunStore(s3_store)
+    now = time.time()
+    make_run(rs, now=now, progress_age=2000)
+    for k, v in {"TRAINCTL_STORE": s3_store.url, "TRAINCTL_S3_ENDPOINT": moto_server.endpoint,
+                 "SLACK_WEBHOOK_URL": slack.webhook_url, "TRAINCTL_EC2": "0", "SLACK_BUTTONS": "1"}.items():
+        monkeypatch.setenv(k, v)
+    assert handler({"now": now}, None)["sent"] == 1
+    [row] = [b for b in slack.posts[0]["body"]["blocks"] if b["type"] == "actions"]
+    assert [e.get("action_id") for e in row["elements"]][-2:] == [SNOOZE, STOP]
