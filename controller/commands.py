@@ -113,8 +113,10 @@ def launch_cmd(instance_id, host, local, new, var_files, stack_name, auto_approv
         from train.schemas import TrainConfig
 
         tcfg = load_config(TrainConfig, str(Path(cfg.trainer.config).expanduser()), cfg.trainer.set, validate=False)
-        if local and tcfg.model.path and not cfg.stage.model:
-            # A model on this machine is checked here, as sft would, before the run exists anywhere.
+        here = Path(tcfg.model.path).expanduser()
+        if local and tcfg.model.path and not cfg.stage.model and (here.is_absolute() or here.exists()):
+            # A model on this machine is checked here, as sft would, before the run exists anywhere
+            # (a relative path that is not here may be meant for the run's workdir: sft judges that one).
             from train.modelfolder import folder_problem
 
             if why := folder_problem(tcfg.model.path, weights=True):
