@@ -45,8 +45,14 @@ def settings_from(values: dict[str, str | float | None], base: Settings = Settin
 
 def settings_from_env(env=os.environ) -> Settings:
     """Settings from the TRAINCTL_* variables of ENV_SETTINGS (the Lambda's configuration)."""
-    return settings_from({field: env.get(var) for var, field in ENV_SETTINGS.items()},
-                         labels={field: var for var, field in ENV_SETTINGS.items()})
+    from ops.warnings import warning_settings_from_env
+
+    s = settings_from({field: env.get(var) for var, field in ENV_SETTINGS.items()},
+                      labels={field: var for var, field in ENV_SETTINGS.items()})
+    try:
+        return dataclasses.replace(s, warnings=warning_settings_from_env(env))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def build_watcher(store_url: str | None, endpoint_url: str | None = None, *, settings: Settings = Settings(),

@@ -16,6 +16,7 @@ does, so a warning clears by itself when the condition ends:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 from dataclasses import dataclass
@@ -37,6 +38,32 @@ class WarningSettings:
     spike_k: float = 5.0
     spike_median_of: int = 50
     overfit_evals: int = 3
+
+
+# The environment variables of each threshold (`ctl watch`, `ctl status`, the Lambda's configuration).
+WARNING_ENV = {"TRAINCTL_WARN_RAM_SHARE": "ram_share", "TRAINCTL_WARN_SWAP_GROWTH_MB": "swap_growth_mb",
+               "TRAINCTL_WARN_GPU_UTIL_MIN": "gpu_util_min", "TRAINCTL_WARN_WINDOW_S": "window_s",
+               "TRAINCTL_WARN_MIN_FREE_GB": "min_free_gb", "TRAINCTL_WARN_NO_LEARNING_STEPS": "no_learning_steps",
+               "TRAINCTL_WARN_SPIKE_K": "spike_k", "TRAINCTL_WARN_OVERFIT_EVALS": "overfit_evals"}
+
+
+def warning_settings_from_env(env) -> WarningSettings:
+    """WarningSettings with the TRAINCTL_WARN_* variables of `env` applied; a bad value is a ValueError
+    naming the variable."""
+    changes = {}
+    for var, name in WARNING_ENV.items():
+        raw = env.get(var)
+        if raw in (None, ""):
+            continue
+        kind = int if name in ("no_learning_steps", "overfit_evals") else float
+        try:
+            val = kind(raw)
+        except ValueError:
+            raise ValueError(f"{var} must be a {kind.__name__}, got {raw!r}") from None
+        if val <= 0:
+            raise ValueError(f"{var} must be positive, got {raw!r}")
+        changes[name] = val
+    return dataclasses.replace(WarningSettings(), **changes)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,8 @@ import shutil
 import sys
 import time
 
+import pytest
+
 from agent.protocol.runstore import RunStore
 from controller.views.status import collect, render
 from ops.state import Settings
@@ -105,3 +107,19 @@ def test_warnings_from_a_real_agent_run_listed_by_status_then_cleared(agents, tm
     end.touch()
     assert agents.wait(proc, 120) == 0, Agents.output(proc)
     assert status()["warnings"] == []  # a finished run has none
+
+
+def test_thresholds_are_settings_from_the_environment():
+    from agent.protocol.errors import ConfigError
+    from controller.views.facts import view_settings
+
+    s = view_settings({"TRAINCTL_WARN_RAM_SHARE": "0.5", "TRAINCTL_WARN_NO_LEARNING_STEPS": "20",
+                       "TRAINCTL_WARN_WINDOW_S": "300"}).warnings
+    assert (s.ram_share, s.no_learning_steps, s.window_s, s.gpu_util_min) == (0.5, 20, 300.0, 50.0)
+    assert view_settings({}).warnings == WarningSettings()
+    for bad in ({"TRAINCTL_WARN_SPIKE_K": "lots"}, {"TRAINCTL_WARN_OVERFIT_EVALS": "0"}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            view_settings(bad)
+    half = samples(ram_used_bytes=[40 * GIB] * 10)  # 62 %: only under a 50 % threshold
+    assert assess_warnings(half, [], {}, True, WarningSettings()) == []
+    assert [w.kind for w in assess_warnings(half, [], {}, True, s)] == ["memory"]
