@@ -21,6 +21,24 @@ def _local_defaults() -> dict:
                     "min_free_gb": 1.0}}
 
 
+def _check_staged_model(cfg) -> None:
+    """The model prefix ctl train sft will load, judged by its file names before the box is touched
+    (one listing); a prefix this machine may not list is left to the box's own check."""
+    from agent.protocol.errors import StoreError
+    from agent.protocol.stores import open_store
+    from train.modelfolder import names_problem
+
+    try:
+        store = open_store(cfg.stage.model, endpoint_url=cfg.store.endpoint_url or None,
+                           region=cfg.store.region or None)
+        names = {k for k in store.list("") if "/" not in k}
+    except StoreError as exc:
+        click.echo(f"model check skipped (the box stages it with its own credentials): {exc}", err=True)
+        return
+    if why := names_problem(names, cfg.stage.model.rstrip("/") + "/"):
+        raise ConfigError(f"stage.model: {why}")
+
+
 def _ec2(no_instance: bool = False):
     """The watcher's EC2 lookup for the views (None with --no-instance); errors never fail a view."""
     if no_instance:
@@ -121,6 +139,8 @@ def launch_cmd(instance_id, host, local, new, var_files, stack_name, auto_approv
 
             if why := folder_problem(tcfg.model.path, weights=True):
                 raise ConfigError(f"{cfg.trainer.config}: model.path: {why}")
+        if cfg.stage.model:
+            _check_staged_model(cfg)
     if new:
         # Validated above before anything touched AWS; now the box exists and the launch targets it.
         from infra.cli import provision_new

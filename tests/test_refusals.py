@@ -294,3 +294,21 @@ def test_a_local_launch_refuses_an_incomplete_model_before_the_run_exists(tiny_m
                        env=no_aws_env(tmp_path, TRAINCTL_HOME=str(home)))
     assert_refused(r, "model.path", "has no model weights", max_lines=1)
     assert r.returncode == 2 and not (home / "runs").exists() and not (home / "box").exists()
+
+
+def test_a_staged_model_prefix_without_a_tokenizer_refuses_the_launch_before_the_box(moto_server, tmp_path):
+    bucket = moto_server.new_bucket()
+    s3 = moto_server.client("s3")
+    for name in ("config.json", "model.safetensors", "tokenizer_config.json"):
+        s3.put_object(Bucket=bucket, Key=f"models/m/{name}", Body=b"{}")
+    (tmp_path / "train.toml").write_text("[lora]\nr = 8\n")
+    env = no_aws_env(tmp_path, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+                     TRAINCTL_HOME=str(tmp_path / "home"))
+    r = subprocess.run([sys.executable, "-m", "trainctl", "launch", "--host", "ubuntu@127.0.0.1:1",
+                        "--store", f"s3://{bucket}/runs", "--endpoint-url", moto_server.endpoint,
+                        "--trainer-config", str(tmp_path / "train.toml"), "--set", f"stage.model='s3://{bucket}/models/m/'"],
+                       capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert_refused(r, f"stage.model: s3://{bucket}/models/m/ has no tokenizer", "tokenizer.json", max_lines=1)
+    assert r.returncode == 2 and "connecting" not in r.stdout
+    assert s3.list_objects_v2(Bucket=bucket)["KeyCount"] == 3  # nothing written
+    assert not (tmp_path / "home" / "known_hosts").exists()

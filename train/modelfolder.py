@@ -8,6 +8,7 @@ only file names (and a sharded checkpoint's index), so they cost microseconds an
 from __future__ import annotations
 
 import json
+from fnmatch import fnmatch
 from pathlib import Path
 
 _WEIGHT_GLOBS = ("*.safetensors", "pytorch_model*.bin", "model*.bin", "consolidated*.pth")
@@ -15,7 +16,7 @@ _INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 _FIX = "copy the whole saved model folder (save_pretrained, or stage.model from S3) and point model.path at it"
 
 
-def _weights_problem(p: Path) -> str | None:
+def _shards_problem(p: Path) -> str | None:
     for name in _INDEXES:
         index = p / name
         if index.is_file():
@@ -26,19 +27,19 @@ def _weights_problem(p: Path) -> str | None:
             missing = sorted(s for s in shards if not (p / s).is_file())
             if missing:
                 return f"{p} lacks {len(missing)} weight shard(s) its {name} lists (first: {missing[0]}): {_FIX}"
-            return None
-    if not any(next(p.glob(g), None) for g in _WEIGHT_GLOBS):
-        return f"{p} has no model weights (*.safetensors or pytorch_model*.bin): {_FIX}"
     return None
 
 
-def _tokenizer_problem(p: Path) -> str | None:
-    if (p / "tokenizer.json").is_file() or (p / "tokenizer.model").is_file():
-        return None
-    if (p / "vocab.json").is_file() and (p / "merges.txt").is_file():
-        return None
-    return (f"{p} has no tokenizer (tokenizer.json, tokenizer.model, or vocab.json + merges.txt): save the "
-            f"tokenizer into the folder too (tokenizer.save_pretrained(folder))")
+def names_problem(names: set[str], where: str, *, weights: bool = True, tokenizer: bool = True) -> str | None:
+    """The same checks on the file names of a folder (a local one, or an S3 prefix about to be staged)."""
+    if weights and "config.json" not in names:
+        return f"{where} has no config.json; is it a saved model folder? {_FIX}"
+    if weights and not (set(_INDEXES) & names or any(fnmatch(n, g) for n in names for g in _WEIGHT_GLOBS)):
+        return f"{where} has no model weights (*.safetensors or pytorch_model*.bin): {_FIX}"
+    if tokenizer and not ({"tokenizer.json", "tokenizer.model"} & names or {"vocab.json", "merges.txt"} <= names):
+        return (f"{where} has no tokenizer (tokenizer.json, tokenizer.model, or vocab.json + merges.txt): save "
+                f"the tokenizer into the folder too (tokenizer.save_pretrained(folder))")
+    return None
 
 
 def folder_problem(path: str, *, weights: bool, tokenizer: bool = True) -> str | None:
@@ -48,13 +49,8 @@ def folder_problem(path: str, *, weights: bool, tokenizer: bool = True) -> str |
     p = Path(path).expanduser()
     if not p.is_dir():
         return f"model folder {p} does not exist (models are loaded from a local folder only)"
-    if weights and not (p / "config.json").is_file():
-        return f"{p} has no config.json; is it a saved model folder? {_FIX}"
-    if not weights and not any((p / n).is_file() for n in ("config.json", "tokenizer.json", "tokenizer_config.json",
-                                                          "tokenizer.model")):
+    names = {f.name for f in p.iterdir() if f.is_file()}
+    if not weights and not names & {"config.json", "tokenizer.json", "tokenizer_config.json", "tokenizer.model"}:
         return f"{p} holds no config.json or tokenizer files; is it a saved model folder?"
-    if weights and (why := _weights_problem(p)):
-        return why
-    if tokenizer:
-        return _tokenizer_problem(p)
-    return None
+    return names_problem(names, str(p), weights=weights, tokenizer=tokenizer) or (
+        _shards_problem(p) if weights else None)
