@@ -80,6 +80,17 @@ def agent_group():
 @click.option("--max-cost", type=click.FloatRange(min=0, min_open=True), default=None, envvar="TRAINCTL_MAX_COST",
               help="Spend cap in USD at --hourly-usd: at it the trainer is stopped gracefully and the run fails with "
                    "cause cost_cap; needs --hourly-usd (env TRAINCTL_MAX_COST).")
+@click.option("--oom-retries", type=click.IntRange(0, 10), default=0, show_default=True, envvar="TRAINCTL_OOM_RETRIES",
+              help="After cause cuda_oom, restart the trainer this many times at half the micro-batch and twice the "
+                   "accumulation (TRAINCTL_MICRO_BATCH / TRAINCTL_GRAD_ACCUM in its environment), from its newest "
+                   "checkpoint (env TRAINCTL_OOM_RETRIES).")
+@click.option("--micro-batch", type=click.IntRange(min=1), default=None,
+              help="The trainer's micro-batch, for --oom-retries when it does not report it in its progress file.")
+@click.option("--grad-accum", type=click.IntRange(min=1), default=None,
+              help="The trainer's gradient accumulation, for --oom-retries (as --micro-batch).")
+@click.option("--resume-arg", "resume_args", multiple=True, metavar="ARG",
+              help="Appended to the trainer's command on an OOM restart: its resume flag (repeatable), e.g. "
+                   "--resume-arg --resume_from_checkpoint --resume-arg latest.")
 @click.option("--progress-regex", default=None, envvar="TRAINCTL_PROGRESS_REGEX",
               help="Read progress from output lines matching this regex, with named groups step, total, loss, lr "
                    "(e.g. 'it (?P<step>\\d+)/(?P<total>\\d+) loss (?P<loss>[\\d.]+)'); HF/TRL/axolotl log dicts "
@@ -99,7 +110,7 @@ def agent_group():
 def run_cmd(run_id, store_url, endpoint_url, store_region, workdir, heartbeat_s, log_flush_s, stop_poll_s, latest_s,
             progress_s, stop_grace_s, retry_max_s, finalize_timeout_s, shutdown_timeout_s, partial_line_s, tick_s, nice,
             imds_endpoint, imds_poll_s, spot_checkpoint_s, hourly_usd, price_basis, max_runtime, max_cost,
-            progress_regex, read_output,
+            oom_retries, micro_batch, grad_accum, resume_args, progress_regex, read_output,
             artifacts, checkpoints, checkpoint_settle_s, verbose, command):
     """Run COMMAND as the trainer of RUN_ID and keep the store up to date until it ends.
 
@@ -126,6 +137,8 @@ def run_cmd(run_id, store_url, endpoint_url, store_region, workdir, heartbeat_s,
                              imds_poll_s=imds_poll_s, spot_checkpoint_s=spot_checkpoint_s, hourly_usd=hourly_usd,
                              price_basis=price_basis if hourly_usd is not None else None,
                              max_runtime_s=max_runtime_s, max_cost_usd=max_cost,
+                             oom_retries=oom_retries, micro_batch=micro_batch, grad_accum=grad_accum,
+                             resume_args=tuple(resume_args),
                              progress_regex=progress_regex or None, read_output=read_output,
                              artifacts=tuple(artifacts), checkpoints=checkpoints or None,
                              checkpoint_settle_s=checkpoint_settle_s)

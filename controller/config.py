@@ -106,6 +106,15 @@ class TrainerCfg:
                                      "absolute): each is uploaded once complete, for --resume")
     max_runtime: str = setting("", help="runtime cap (90m, 12h): the trainer is stopped gracefully (checkpoint first) "
                                      "and the run fails with cause runtime_cap; empty = none")
+    oom_retries: int = setting(-1, min=-1, max=10, help="after cuda_oom, restart at half the micro-batch and twice "
+                               "the accumulation from the newest checkpoint, this many times; -1 = 2 for ctl train "
+                               "sft, 0 for your own command (which needs micro_batch, grad_accum and resume_args)")
+    micro_batch: int = setting(0, min=0, help="your own trainer's micro-batch, for oom_retries (it gets the new one "
+                                         "in TRAINCTL_MICRO_BATCH); 0 = it reports it in its progress file")
+    grad_accum: int = setting(0, min=0, help="your own trainer's gradient accumulation, for oom_retries (the new one "
+                                        "in TRAINCTL_GRAD_ACCUM)")
+    resume_args: list[str] = setting([], help="appended to your own trainer's command on an OOM restart: its resume "
+                                          "flag, e.g. [\"--resume_from_checkpoint\", \"latest\"]")
     max_cost: float = setting(0.0, min=0, max=1e6, help="spend cap in USD at the box's hourly price: stopped "
                                                      "gracefully, cause cost_cap; 0 = none; not enforced where "
                                                      "the box has no known price (--local, --host)")
@@ -211,6 +220,9 @@ def semantic_errors(cfg: RunConfig) -> list[Problem]:
                 errs.append(Problem("trainer.max_runtime", "must be above 0 (leave it empty for no cap)"))
         except ConfigError as exc:
             errs.append(Problem("trainer.max_runtime", str(exc).removeprefix("trainer.max_runtime: ")))
+    if cfg.trainer.command and cfg.trainer.oom_retries > 0 and not cfg.trainer.resume_args:
+        errs.append(Problem("trainer.oom_retries", "an OOM restart of your own trainer needs trainer.resume_args (its "
+                            "resume flag); it reads the new sizes from TRAINCTL_MICRO_BATCH / TRAINCTL_GRAD_ACCUM"))
     if not cfg.trainer.command and not cfg.trainer.config:
         errs.append(Problem("trainer", "set trainer.config (a train.toml) or trainer.command"))
     return errs

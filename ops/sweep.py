@@ -162,7 +162,7 @@ class Watcher:
             changed = False
             if o.cache is not None and led.facts != o.cache:
                 led.facts, changed = dict(o.cache), True
-            changed |= notice_oom(led, o.facts.metadata, st, now)  # before a final message: it happened first
+            changed |= notice_oom(led, o.facts, st, now)  # before a final message: it happened first
             changed |= decide(led, st, now, self.settings, first_sight=first_sight)
             changed |= bool(L.claim_outbox(led, self.owner, now, self.settings.lease_s))
             return changed

@@ -166,6 +166,9 @@ class DistributedConfig:
 @dataclass
 class DebugConfig:
     inject_nan_at_step: int = setting(0, min=0)  # > 0: the loss becomes NaN at this optimizer step (tests, demo)
+    # > 0: torch.OutOfMemoryError at this optimizer step while the micro-batch is at least inject_oom_min_batch
+    inject_oom_at_step: int = setting(0, min=0)
+    inject_oom_min_batch: int = setting(2, min=1)
 
 
 @dataclass

@@ -99,7 +99,7 @@ def gather_facts(agent, status: ExitStatus) -> dict:
 
 def decide(agent, status: ExitStatus, facts: dict, duration: float | None):
     """`_complete` if the trainer succeeded and every final artifact is verified, else `_error`."""
-    tail = agent.shipper.tail(200)
+    tail = agent.oom.tail(200)  # after an OOM restart, only the last attempt's lines
     common = {"phase": agent.progress.phase, "duration_s": duration, "last_step": agent.progress.last_step,
               "last_loss": agent.progress.last_loss}
     if agent.spot.notice is not None and not status.ok:  # a trainer that finished anyway completes
@@ -168,7 +168,7 @@ def finalize(agent, status: ExitStatus) -> int:
             if marker is None:
                 step = "artifacts"
                 agent.wait_artifacts(max(0.0, deadline - time.monotonic()))  # incl. ones declared at the end
-                marker = price(decide(agent, status, facts, duration), s, duration)
+                marker = oom_story(agent, price(decide(agent, status, facts, duration), s, duration))
             step = "marker"
             _write_marker(agent, marker)
             step = "metadata"
@@ -193,6 +193,20 @@ def price(marker, settings, duration_s: float | None):
         return marker
     marker.cost_usd = round(settings.hourly_usd * max(MIN_BILLED_S, duration_s) / 3600.0, 2)
     marker.price_basis = settings.price_basis or "on-demand"
+    return marker
+
+
+def oom_story(agent, marker):
+    """After OOM restarts, the marker says so: `_error` lists the attempts, `_complete` says it recovered."""
+    attempts = agent.state.oom_attempts
+    if not attempts:
+        return marker
+    story = p.attempts_text(attempts)
+    if isinstance(marker, p.CompleteMarker):
+        marker.oom_attempts = attempts  # the watcher's one "recovered from OOM" notice reads it
+        marker.reason = f"{marker.reason}; recovered from OOM: {story}"
+    else:
+        marker.summary = f"{marker.summary}; OOM retries: {story}"
     return marker
 
 

@@ -28,6 +28,7 @@ from agent.daemon.checkpoints import CheckpointWatch
 from agent.daemon.duties import Duties, Duty
 from agent.daemon.filewatch import FileWatch
 from agent.daemon.logship import LogShipper
+from agent.daemon.oomretry import OomRetry
 from agent.daemon.outputparse import compile_progress_regex
 from agent.daemon.outputprogress import OutputProgress
 from agent.daemon.progress import ProgressTracker
@@ -75,6 +76,7 @@ class Agent:
         self.spot = SpotWatch.from_settings(settings)
         self.sampler = Sampler(self.rs, run_id, wd.root)
         self.duties = self._duties()
+        self.oom = OomRetry(self)
 
     def _duties(self) -> Duties:
         """What the agent keeps doing while the trainer runs, in the order of one tick."""
@@ -112,6 +114,9 @@ class Agent:
             self.watch = FileWatch(self.wd.root, [self.wd.log, self.wd.progress], self.wake)
             try:
                 if status is None:
+                    status = self._loop()
+                while (sizes := self.oom.next_sizes(status)) is not None:  # opt-in: --oom-retries
+                    self.oom.restart(status, *sizes)
                     status = self._loop()
             finally:
                 self.watch.close()
@@ -291,6 +296,7 @@ class Agent:
         md.host = md.host or hostfacts.host_stats(self.wd.root).get("hostname")
         md.trainctl_version = md.trainctl_version or _version()
         md.budget = budget(self.s, self.state.started_ts)
+        md.oom_attempts = self.state.oom_attempts
         self.rs.write_metadata(md)
         self._metadata_dirty = self.progress.phase_changed = False
 
@@ -306,7 +312,7 @@ class Agent:
                          last_progress_ts=self.progress.last_progress_ts, last_step=self.progress.last_step,
                          host=host, gpus=hostfacts.gpu_stats(), spool_backlog_bytes=self.shipper.backlog(),
                          progress_source=self.progress.source, last_log_ts=self.output.last_log_ts,
-                         cadence=self.progress.cadence_record())
+                         cadence=self.progress.cadence_record(), oom_attempts=self.state.oom_attempts)
         self.sampler.observe(hb, time.monotonic())  # samples.json reuses these facts: no second nvidia-smi
         self.rs.write_heartbeat(self.run_id, hb)
 

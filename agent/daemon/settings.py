@@ -32,6 +32,10 @@ class AgentSettings:
     price_basis: str | None = None  # "spot" or "on-demand": which price hourly_usd is
     max_runtime_s: float | None = None  # runtime cap (agent.daemon.caps): stop the trainer gracefully at it
     max_cost_usd: float | None = None  # spend cap in USD at hourly_usd (no price given: not enforced)
+    oom_retries: int = 0  # restarts at half the micro-batch after cuda_oom (agent.daemon.oomretry)
+    micro_batch: int | None = None  # a user trainer's sizes when it does not report them in its progress file
+    grad_accum: int | None = None
+    resume_args: tuple[str, ...] = ()  # appended to the command on an OOM restart (a user trainer's resume flag)
     # Any trainer (run.toml [trainer], `ctl agent run` flags): progress, final outputs, checkpoints.
     progress_regex: str | None = None  # named groups step/total/loss/lr, for output outputparse cannot read
     read_output: bool = True  # read progress from the trainer's output when its progress file has none

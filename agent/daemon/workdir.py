@@ -109,6 +109,7 @@ class AgentState:
     stop_seen: bool = False
     interrupted: bool = False
     cap: dict | None = None  # the cap that stopped the trainer (agent.daemon.caps.reached), if one did
+    oom_attempts: list = field(default_factory=list)  # OOM restarts so far (agent.daemon.oomretry)
     log: LogCursor = field(default_factory=LogCursor)
     stats: dict = field(default_factory=dict)  # S3 requests/bytes of the last agent process (agent.protocol.reqstats)
 

@@ -54,8 +54,8 @@ REMEDIATION: dict[str, str] = {
                    "training resumes from the last saved checkpoint.",
     "runtime_cap": "The run reached its runtime cap and was stopped gracefully (its newest checkpoint is stored): "
                    "if it needs longer, raise max_runtime under [trainer] in run.toml (or --set "
-                   "trainer.max_runtime=12h) and continue it with ctl launch ... --resume <run-id>; if it was "
-                   "looping or crawling, read the log first.",
+                   "trainer.max_runtime=12h) and continue it with ctl launch ... --resume <run-id>; if it "
+                   "looped, read the log first.",
     "cost_cap": "The run reached its spend cap and was stopped gracefully (its newest checkpoint is stored): if "
                 "it is worth more, raise max_cost (USD) under [trainer] in run.toml (or --set "
                 "trainer.max_cost=50) and continue it with ctl launch ... --resume <run-id>.",

@@ -41,6 +41,8 @@ ERROR = "_error"
 COMPLETE = "_complete"
 STOP = "control/stop"
 ALERTS = "_alerts.json"
+# The agent's OOM restarts: {"run_id", "attempts": [{attempt, micro_batch, grad_accum, step, next_micro_batch, ...}]}.
+OOM_ATTEMPTS = "oom_attempts.json"
 # The loss curve the agent draws at the end of a run (agent/daemon/curve.py; needs the plots extra).
 LOSS_CURVE = "artifacts/loss_curve.png"
 # The agent's host/GPU/disk samples: a bounded columnar time series (agent/daemon/sampling.py).
@@ -211,6 +213,16 @@ class Metadata(Record):
     trainctl_version: str | None = None
     # The agent's caps (agent.daemon.caps.budget): max_runtime_s, max_cost_usd, hourly_usd, started_ts.
     budget: dict | None = None
+    # The agent's OOM restarts (agent.daemon.oomretry), the same list as OOM_ATTEMPTS holds.
+    oom_attempts: list = field(default_factory=list)
+
+
+def attempts_text(attempts: list[dict]) -> str:
+    """`batch 4 (step 5) -> 2 (step 5) -> 1`: an OOM retry's sizes (Metadata.oom_attempts), with the step each reached."""
+    if not attempts:
+        return ""
+    hops = [f"{a.get('micro_batch')} (step {a['step'] if a.get('step') is not None else '?'})" for a in attempts]
+    return "batch " + " -> ".join([*hops, str(attempts[-1].get("next_micro_batch"))])
 
 
 @dataclass
@@ -241,6 +253,7 @@ class Heartbeat(Record):
     # seen, last step ts, phase; None until enough steps were seen to learn it (the watcher then
     # keeps its configured progress timeout).
     cadence: dict | None = None
+    oom_attempts: list = field(default_factory=list)  # the agent's OOM restarts so far (read every sweep)
 
 
 @dataclass
@@ -295,6 +308,7 @@ class CompleteMarker(Record):
     artifacts: list = field(default_factory=list)  # [{"name", "uri", "size", "files"}]
     artifacts_verified: int | None = None  # how many declared artifacts verified (None: an older agent)
     reason: str = ""  # in words: "training finished; 3 artifacts verified" / "...; no artifacts declared"
+    oom_attempts: list = field(default_factory=list)  # OOM restarts before it completed (agent.daemon.oomretry)
     cost_usd: float | None = None  # agent runtime x the box's hourly price, as the controller passed it
     price_basis: str | None = None  # "spot" or "on-demand": which hourly price cost_usd used
 

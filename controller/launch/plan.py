@@ -257,6 +257,13 @@ def trainer_flags(cfg: RunConfig) -> list[str]:
         out += ["--checkpoints", t.checkpoints]
     if t.max_runtime:
         out += ["--max-runtime", t.max_runtime]
+    retries = t.oom_retries if t.oom_retries >= 0 else (0 if t.command else 2)  # on for ours, opt-in for yours
+    if retries:
+        out += ["--oom-retries", str(retries)]
+        out += [*(["--micro-batch", str(t.micro_batch)] if t.micro_batch else []),
+                *(["--grad-accum", str(t.grad_accum)] if t.grad_accum else [])]
+        for arg in t.resume_args:
+            out += [f"--resume-arg={arg}"]  # `=`: a flag-like value is not taken for the agent's own option
     return out
 
 

@@ -58,6 +58,7 @@ def collect(rs: RunStore, run_id: str, now: float, ec2: Ec2Enricher | None = Non
         "command": md.command if md else [], "git_sha": md.git_sha if md else None,
         "console_url": rs.console_url(run_id),
         "autostop": countdown(md, (err or done).ts if (err or done) else None, now, state),
+        "oom_attempts": md.oom_attempts if md else [],
         "budget": budget_left(md.budget if md else None, (err or done).ts if (err or done) else now),
         "warnings": [] if (err or done) else [w.__dict__ for w in warnings_of(rs, run_id, md, row.phase, settings)],
     }
@@ -124,6 +125,10 @@ def render(d: dict, now: float) -> str:
         lines.append(f"budget     {d['budget']}")
     for w in d.get("warnings") or []:
         lines.append(f"warning    {w['kind']}: {w['text']}")
+    if d.get("oom_attempts"):
+        how = "recovered from OOM" if d["complete"] or d["outcome"] == "running" else "OOM retries"
+        lines.append(f"oom        {how}: {p.attempts_text(d['oom_attempts'])} "
+                     f"({len(d['oom_attempts'])} restart{'s' if len(d['oom_attempts']) != 1 else ''})")
     return "\n".join(lines)
 
 

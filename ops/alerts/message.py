@@ -99,6 +99,9 @@ def _header(msg: dict) -> str:
         return f"🟢 Resolved: {label.lower()} for {fmt_duration(msg.get('lasted_s') or 0)}"
     if kind == "repeat":
         return f"🔁 Still {label.lower()} ({fmt_duration(msg.get('lasted_s') or 0)})"
+    if kind == "notice":  # ops.alerts.policy.notice_oom: the reason's first clause is the news
+        news = (msg.get("reason") or "").split(" (")[0]
+        return f"🩹 {news[:1].upper()}{news[1:]}"
     if state == S.FAILED and msg.get("cause"):
         return f"🔥 Training FAILED: {msg['cause']}"
     if state == S.INTERRUPTED and "spot reclaim at" in (msg.get("reason") or ""):
@@ -151,7 +154,7 @@ def _phase(f: MessageFacts) -> str | None:
 
 def remediation_for(msg: dict, f: MessageFacts) -> str | None:
     state = msg.get("was_state") or msg["state"]
-    if msg["kind"] == "resolved" or state == S.COMPLETED:
+    if msg["kind"] in ("resolved", "notice") or state == S.COMPLETED:
         return None
     if state in (S.FAILED, S.STOPPED_BY_USER):
         from agent.protocol.causes import REMEDIATION

@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 from ops.alerts.ledger import Ledger
-from ops.state import HEALTHY, INCIDENT_STATES, INSTANCE_GONE, LAUNCHING, TERMINAL_STATES, RunState, Settings
+from ops.state import FAILED, HEALTHY, INCIDENT_STATES, INSTANCE_GONE, LAUNCHING, TERMINAL_STATES, RunState, Settings
 
 RESOLVING_STATES = (HEALTHY, LAUNCHING)  # `late` leaves an open incident open: still inside grace
 
@@ -82,3 +82,20 @@ def decide(ledger: Ledger, st: RunState, now: float, s: Settings, first_sight: b
                    thread_ts=inc.get("thread_ts"), channel=inc.get("channel"))
     return ledger.to_bytes() != before
 
+
+def notice_oom(ledger: Ledger, f, st: RunState, now: float) -> bool:
+    """One "recovered from OOM: batch 4 -> 2" notice per OOM restart the agent recorded (agent.daemon.
+    oomretry; in the heartbeat while it runs, in `_complete` after), instead of a failure alert. A run
+    that failed anyway gets none: its failure alert lists the attempts. True if a notice was queued."""
+    attempts = (f.heartbeat.oom_attempts if f.heartbeat else None) or (f.complete.oom_attempts if f.complete
+                                                                       else None) or []
+    if not attempts or ledger.closed or st.state == FAILED:
+        return False
+    first, last = attempts[0], attempts[-1]
+    reason = (f"recovered from OOM: batch {first.get('micro_batch')} -> {last.get('next_micro_batch')} "
+              f"(grad_accum {first.get('grad_accum')} -> {last.get('next_grad_accum')}, effective batch unchanged; "
+              f"restarted from the newest checkpoint at step {last.get('step')})")
+    if any(m.get("kind") == "notice" and m.get("reason") == reason for m in ledger.outbox + ledger.sent):
+        return False
+    _queue(ledger, "notice", RunState(st.state, reason, last.get("ts"), st.phase), now)
+    return True

@@ -73,3 +73,60 @@ def test_real_trainer_at_its_runtime_cap_checkpoints_and_fails_with_the_cap(agen
     alert = ctl("watch", "--once", "--no-ec2", "--store", str(store))
     assert "🔥 Training FAILED: runtime_cap" in alert.stdout, alert.stdout
     assert "raise max_runtime under [trainer] in run.toml" in alert.stdout
+
+
+def oom_run(agents, tmp_path, tiny_model, packed, micro: int, min_batch: int, *extra: str):
+    """The real trainer at `micro`, checkpointing every 2 steps, told to OOM at step 3 while the
+    micro-batch is `min_batch` or more; returns (run store, local store folder, agent output)."""
+    cfg = train_toml(tmp_path, tiny_model, packed, max_steps=6)
+    cfg.write_text(cfg.read_text().replace("per_device_batch_size = 4", f"per_device_batch_size = {micro}")
+                   .replace("save_steps = 0", "save_steps = 2")
+                   + f"[debug]\ninject_oom_at_step = 3\ninject_oom_min_batch = {min_batch}\n")
+    store = tmp_path / "store"
+    proc = agents.start(RUN, str(store), tmp_path / "wd", [CTL_EXE, "train", "sft", "--config", str(cfg)],
+                        env=TRAINER_ENV, extra=list(extra))
+    assert agents.wait(proc, 600) == 0, Agents.output(proc)
+    return RunStore(LocalStore(store)), store, Agents.output(proc)
+
+
+def test_real_trainer_recovers_from_oom_at_half_the_micro_batch(agents, tmp_path, tiny_model, packed):
+    rs, store, out = oom_run(agents, tmp_path, tiny_model, packed, 4, 3, "--oom-retries", "2")
+    done = rs.read_complete(RUN)
+    assert done is not None, out
+    assert done.reason.endswith("; recovered from OOM: batch 4 (step 2) -> 2"), done.reason
+    [att] = rs.store.get_json(f"{RUN}/oom_attempts.json")["attempts"]
+    assert att == {**att, "attempt": 1, "cause": "cuda_oom", "micro_batch": 4, "grad_accum": 1, "step": 2,
+                   "next_micro_batch": 2, "next_grad_accum": 2}
+    assert rs.read_metadata(RUN).oom_attempts == [att]
+    log = rs.read_logs(RUN).data.decode()
+    # One ordered log across both attempts: the OOM, then the restart at half the batch from checkpoint-2.
+    oom = log.index("torch.OutOfMemoryError: CUDA out of memory")
+    again = log.index("batch from the agent: train.per_device_batch_size = 2 (TRAINCTL_MICRO_BATCH), "
+                      "train.grad_accum = 2 (TRAINCTL_GRAD_ACCUM)")
+    resumed = log.index("resuming from")
+    assert oom < again < resumed < log.index("step 6/6")
+    assert "checkpoint-2 at step 2/6" in log[resumed:resumed + 200]
+    assert rs.read_progress(RUN).step == 6
+
+    st = ctl("status", RUN, "--store", str(store))
+    assert "oom        recovered from OOM: batch 4 (step 2) -> 2 (1 restart)" in st.stdout, st.stdout
+    first = ctl("watch", "--once", "--no-ec2", "--store", str(store))
+    assert first.returncode == 0, first.stderr
+    text = " ".join(first.stdout.replace("│", " ").split())  # the console draws each message in a box
+    assert text.count("🩹") == 1 and "🩹 Recovered from OOM: batch 4 -> 2 ─" in text, first.stdout
+    assert "Reason: recovered from OOM: batch 4 -> 2 (grad_accum 1 -> 2, effective batch unchanged; restarted " \
+           "from the newest checkpoint at step 2)" in text
+    assert text.index("🩹") < text.index("✅")  # the recovery, then the completion
+    assert "✅ Training completed" in first.stdout and "FAILED" not in first.stdout
+    again = ctl("watch", "--once", "--no-ec2", "--store", str(store))
+    assert "🩹" not in again.stdout and "✅" not in again.stdout  # one notice, sent once
+
+
+def test_real_trainer_with_retries_off_fails_on_oom_as_before(agents, tmp_path, tiny_model, packed):
+    rs, store, out = oom_run(agents, tmp_path, tiny_model, packed, 4, 3)
+    err = rs.read_error(RUN)
+    assert err.cause == "cuda_oom" and "OOM retries" not in err.summary, out
+    assert "torch.OutOfMemoryError: CUDA out of memory" in err.summary and err.last_step == 2
+    assert rs.read_metadata(RUN).oom_attempts == [] and rs.store.get_json(f"{RUN}/oom_attempts.json") is None
+    alert = ctl("watch", "--once", "--no-ec2", "--store", str(store))
+    assert "🔥 Training FAILED: cuda_oom" in alert.stdout and "🩹" not in alert.stdout

@@ -56,7 +56,15 @@ def main() -> int:
                     help="declare a checkpoint, then delete it (save_total_limit rotation) before it can ship")
     ap.add_argument("--checkpoint-on-stop", action="store_true",
                     help="on SIGINT/SIGTERM save checkpoint-<step>/ (as our trainer does), declare it, exit 130")
+    ap.add_argument("--batch", type=int, default=4, help="its micro-batch, unless TRAINCTL_MICRO_BATCH says otherwise")
+    ap.add_argument("--oom-above", type=int, default=None,
+                    help="after the lines, die of a CUDA OOM (torch's message) while the micro-batch is above this")
+    ap.add_argument("--resume", action="store_true", help="a resume flag: it says it resumed")
     args = ap.parse_args()
+    if args.oom_above is not None:
+        batch = int(os.environ.get("TRAINCTL_MICRO_BATCH") or args.batch)
+        print(f"micro-batch {batch} grad-accum {os.environ.get('TRAINCTL_GRAD_ACCUM', '-')} "
+              f"resume {args.resume}", flush=True)
     if args.checkpoint_on_stop:
         signal.signal(signal.SIGINT, _checkpoint_and_exit)
         signal.signal(signal.SIGTERM, _checkpoint_and_exit)
@@ -73,6 +81,9 @@ def main() -> int:
             time.sleep(args.interval)
     if args.nan:
         _progress({"step": args.lines, "total_steps": args.lines, "loss": float("nan")})
+    if args.oom_above is not None and batch > args.oom_above:
+        sys.stderr.write("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB\n")
+        return 1
     odir = os.environ["TRAINCTL_OUTPUT_DIR"]
     if args.rotated_checkpoint:
         _progress({"artifact": "checkpoint-1", "path": "checkpoint-1/", "final": False})  # already gone

@@ -114,6 +114,7 @@ def run_sft(cfg: TrainConfig) -> Path:
     """Train, evaluate, save the adapter; returns its path. Raises TrainctlError on failure."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     stopper = Stopper()
+    batch_from_env(cfg)
     dist = setup_distributed(cfg)
     out = resolve_output_dir(cfg)
     resolved = to_toml(to_dict(cfg))
@@ -129,6 +130,19 @@ def run_sft(cfg: TrainConfig) -> Path:
         return finish(run, resolved)
     finally:
         tracking.close()
+
+
+def batch_from_env(cfg: TrainConfig) -> None:
+    """The agent's OOM retry restarts us with TRAINCTL_MICRO_BATCH / TRAINCTL_GRAD_ACCUM (the same
+    effective batch): they win over the config, and the run resumes from its newest checkpoint."""
+    t, said = cfg.train, []
+    for env, key in (("TRAINCTL_MICRO_BATCH", "per_device_batch_size"), ("TRAINCTL_GRAD_ACCUM", "grad_accum")):
+        if (val := os.environ.get(env, "").strip()).isdigit() and int(val) >= 1:
+            setattr(t, key, int(val))
+            said.append(f"train.{key} = {val} ({env})")
+    if said:
+        print(f"batch from the agent: {', '.join(said)}", flush=True)
+    progress.emit(micro_batch=t.per_device_batch_size, grad_accum=t.grad_accum)
 
 
 def setup(cfg: TrainConfig, dist: Dist, out: Path) -> Run:
@@ -205,10 +219,21 @@ def forward_backward(run: Run, group: list) -> tuple[float, int]:
             loss = run.net(**batch, use_cache=False).loss  # a KV cache disables the packed-sequence mask
             if run.cfg.debug.inject_nan_at_step == run.step + 1:
                 loss = loss * float("nan")
+            _maybe_inject_oom(run)
             (loss / len(group)).backward()
         micro_losses.append(loss.detach().item())
         tokens += real_tokens(batch)
     return run.dist.mean(sum(micro_losses) / len(micro_losses)), tokens
+
+
+def _maybe_inject_oom(run: Run) -> None:
+    """debug.inject_oom_at_step: torch's own CUDA-OOM error, while the micro-batch is still too big."""
+    d, t = run.cfg.debug, run.cfg.train
+    if d.inject_oom_at_step == run.step + 1 and t.per_device_batch_size >= d.inject_oom_min_batch:
+        import torch
+
+        raise torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate 2.00 GiB (injected by "
+                                     f"debug.inject_oom_at_step at micro-batch {t.per_device_batch_size})")
 
 
 def optimizer_step(run: Run, loss: float) -> None:
