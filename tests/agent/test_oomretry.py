@@ -82,3 +82,24 @@ def test_run_toml_oom_keys_reach_the_agent():
     with pytest.raises(ConfigError, match="trainer.oom_retries: an OOM restart of your own trainer needs "
                                           "trainer.resume_args"):
         resolve({"trainer": {"command": ["python", "t.py"], "oom_retries": 1}})
+
+
+def test_the_watcher_queues_one_recovered_notice_and_none_for_a_failed_run():
+    from ops.alerts.ledger import Ledger
+    from ops.alerts.policy import notice_oom
+    from ops.state import FAILED, HEALTHY, RunFacts, RunState
+
+    att = {"attempt": 1, "ts": 100.0, "micro_batch": 4, "grad_accum": 1, "step": 2, "next_micro_batch": 2,
+           "next_grad_accum": 2}
+    f = RunFacts(RUN)
+    f.heartbeat = p.Heartbeat(ts=200.0, seq=3, agent_pid=1, trainer_alive=True, oom_attempts=[att])
+    led = Ledger(RUN)
+    assert notice_oom(led, f, RunState(HEALTHY, "ok"), 200.0)
+    for now in (230.0, 260.0):  # later sweeps of the same run: nothing more
+        assert not notice_oom(led, f, RunState(HEALTHY, "ok"), now)
+    [msg] = led.outbox
+    assert msg["kind"] == "notice" and msg["reason"].startswith("recovered from OOM: batch 4 -> 2 (grad_accum 1 -> 2")
+    led.sent, led.outbox = [dict(msg)], []  # delivered: still once
+    assert not notice_oom(led, f, RunState(HEALTHY, "ok"), 290.0)
+    assert not notice_oom(Ledger(RUN), f, RunState(FAILED, "cuda_oom"), 300.0)  # its failure alert lists them
+    assert not notice_oom(Ledger(RUN), RunFacts(RUN), RunState(HEALTHY, "ok"), 300.0)  # no restart, no notice
