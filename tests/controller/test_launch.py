@@ -19,7 +19,7 @@ import pytest
 
 from agent.protocol.runstore import RunStore
 from agent.protocol.store_s3 import S3Store
-from tests.e2e.harness import agent_pids
+from tests.e2e.harness import agent_pids, wait_for
 from tests.fixtures.box import shared_folder
 
 REPO = Path(__file__).resolve().parents[2]
@@ -260,7 +260,7 @@ def test_second_launch_refused_while_active_then_stop(moto_server, sshd, s3_buck
     assert f"run {rid} is already running" in same.stdout
     other = ctl(["launch", "--existing", iid, "--config", str(cfg), "--run-id", "busy-20260101-000002"], env, check=1)
     assert f"busy with run {rid}" in other.stderr and f"ctl stop {rid}" in other.stderr
-    assert len(agent_pids(rid)) == 1
+    assert len(agent_pids(rid, shared_box / "trainctl" / "runs" / rid)) == 1
     assert not store_for(moto_server, s3_bucket).run_exists("busy-20260101-000002")
 
     st = ctl(["status", rid, "--store", url, "--json"], env, check=0)
@@ -268,10 +268,9 @@ def test_second_launch_refused_while_active_then_stop(moto_server, sshd, s3_buck
     assert d["instance_state"] == "running" and d["outcome"] == "running"
 
     ctl(["stop", rid, "--store", url, "--wait", "--timeout-s", "60", "--poll-s", "0.2"], env, check=0)
-    deadline = time.monotonic() + 30
-    while agent_pids(rid) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert agent_pids(rid) == []
+    # This box's agent for this run (its workdir): another checkout may run the same run id meanwhile.
+    wd = shared_box / "trainctl" / "runs" / rid
+    wait_for(lambda: not agent_pids(rid, wd), 30, "the stopped run's agent to exit")
 
 
 def test_killed_ssh_during_setup_then_relaunch_starts_one_trainer(moto_server, sshd, s3_bucket, env, tmp_path,
@@ -287,11 +286,8 @@ def test_killed_ssh_during_setup_then_relaunch_starts_one_trainer(moto_server, s
     first = subprocess.Popen([*CTL, "launch", "--existing", iid, "--config", str(cfg), "--run-id", rid], env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.monotonic() + 60
-        while not entered.exists():
-            assert first.poll() is None, first.stdout.read()
-            assert time.monotonic() < deadline, "setup never reached the extra command"
-            time.sleep(0.05)
+        wait_for(lambda: entered.exists() or first.poll() is not None, 60, "setup to reach the extra command")
+        assert first.poll() is None, first.stdout.read()
         first.kill()  # the SSH connection dies with the client, mid-setup
         first.wait(10)
     finally:
@@ -305,7 +301,7 @@ def test_killed_ssh_during_setup_then_relaunch_starts_one_trainer(moto_server, s
     assert "started" in r.stdout
     again = ctl(["launch", "--existing", iid, "--config", str(cfg), "--run-id", rid], env, check=0)
     assert f"run {rid} is already running" in again.stdout
-    assert len(agent_pids(rid)) == 1
+    assert len(agent_pids(rid, box_root / "trainctl" / "runs" / rid)) == 1
     url = f"s3://{s3_bucket}/training-runs"
     ctl(["stop", rid, "--store", url, "--wait", "--timeout-s", "60", "--poll-s", "0.2"], env, check=0)
     log = (box_root / "trainctl" / "runs" / rid / "trainer.log").read_text()
@@ -470,7 +466,8 @@ def test_two_racing_launches_start_one_run(moto_server, sshd, s3_bucket, env, tm
     loser = rids[[p.returncode for p in procs].index(1)]
     winner = rids[[p.returncode for p in procs].index(0)]
     assert "busy" in results[rids.index(loser)][1]
-    assert len(agent_pids(winner)) == 1 and agent_pids(loser) == []
+    runs = shared_box / "trainctl" / "runs"
+    assert len(agent_pids(winner, runs / winner)) == 1 and agent_pids(loser, runs / loser) == []
     rs = store_for(moto_server, s3_bucket)
     assert rs.run_exists(winner) and not rs.run_exists(loser)  # the loser left nothing behind
     ctl(["stop", winner, "--store", f"s3://{s3_bucket}/training-runs", "--wait", "--timeout-s", "60",
@@ -487,10 +484,10 @@ def test_dead_agent_tails_as_stale_and_frees_the_box(tmp_path, trainer_script, r
     ctl(["launch", "--local", "--run-id", rid, *common, "--", sys.executable, str(trainer_script), "600", "0", "0.1"],
         env, check=0)
     wd = home / "box" / "trainctl" / "runs" / rid
-    deadline = time.monotonic() + 30
-    while not (wd / "wrapper.pid").exists():
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    wait_for((wd / "wrapper.pid").exists, 30, "the trainer to start")
+    # The box dies once the agent has beaten: a run killed before its first heartbeat is still "starting",
+    # judged by the setup timeout, not stale (a loaded machine can take that long to get there).
+    wait_for((home / "runs" / rid / "heartbeat.json").exists, 60, "the agent's first heartbeat")
     agent = int((wd / "agent.pid").read_text())
     for pgid in (agent, int((wd / "wrapper.pid").read_text())):  # the box "dies": agent and trainer, by pid
         os.killpg(pgid, signal.SIGKILL)
