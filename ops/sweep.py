@@ -14,17 +14,19 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from agent.protocol.errors import StoreError
+from agent.protocol.records import SAMPLES
 from agent.protocol.runstore import RunStore
 from ops import facts as F
 from ops import index
 from ops.alerts import ledger as L
 from ops.alerts.message import build
-from ops.alerts.policy import decide, notice_oom
+from ops.alerts.policy import WARNING_KINDS, decide, decide_warnings, notice_oom
 from ops.alerts.slack import Notifier
 from ops.ec2 import Ec2Enricher
 from ops.interact import with_buttons
 from ops.orphans.scan import OrphanScan
-from ops.state import INTERRUPTED, TERMINAL_STATES, Settings, assess
+from ops.state import HEALTHY, INTERRUPTED, LATE, TERMINAL_STATES, Settings, assess
+from ops.warnings import assess_warnings
 
 
 @dataclass
@@ -155,6 +157,9 @@ class Watcher:
     def _handle(self, o: F.Observed, now: float) -> RunOutcome:
         run_id = o.facts.run_id
         st = assess(o.facts, now, self.settings)
+        checked = o.loaded.ledger.warnings_checked
+        due = checked is None or now - checked >= self.settings.warnings.check_s  # 2 GETs: not every sweep
+        warns = _read_warnings(self.rs, o.facts, st, self.settings) if due else None
         out = RunOutcome(st.state)
         first_sight = o.loaded.etag is None
 
@@ -164,6 +169,9 @@ class Watcher:
                 led.facts, changed = dict(o.cache), True
             changed |= notice_oom(led, o.facts, st, now)  # before a final message: it happened first
             changed |= decide(led, st, now, self.settings, first_sight=first_sight)
+            if warns is not None:  # judged only while the run runs: an incident leaves them as they were
+                led.warnings_checked, changed = now, True
+                changed |= decide_warnings(led, warns, st, now, self.settings)
             changed |= bool(L.claim_outbox(led, self.owner, now, self.settings.lease_s))
             return changed
 
@@ -183,7 +191,7 @@ class Watcher:
                 out.failed += not d.delivered
                 out.error = d.error if not d.delivered else out.error
                 led, _ = L.update(self.rs, run_id, lambda x, m=msg, d=d: _record(x, m, d, self.owner, now))
-                if d.delivered and parent and parent["channel"]:
+                if d.delivered and parent and parent["channel"] and msg["kind"] not in WARNING_KINDS:
                     # Bot token: the run's first post tells the current state; the reply holds the details.
                     u = self.notifier.update(parent["channel"], parent["ts"], body)
                     out.error = u.error if u is not None and not u.delivered else out.error
@@ -192,6 +200,16 @@ class Watcher:
             index.mark_done(self.rs, run_id, led.state if led.state in TERMINAL_STATES else "backfill", now)
             out.done = 1
         return out
+
+
+def _read_warnings(rs: RunStore, f: F.RunFacts, st, settings: Settings) -> list | None:
+    """A running run's active warnings (ops.warnings) from its samples and history; None when it is
+    not healthy or late (hung, gone, finished: the incident or the final message speaks)."""
+    if st.state not in (HEALTHY, LATE):
+        return None
+    samples = rs.store.get_json(rs.k(f.run_id, SAMPLES))
+    config = f.metadata.config if f.metadata else {}
+    return assess_warnings(samples, rs.read_history(f.run_id), config, st.phase == "training", settings.warnings)
 
 
 def _interrupted(f: F.RunFacts) -> bool:

@@ -38,13 +38,15 @@ class WarningSettings:
     spike_k: float = 5.0
     spike_median_of: int = 50
     overfit_evals: int = 3
+    check_s: float = 300.0  # how often a sweep reads samples.json and history.json to judge them (2 GETs)
 
 
 # The environment variables of each threshold (`ctl watch`, `ctl status`, the Lambda's configuration).
 WARNING_ENV = {"TRAINCTL_WARN_RAM_SHARE": "ram_share", "TRAINCTL_WARN_SWAP_GROWTH_MB": "swap_growth_mb",
                "TRAINCTL_WARN_GPU_UTIL_MIN": "gpu_util_min", "TRAINCTL_WARN_WINDOW_S": "window_s",
                "TRAINCTL_WARN_MIN_FREE_GB": "min_free_gb", "TRAINCTL_WARN_NO_LEARNING_STEPS": "no_learning_steps",
-               "TRAINCTL_WARN_SPIKE_K": "spike_k", "TRAINCTL_WARN_OVERFIT_EVALS": "overfit_evals"}
+               "TRAINCTL_WARN_SPIKE_K": "spike_k", "TRAINCTL_WARN_OVERFIT_EVALS": "overfit_evals",
+               "TRAINCTL_WARN_CHECK_S": "check_s"}
 
 
 def warning_settings_from_env(env) -> WarningSettings:

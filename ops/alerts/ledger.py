@@ -36,6 +36,8 @@ class Ledger:
     sent: list = field(default_factory=list)
     facts: dict = field(default_factory=dict)  # cached metadata: instance_id, region, heartbeat_s, created
     message: dict | None = None  # bot-token mode: the run's one Slack message {ts, channel}, updated in place
+    warnings: dict = field(default_factory=dict)  # active warnings by kind: since, text, repeats, next_repeat
+    warnings_checked: float | None = None  # when a sweep last judged the warnings (every Settings.warnings.check_s)
 
     def to_bytes(self) -> bytes:
         d = asdict(self)

@@ -99,6 +99,11 @@ def _header(msg: dict) -> str:
         return f"🟢 Resolved: {label.lower()} for {fmt_duration(msg.get('lasted_s') or 0)}"
     if kind == "repeat":
         return f"🔁 Still {label.lower()} ({fmt_duration(msg.get('lasted_s') or 0)})"
+    if kind == "warning":  # ops.warnings: its own label and colour, never a state's
+        again = f" (still, {fmt_duration(msg.get('lasted_s') or 0)})" if msg.get("repeat") else ""
+        return f"🟡 Warning: {msg.get('warning')}{again}"
+    if kind == "warning_resolved":
+        return f"🟢 Warning cleared: {msg.get('warning')} after {fmt_duration(msg.get('lasted_s') or 0)}"
     if kind == "notice":  # ops.alerts.policy.notice_oom: the reason's first clause is the news
         news = (msg.get("reason") or "").split(" (")[0]
         return f"🩹 {news[:1].upper()}{news[1:]}"
@@ -154,7 +159,7 @@ def _phase(f: MessageFacts) -> str | None:
 
 def remediation_for(msg: dict, f: MessageFacts) -> str | None:
     state = msg.get("was_state") or msg["state"]
-    if msg["kind"] in ("resolved", "notice") or state == S.COMPLETED:
+    if msg["kind"] in ("resolved", "notice", "warning", "warning_resolved") or state == S.COMPLETED:
         return None
     if state in (S.FAILED, S.STOPPED_BY_USER):
         from agent.protocol.causes import REMEDIATION
@@ -168,7 +173,8 @@ def build(msg: dict, f: MessageFacts) -> Message:
     """Render an outbox message (from the ledger) with the facts read for it."""
     run = f.run_id
     header = _cap(redact(_header(msg)), 150)
-    fields: dict[str, str] = {"Run ID": f"`{run}`", "Status": msg["state"].upper().replace("_", " ")}
+    status = "WARNING" if msg["kind"].startswith("warning") else msg["state"].upper().replace("_", " ")
+    fields: dict[str, str] = {"Run ID": f"`{run}`", "Status": status}
     reason = msg.get("reason") or ""
     if msg["kind"] == "resolved":
         reason = f"recovered after {fmt_duration(msg.get('lasted_s') or 0)} ({reason})"

@@ -99,3 +99,35 @@ def notice_oom(ledger: Ledger, f, st: RunState, now: float) -> bool:
         return False
     _queue(ledger, "notice", RunState(st.state, reason, last.get("ts"), st.phase), now)
     return True
+
+
+WARNING_KINDS = ("warning", "warning_resolved")  # messages of ops.warnings: never an incident, never a page
+
+
+def decide_warnings(ledger: Ledger, active: list, st: RunState, now: float, s: Settings) -> bool:
+    """Queue one "warning" per warning (ops.warnings.RunWarning) that became active, repeats backed
+    off along `repeat_schedule_s` while it stays, and a "warning_resolved" once it clears. The
+    incident and the run's state are left alone. True if anything was queued or recorded."""
+    if ledger.closed:
+        return False
+    changed, now_kinds = False, {w.kind: w for w in active}
+    for kind, w in now_kinds.items():
+        entry = ledger.warnings.get(kind)
+        if entry is None:
+            entry = ledger.warnings[kind] = {"since": now, "text": w.text, "repeats": 0,
+                                             "next_repeat": now + _repeat_delay(s, 0)}
+            if not ledger.snoozed(now):
+                _queue(ledger, "warning", RunState(st.state, w.text, now, st.phase), now, warning=kind)
+            changed = True
+        elif now >= entry["next_repeat"] and not ledger.snoozed(now):
+            entry["repeats"] += 1
+            entry["text"], entry["next_repeat"] = w.text, now + _repeat_delay(s, entry["repeats"])
+            _queue(ledger, "warning", RunState(st.state, w.text, entry["since"], st.phase), now, warning=kind,
+                   repeat=entry["repeats"], lasted_s=now - entry["since"])
+            changed = True
+    for kind in [k for k in ledger.warnings if k not in now_kinds]:
+        entry = ledger.warnings.pop(kind)
+        _queue(ledger, "warning_resolved", RunState(st.state, entry["text"], entry["since"], st.phase), now,
+               warning=kind, lasted_s=now - entry["since"])
+        changed = True
+    return changed

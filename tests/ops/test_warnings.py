@@ -5,6 +5,7 @@ utilisation rises."""
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import sys
@@ -14,7 +15,10 @@ import pytest
 
 from agent.protocol.runstore import RunStore
 from controller.views.status import collect, render
+from ops.alerts import ledger as L
+from ops.alerts.slack import ConsoleSink, Notifier, WebhookSink
 from ops.state import Settings
+from ops.sweep import Watcher
 from ops.warnings import GIB, WarningSettings, assess_warnings
 from tests.trainers.harness import Agents, wait_for
 
@@ -72,7 +76,7 @@ while not os.path.exists(end):
 '''
 
 
-def test_warnings_from_a_real_agent_run_listed_by_status_then_cleared(agents, tmp_path, local_store):
+def test_warnings_from_a_real_agent_run_listed_by_status_then_cleared(agents, tmp_path, local_store, slack):
     bin_dir, util = tmp_path / "bin", tmp_path / "util"
     bin_dir.mkdir()
     util.write_text("12")
@@ -86,7 +90,7 @@ def test_warnings_from_a_real_agent_run_listed_by_status_then_cleared(agents, tm
     rs = RunStore(local_store)
     free_gb = shutil.disk_usage(tmp_path).free / GIB
     # The data volume's floor configured above what is free (a folder "of a configured size").
-    ws = WarningSettings(window_s=2.0, min_free_gb=free_gb + 1)
+    ws = WarningSettings(window_s=2.0, min_free_gb=free_gb + 1, check_s=0.001)  # judged at every sweep
     settings = Settings(warnings=ws)
 
     def status():
@@ -98,15 +102,33 @@ def test_warnings_from_a_real_agent_run_listed_by_status_then_cleared(agents, tm
         d = status()
         return d if {w["kind"] for w in d["warnings"]} >= want else None
 
+    w = Watcher(rs, Notifier(WebhookSink(slack.webhook_url), ConsoleSink(io.StringIO())), settings)
+
+    def sent() -> list[str]:
+        w.sweep(time.time())  # the watcher's real sweep: assess, ledger, policy, message, webhook
+        return [p["body"]["text"].splitlines()[0] for p in slack.posts]
+
     d = wait_for(lambda: listed({"gpu_idle", "disk"}), 60, "gpu_idle and disk warnings")
     assert d["state"] == "healthy" and d["outcome"] == "running" and d["error"] is None  # a warning is no incident
     assert "warning    gpu_idle: GPU utilisation 12% on average" in render(d, time.time())
+    heads = wait_for(lambda: (h := sent()) and {"🟡 Warning: gpu_idle", "🟡 Warning: disk"} <= set(h) and h, 60,
+                     "the two warnings sent")
+    for _ in range(5):
+        heads = sent()
+    assert sorted(heads) == ["🟡 Warning: disk", "🟡 Warning: gpu_idle"]  # each once, no incident alert
+    assert all("\nStatus: WARNING\n" in p["body"]["text"] for p in slack.posts)  # its own label, not the state
     util.write_text("95")
-    wait_for(lambda: "gpu_idle" not in {w["kind"] for w in status()["warnings"]}, 60, "gpu_idle to clear")
-    assert status()["state"] == "healthy"
+    wait_for(lambda: "gpu_idle" not in {x["kind"] for x in status()["warnings"]}, 60, "gpu_idle to clear")
+    heads = wait_for(lambda: (h := sent()) and any(x.startswith("🟢 Warning cleared: gpu_idle") for x in h) and h,
+                     60, "the gpu_idle warning resolved")
+    assert status()["state"] == "healthy" and len(heads) == 3
+    led = L.load(rs, RUN).ledger
+    assert led.incident is None and list(led.warnings) == ["disk"]
     end.touch()
     assert agents.wait(proc, 120) == 0, Agents.output(proc)
     assert status()["warnings"] == []  # a finished run has none
+    heads = sent()
+    assert heads[3].startswith("✅") and len(heads) == 4, heads  # the completion, and nothing about warnings
 
 
 def test_thresholds_are_settings_from_the_environment():
@@ -123,3 +145,22 @@ def test_thresholds_are_settings_from_the_environment():
     half = samples(ram_used_bytes=[40 * GIB] * 10)  # 62 %: only under a 50 % threshold
     assert assess_warnings(half, [], {}, True, WarningSettings()) == []
     assert [w.kind for w in assess_warnings(half, [], {}, True, s)] == ["memory"]
+
+
+def test_policy_sends_each_warning_once_backs_off_repeats_and_resolves():
+    from ops.alerts.policy import decide_warnings
+    from ops.state import RunState
+    from ops.warnings import RunWarning
+
+    led, s = L.Ledger(run_id=RUN), Settings()
+    st, w = RunState("healthy", "ok", 0.0, "training"), [RunWarning("gpu_idle", "GPU utilisation 10%")]
+    assert decide_warnings(led, w, st, 100.0, s) and [m["kind"] for m in led.outbox] == ["warning"]
+    assert not decide_warnings(led, w, st, 200.0, s)  # still on: nothing before the first repeat (1 h)
+    assert decide_warnings(led, w, st, 100.0 + 3600, s) and led.outbox[-1]["repeat"] == 1
+    assert not decide_warnings(led, w, st, 100.0 + 7200, s)  # the next one 4 h later
+    assert decide_warnings(led, w, st, 100.0 + 3600 + 14400, s) and led.outbox[-1]["repeat"] == 2
+    assert decide_warnings(led, [], st, 20000.0, s)
+    assert led.outbox[-1]["kind"] == "warning_resolved" and led.outbox[-1]["lasted_s"] == 19900.0
+    assert led.warnings == {} and led.incident is None and led.state is None  # never an incident
+    led.closed = True
+    assert not decide_warnings(led, w, st, 30000.0, s)  # a finished run: its final message speaks
