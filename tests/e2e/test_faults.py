@@ -61,7 +61,7 @@ def lines(n: int) -> bytes:
 
 def test_fault_1_store_down_mid_run(agents, private_moto, slack, tmp_path, fault_suite):
     run = new_run(private_moto, RUN, tmp_path / "wd", slack, grace_s=30.0)
-    n, outage_s = 600, 8.0
+    n = 600
     proc = run.start(agents, "--lines", str(n), "--interval", "0.02", "--adapter", "ok")
     wait_for(lambda: run.chunks() >= 2, what="first chunks")
     run.sweep()
@@ -69,9 +69,14 @@ def test_fault_1_store_down_mid_run(agents, private_moto, slack, tmp_path, fault
     at = (tmp_path / "wd" / "trainer.log").stat().st_size
     with pytest.raises(StoreError) as during:  # the watcher cannot read the store either, and says so
         run.sweep()
-    time.sleep(outage_s)
-    grew = (tmp_path / "wd" / "trainer.log").stat().st_size - at
-    assert proc.poll() is None and grew > 0  # the trainer kept writing through the outage
+    down_at = time.monotonic()
+    # The outage lasts until both events: the agent saw the store gone, and the trainer printed on through it
+    # (100 more lines), however slow the machine is today.
+    wait_for(lambda: "store unreachable" in Agents.output(proc), 120, "the agent to notice the outage")
+    wait_for(lambda: (tmp_path / "wd" / "trainer.log").stat().st_size > at + 100 * 30, 120,
+             "the trainer to keep printing through the outage")
+    assert proc.poll() is None  # the agent rides the outage out; it never gives up on a transient store
+    outage_s = time.monotonic() - down_at
     private_moto.start()
     assert agents.wait(proc, 120) == 0, Agents.output(proc)
     assert "store unreachable" in Agents.output(proc)
@@ -82,7 +87,8 @@ def test_fault_1_store_down_mid_run(agents, private_moto, slack, tmp_path, fault
     assert ledger_kinds(run.rs, RUN) == ["final:completed"]
     fault_suite.record(1, "S3 (moto) down mid-run", [
         f"fake trainer printing {n} numbered lines (0.02 s apart) under the real agent, S3 store on a private moto",
-        f"after the first chunks: moto stopped (connection refused) for {outage_s:g} s, then restarted",
+        f"after the first chunks: moto stopped (connection refused) until the agent logged `store unreachable` "
+        f"and the trainer printed 100 more lines ({outage_s:.1f} s this run), then restarted",
         "watcher: grace 30 s (longer than the outage); swept before, during and 3x after"],
         ["trainer kept printing during the outage; agent logged `store unreachable` and caught up from its spool",
          f"stored log = trainer output byte for byte ({got} lines), chunk numbers contiguous; `_complete` written",
@@ -370,8 +376,12 @@ def test_fault_6_ssh_cut_during_launch_then_relaunch(box, moto_server, slack, tm
     again = ctl(argv[len(CTL):], env, check=0)
     assert f"run {rid} started" in again.stdout
     third = ctl(argv[len(CTL):], env)  # still running, or (on a slow day) already done: never a second trainer
-    assert ((third.returncode, f"run {rid} is already running" in third.stdout) == (0, True)
-            or (third.returncode, "already finished" in third.stderr) == (2, True)), third.stdout + third.stderr
+    # Every correct refusal counts: the run may finish before this launch resolves it, or while it sets up.
+    running = third.returncode == 0 and f"run {rid} is already running" in third.stdout
+    finished = third.returncode == 2 and any(w in third.stderr for w in (
+        f"run {rid} already finished", f"run {rid} finished while this launch was setting up"))
+    assert running or finished, third.stdout + third.stderr
+    assert "Traceback" not in third.stderr
     if third.returncode == 0:
         assert len(agent_pids(rid, run.workdir)) <= 1  # one agent (or none, if it finished a moment ago)
     wait_for(lambda: run.rs.read_complete(rid), what="_complete")
