@@ -127,6 +127,7 @@ def summary_rows(st: dict) -> list[tuple[str, str]]:
                      ("remediation", err.get("remediation", ""))]
     if done:
         rows.append(("completed", done.get("reason", "")))
+    rows += [(f"warning: {w['kind']}", w["text"]) for w in st.get("warnings") or []]  # a running run's (ops.warnings)
     return rows
 
 

@@ -14,6 +14,7 @@ import time
 import pytest
 
 from agent.protocol.runstore import RunStore
+from controller.views.report import summary_rows
 from controller.views.status import collect, render
 from ops.alerts import ledger as L
 from ops.alerts.slack import ConsoleSink, Notifier, WebhookSink
@@ -111,6 +112,7 @@ def test_warnings_from_a_real_agent_run_listed_by_status_then_cleared(agents, tm
     d = wait_for(lambda: listed({"gpu_idle", "disk"}), 60, "gpu_idle and disk warnings")
     assert d["state"] == "healthy" and d["outcome"] == "running" and d["error"] is None  # a warning is no incident
     assert "warning    gpu_idle: GPU utilisation 12% on average" in render(d, time.time())
+    assert {k for k, _ in summary_rows(d)} >= {"warning: gpu_idle", "warning: disk"}  # ctl report's outcome table
     heads = wait_for(lambda: (h := sent()) and {"🟡 Warning: gpu_idle", "🟡 Warning: disk"} <= set(h) and h, 60,
                      "the two warnings sent")
     for _ in range(5):
