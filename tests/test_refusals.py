@@ -176,7 +176,7 @@ def _validate_any(raw: dict, where: str) -> None:
     assert fits, f"{where}: its sections {sorted(raw)} fit no config file"
     label = fits[0]
     if label == "run.toml":
-        base = {"name": "m", "trainer": {"command": ["python", "t.py"]}}
+        base = {"name": "m", "trainer": {"config": "train.toml"}}  # ctl train sft, unless it names its command
         c.resolve({**base, **raw, "trainer": {**base["trainer"], **raw.get("trainer", {})}}, source=where)
     else:
         layers = [("base", {"sources": [{"path": "x"}]})] if label == "data.toml" else []
