@@ -88,6 +88,8 @@ def message_facts(rs: RunStore, f: RunFacts) -> MessageFacts:
     mf = MessageFacts(run_id, metadata=md, progress=_safe(rs.read_progress, run_id),
                       error=f.error, complete=f.complete, instance=f.instance,
                       console_url=rs.console_url(run_id), store_url=rs.url)
+    if (f.error or f.complete) and rs.store.exists(rs.k(run_id, p.LOSS_CURVE)):
+        mf.loss_curve = rs.location(run_id, p.LOSS_CURVE)
     if f.error and f.error.log_tail:
         mf.log_tail = [str(x) for x in f.error.log_tail]
     else:

@@ -76,6 +76,7 @@ class MessageFacts:
     log_tail: list[str] = field(default_factory=list)
     console_url: str | None = None
     store_url: str = ""
+    loss_curve: str | None = None  # where the agent stored the run's loss-curve PNG, if it did
 
 
 @dataclass
@@ -195,6 +196,8 @@ def build(msg: dict, f: MessageFacts) -> Message:
         fields["Artifacts"] = ", ".join(a.get("uri", a.get("name", "?")) for a in f.complete.artifacts[:3])
     if msg["state"] in S.TERMINAL_STATES and (cost := cost_text(msg, f)):
         fields["Cost"] = cost
+    if msg["state"] in S.TERMINAL_STATES and f.loss_curve:  # a webhook links to the picture
+        fields["Loss curve"] = f.loss_curve
     fields = {k: _cap(redact(str(v)), FIELD_CHARS) for k, v in fields.items()}
     action = remediation_for(msg, f)
     action = _cap(redact(action), 2900) if action else None

@@ -131,6 +131,7 @@ def test_warnings_from_a_real_agent_run_listed_by_status_then_cleared(agents, tm
     assert status()["warnings"] == []  # a finished run has none
     heads = sent()
     assert heads[3].startswith("✅") and len(heads) == 4, heads  # the completion, and nothing about warnings
+    assert f"\nLoss curve: {rs.location(RUN, 'artifacts/loss_curve.png')}\n" in slack.posts[3]["body"]["text"]
 
 
 def test_thresholds_are_settings_from_the_environment():
