@@ -23,7 +23,7 @@ from infra.tf import Terraform, summarize
 
 MODULE_DIR = Path(__file__).parent / "terraform"
 MODULE_FILES = ("*.tf", "user_data.sh")
-SERVICES = ("ec2", "s3", "iam", "sts", "lambda", "events", "ssm", "logs")
+SERVICES = ("ec2", "s3", "iam", "sts", "lambda", "events", "ssm", "logs", "sqs")
 GENERATED_VARS = "trainctl.auto.tfvars.json"
 OUTPUTS = "outputs.json"
 KEPT = "kept.json"

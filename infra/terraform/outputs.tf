@@ -90,3 +90,13 @@ output "kept_on_destroy" {
     } : {},
   )
 }
+
+output "events_queue" {
+  description = "The queue the bucket notifies of _error/_complete: `ctl watch --events sqs://<this>` (null when off)."
+  value       = local.push_events ? aws_sqs_queue.events[0].name : null
+}
+
+output "slack_interactivity_url" {
+  description = "Paste into your Slack app: Interactivity & Shortcuts > Request URL (null when enable_slack_buttons is off)."
+  value       = local.interact ? aws_lambda_function_url.interact[0].function_url : null
+}

@@ -240,6 +240,24 @@ variable "watcher_zip_path" {
   }
 }
 
+variable "enable_push_events" {
+  description = "Notify an SQS queue of each run's _error/_complete so the watcher alerts in seconds (it owns the bucket's notification configuration)."
+  type        = bool
+  default     = true
+}
+
+variable "enable_slack_buttons" {
+  description = "Snooze 4h / Stop run buttons on alerts: a Lambda function URL for your Slack app's Interactivity Request URL."
+  type        = bool
+  default     = false
+}
+
+variable "slack_signing_secret_parameter" {
+  description = "SSM SecureString holding the Slack app's signing secret (its value never passes through Terraform)."
+  type        = string
+  default     = "/trainctl/slack-signing-secret"
+}
+
 variable "watcher_schedule" {
   description = "EventBridge schedule of the sweep."
   type        = string

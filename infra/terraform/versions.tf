@@ -35,6 +35,7 @@ provider "aws" {
       events         = lookup(endpoints.value, "events", null)
       ssm            = lookup(endpoints.value, "ssm", null)
       cloudwatchlogs = lookup(endpoints.value, "logs", null)
+      sqs            = lookup(endpoints.value, "sqs", null)
     }
   }
 

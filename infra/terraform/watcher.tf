@@ -91,7 +91,7 @@ resource "aws_cloudwatch_log_group" "watcher" {
 }
 
 resource "aws_lambda_function" "watcher" {
-  #checkov:skip=CKV_AWS_116:Scheduled every minute: a failed sweep is simply redone by the next one, so a DLQ would only collect duplicates.
+  #checkov:skip=CKV_AWS_116:Its async invocations are the minute schedule, whose failed sweep the next one redoes; the pushed events have their own dead-letter queue (events.tf).
   #checkov:skip=CKV_AWS_117:It must reach Slack and S3; inside a VPC that needs a NAT gateway this module does not impose.
   #checkov:skip=CKV_AWS_173:Environment holds only the store URL and the parameter name; the webhook stays in SSM.
   #checkov:skip=CKV_AWS_272:The zip is built locally by `ctl lambda-zip`; code signing needs a signing profile this module does not own.
@@ -112,6 +112,7 @@ resource "aws_lambda_function" "watcher" {
     variables = {
       TRAINCTL_STORE              = "s3://${local.bucket_name}/${local.runs_prefix}"
       SLACK_WEBHOOK_SSM_PARAMETER = local.ssm_param_name
+      SLACK_BUTTONS               = local.interact ? "1" : "0"
     }
   }
 

@@ -46,6 +46,11 @@ class Stack:
 def stack(tmp_path_factory, terraform_env):
     moto = MotoServer()
     moto.start()
+    # No docker here: the queue's event source invokes moto's stub Lambda (it answers OK at once)
+    # instead of trying a container inside the S3 request that notified the queue.
+    import requests
+
+    requests.post(f"{moto.endpoint}/moto-api/config", json={"lambda": {"use_docker": False}}, timeout=10)
     try:
         tmp = tmp_path_factory.mktemp("stack")
         home = tmp / "home"
@@ -56,7 +61,8 @@ def stack(tmp_path_factory, terraform_env):
         var_file = tmp / "stack.tfvars.json"
         var_file.write_text(json.dumps({
             "name": name, "ami_id": ami, "ssh_public_key": (tmp / "id_ed25519.pub").read_text().strip(),
-            "allowed_ssh_cidrs": [CIDR], "slack_webhook_parameter": f"/{name}/slack-webhook"}))
+            "allowed_ssh_cidrs": [CIDR], "slack_webhook_parameter": f"/{name}/slack-webhook",
+            "enable_slack_buttons": True, "slack_signing_secret_parameter": f"/{name}/slack-signing-secret"}))
         env = {**terraform_env, **FAKE_CREDS, "TRAINCTL_HOME": str(home)}
         env.pop("AWS_PROFILE", None)
         proc = ctl(["provision", "--var-file", str(var_file), "--auto-approve", "--endpoint-url", moto.endpoint], env)
@@ -192,7 +198,85 @@ def check_watcher_lambda_runs_the_ops_handler_every_minute_with_a_narrow_role(st
     assert by_action["ec2:DescribeInstances"] == ["*"]
     assert by_action["ssm:GetParameter"] == [f"arn:aws:ssm:us-east-1:123456789012:parameter/{stack.name}/slack-webhook"]
     writes = [a for a in by_action if a.startswith(WRITE_ACTIONS) or a.split(":")[1].startswith(("Put", "Delete"))]
-    assert sorted(writes) == ["logs:PutLogEvents", "s3:PutObject"]
+    assert sorted(writes) == ["logs:PutLogEvents", "s3:PutObject", "sqs:DeleteMessage"]  # its own queue's
+
+
+def check_bucket_notifies_the_queue_and_the_watcher_sweeps_what_it_names(stack, slack, monkeypatch):
+    """The push path as applied: _error/_complete under the runs prefix -> the queue (dead-letter
+    queue after 5 receives) -> the watcher's event source; an agent's CUDA OOM reaches Slack from
+    the queue's batch, and with the queue's mapping off the schedule's sweep still catches a failure."""
+    from agent.protocol.runstore import RunStore
+    from agent.protocol.store_s3 import S3Store
+    from ops.lambda_handler import handler
+    from tests.ops.test_fakes import fail, make_run
+    from tests.ops.test_push_sqs import as_lambda_event, drain
+
+    sqs, s3, lam = stack.client("sqs"), stack.client("s3"), stack.client("lambda")
+    name = stack.outputs["events_queue"]
+    assert name == f"{stack.name}-run-events"
+    url = sqs.get_queue_url(QueueName=name)["QueueUrl"]
+    attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+    redrive = json.loads(attrs["RedrivePolicy"])
+    assert redrive["deadLetterTargetArn"].endswith(f":{name}-dlq") and int(redrive["maxReceiveCount"]) == 5
+    assert attrs["SqsManagedSseEnabled"] == "true" and int(attrs["VisibilityTimeout"]) >= 50
+    [stmt] = json.loads(attrs["Policy"])["Statement"]
+    bucket = stack.outputs["store_url"].split("/")[2]
+    assert stmt["Principal"] == {"Service": "s3.amazonaws.com"} and stmt["Action"] == "sqs:SendMessage"
+    assert stmt["Condition"]["ArnEquals"]["aws:SourceArn"] == f"arn:aws:s3:::{bucket}"
+    confs = s3.get_bucket_notification_configuration(Bucket=bucket)["QueueConfigurations"]
+    rules = sorted(tuple(sorted((r["Name"].lower(), r["Value"]) for r in c["Filter"]["Key"]["FilterRules"]))
+                   for c in confs)
+    assert rules == [(("prefix", "training-runs/"), ("suffix", "/_complete")),
+                     (("prefix", "training-runs/"), ("suffix", "/_error"))]
+    assert {c["QueueArn"] for c in confs} == {attrs["QueueArn"]}
+    [esm] = lam.list_event_source_mappings(EventSourceArn=attrs["QueueArn"])["EventSourceMappings"]
+    assert esm["FunctionArn"].endswith(f":function:{stack.outputs['watcher_function']}") and esm["BatchSize"] == 10
+    # The emulator cannot run the function itself: the test is the Lambda service here, polling the queue.
+    lam.update_event_source_mapping(UUID=esm["UUID"], Enabled=False)
+    sqs.purge_queue(QueueUrl=url)
+    for k, v in {**FAKE_CREDS, "TRAINCTL_STORE": stack.outputs["store_url"], "TRAINCTL_S3_ENDPOINT": stack.moto.endpoint,
+                 "SLACK_WEBHOOK_URL": slack.webhook_url, "TRAINCTL_EC2": "0"}.items():
+        monkeypatch.setenv(k, v)
+    rs = RunStore(S3Store(bucket, "training-runs", endpoint_url=stack.moto.endpoint))
+    now = time.time()
+    oom = make_run(rs, "pushoom", now=now)
+    fail(rs, oom, now, "cuda_oom")
+    msgs = [m for m in drain(sqs, url, 1) if oom in m["Body"]]
+    report = handler({**as_lambda_event(msgs), "now": now + 1}, None)
+    assert report["active"] == 1 and report["sent"] == 1 and report["batchItemFailures"] == []
+    [post] = slack.posts
+    assert post["body"]["text"].startswith("🔥 Training FAILED: cuda_oom") and oom in post["body"]["text"]
+    late = make_run(rs, "pushlate", now=now)
+    fail(rs, late, now + 2, "disk_full")
+    assert handler({"now": now + 3}, None)["sent"] == 1  # the schedule's sweep: no event needed
+    assert "disk_full" in slack.posts[1]["body"]["text"] and len(slack.posts) == 2
+    lam.update_event_source_mapping(UUID=esm["UUID"], Enabled=True)  # as applied: the re-apply is a no-op
+
+
+def check_slack_buttons_function_url_reads_its_secret_from_ssm_and_may_write_only_acks_and_stops(stack):
+    lam, iam = stack.client("lambda"), stack.client("iam")
+    name = f"{stack.name}-slack-actions"
+    fn = lam.get_function(FunctionName=name)["Configuration"]
+    assert fn["Handler"] == "ops.interact.lambda_handler"
+    env = fn["Environment"]["Variables"]
+    assert env == {"TRAINCTL_STORE": stack.outputs["store_url"],
+                   "SLACK_SIGNING_SECRET_SSM_PARAMETER": f"/{stack.name}/slack-signing-secret"}
+    url = lam.get_function_url_config(FunctionName=name)
+    assert url["AuthType"] == "NONE" and stack.outputs["slack_interactivity_url"] == url["FunctionUrl"]
+    param = stack.client("ssm").describe_parameters(
+        ParameterFilters=[{"Key": "Name", "Values": [f"/{stack.name}/slack-signing-secret"]}])["Parameters"]
+    assert [p["Type"] for p in param] == ["SecureString"]
+    watcher = lam.get_function(FunctionName=stack.outputs["watcher_function"])["Configuration"]
+    assert watcher["Environment"]["Variables"]["SLACK_BUTTONS"] == "1"
+    bucket = stack.outputs["store_url"].split("/")[2]
+    by_action = {a: _as_list(st["Resource"]) for st in _role_statements(iam, fn["Role"].split("/")[-1])
+                 for a in _as_list(st["Action"])}
+    assert sorted(by_action["s3:PutObject"]) == [f"arn:aws:s3:::{bucket}/training-runs/*/_alerts.json",
+                                                 f"arn:aws:s3:::{bucket}/training-runs/*/control/stop"]
+    assert by_action["ssm:GetParameter"] == [
+        f"arn:aws:ssm:us-east-1:123456789012:parameter/{stack.name}/slack-signing-secret"]
+    writes = [a for a in by_action if a.startswith(WRITE_ACTIONS) or a.split(":")[1].startswith(("Put", "Delete"))]
+    assert sorted(writes) == ["logs:PutLogEvents", "s3:PutObject"] and all("*" not in a for a in by_action)
 
 
 def check_ctl_launch_existing_on_the_provisioned_box(stack, sshd, tmp_path, reap, monkeypatch):
@@ -322,7 +406,7 @@ def check_next_provision_plans_to_reattach_the_kept_volume_and_reuse_the_bucket(
     assert "aws_ssm_parameter.slack_webhook[0]" not in changes  # the webhook already there is kept
 
 
-def test_provision_check_launch_destroy_and_plan_the_next_provision(stack, sshd, tmp_path, reap, monkeypatch):
+def test_provision_check_launch_destroy_and_plan_the_next_provision(stack, sshd, tmp_path, reap, monkeypatch, slack):
     """The whole life of one stack, in order (one apply is a minute; pytest-xdist may split a
     module across workers, so the steps that need order share one test). Each check is named for
     the property it proves."""
@@ -333,6 +417,8 @@ def test_provision_check_launch_destroy_and_plan_the_next_provision(stack, sshd,
     check_instance_role_writes_only_under_the_runs_prefix_and_has_no_wildcard_action(stack)
     check_bucket_blocks_public_access_and_is_encrypted_versioned_with_lifecycle(stack)
     check_watcher_lambda_runs_the_ops_handler_every_minute_with_a_narrow_role(stack)
+    check_bucket_notifies_the_queue_and_the_watcher_sweeps_what_it_names(stack, slack, monkeypatch)
+    check_slack_buttons_function_url_reads_its_secret_from_ssm_and_may_write_only_acks_and_stops(stack)
     check_ctl_launch_existing_on_the_provisioned_box(stack, sshd, tmp_path, reap, monkeypatch)
     check_ctl_launch_new_reapplies_the_stack_then_launches(stack, sshd, tmp_path, reap)
     check_destroy_asks_first_and_says_what_it_keeps(stack)
