@@ -166,7 +166,7 @@ def lambda_handler(event, context):
     import os
 
     from agent.protocol.stores import open_store
-    from ops.lambda_handler import secret_from_ssm
+    from ops.secrets import secret_from_ssm
 
     env = os.environ
     secret = env.get("SLACK_SIGNING_SECRET")

@@ -16,30 +16,12 @@ import os
 import time
 
 from agent.protocol.errors import ConfigError
-
-_webhooks: dict[str, str] = {}  # SSM parameter name -> URL, for the container's lifetime
+from ops.secrets import secret_from_ssm
 
 
 def webhook_from_ssm(name: str, endpoint_url: str | None = None) -> str:
     """The webhook URL stored (encrypted) in SSM Parameter Store under `name`."""
     return secret_from_ssm(name, endpoint_url, what="Slack webhook")
-
-
-def secret_from_ssm(name: str, endpoint_url: str | None = None, what: str = "Slack webhook") -> str:
-    """A secret stored (encrypted) in SSM Parameter Store under `name`, read once per container."""
-    if name not in _webhooks:
-        import boto3
-        from botocore.config import Config
-
-        ssm = boto3.client("ssm", endpoint_url=endpoint_url, config=Config(retries={"mode": "standard"}))
-        try:
-            value = ssm.get_parameter(Name=name, WithDecryption=True)["Parameter"]["Value"]
-        except Exception as exc:  # noqa: BLE001 - missing parameter, no permission: say which
-            code = getattr(exc, "response", {}).get("Error", {}).get("Code", type(exc).__name__)
-            raise ConfigError(f"cannot read the {what} from SSM parameter {name}: {code} "
-                              "(aws ssm put-parameter --type SecureString --overwrite ...)") from None
-        _webhooks[name] = value.strip()
-    return _webhooks[name]
 
 
 def handler(event, context):
