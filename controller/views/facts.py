@@ -108,3 +108,13 @@ def finished(st: RunState) -> bool:
 def outcome(st: RunState) -> str:
     """The coarse word scripts read (`outcome` in --json): the terminal state, else `running`."""
     return st.state if finished(st) else "running"
+
+
+def ec2_enricher(no_instance: bool = False):
+    """The watcher's EC2 lookup for the views (None with --no-instance); errors never fail a view."""
+    if no_instance:
+        return None
+    from ops.ec2 import Ec2Enricher
+
+    return Ec2Enricher(os.environ.get("TRAINCTL_EC2_ENDPOINT") or None, default_region=os.environ.get(
+        "AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1")
