@@ -110,6 +110,9 @@ class OomRetry:
     def record(self, status, micro: int, accum: int) -> dict:
         """The attempt that just failed, kept in the state, the store and metadata.json."""
         a = self.agent
+        # The trainer has exited: read what it wrote last, so the step reached is known however late the
+        # loop's last look at the progress file was.
+        a.progress.read_new()
         old_micro, old_accum = self._current or (micro * 2, accum // 2)
         att = {"attempt": len(self.attempts) + 1, "ts": time.time(), "cause": "cuda_oom",
                "micro_batch": old_micro, "grad_accum": old_accum, "step": a.progress.last_step,
