@@ -21,13 +21,6 @@ from tests.trainers.harness import CTL, REPO, Agents, trainer_cmd
 RUN = "caps-20260101-120000"
 
 
-@pytest.fixture
-def agents(tmp_path):
-    a = Agents(tmp_path)
-    yield a
-    a.close()
-
-
 def ctl(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run([*CTL, *args], capture_output=True, text=True, env=env, cwd=REPO, timeout=120)

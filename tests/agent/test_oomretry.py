@@ -16,13 +16,6 @@ from tests.trainers.harness import Agents, trainer_cmd
 RUN = "oom-20260101-120000"
 
 
-@pytest.fixture
-def agents(tmp_path):
-    a = Agents(tmp_path)
-    yield a
-    a.close()
-
-
 def run(agents, tmp_path, oom_above: int, *extra: str):
     store = tmp_path / "store"
     proc = agents.start(RUN, str(store), tmp_path / "wd",

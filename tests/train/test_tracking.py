@@ -30,13 +30,6 @@ def packed(tiny_model, tmp_path_factory) -> Path:
                                 [f"alpha beta gamma delta {i} alpha beta gamma delta" for i in range(120)], tiny_model)
 
 
-@pytest.fixture
-def agents(tmp_path):
-    a = Agents(tmp_path)
-    yield a
-    a.close()
-
-
 def train_toml(tmp_path: Path, tiny_model: Path, packed: Path) -> Path:
     cfg = tmp_path / "train.toml"
     cfg.write_text(f'[model]\npath = "{tiny_model}"\n[data]\npath = "{packed}"\n[lora]\nr = 8\nalpha = 16\n'
