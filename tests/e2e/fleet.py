@@ -22,6 +22,14 @@ HEARTBEAT_S = 0.5  # how often the agents beat (tests/trainers/harness.FAST)
 WATCH_HEARTBEAT_S = 1.5
 
 
+def last_progress_at(hb) -> float:
+    """The latest moment the heartbeat counts as progress: the agent's last progress, or its cadence
+    record's last step or phase start (ops/hang.py measures idleness from the latest)."""
+    rec = hb.cadence if isinstance(hb.cadence, dict) else {}
+    marks = [hb.last_progress_ts, rec.get("last_step_ts"), rec.get("phase_since")]
+    return max(float(m) for m in marks if isinstance(m, int | float) and not isinstance(m, bool))
+
+
 @dataclass
 class FaultRun:
     """One run under test: its id, store, workdir, and the watcher sweeping it."""
@@ -55,6 +63,13 @@ class FaultRun:
         """Until the stored heartbeat is older than heartbeat + grace (what agent_silent means)."""
         wait_for(lambda: (hb := self.heartbeat()) and time.time() - hb.ts > WATCH_HEARTBEAT_S + grace_s + 0.2,
                  what="the heartbeat to go stale")
+
+    def wait_stalled(self, timeout_s: float) -> None:
+        """Until a fresh heartbeat shows, at its own `ts` (the clock the watcher judges by), no
+        progress for longer than `timeout_s`: judged by wall time instead, a heartbeat written
+        just before the deadline would still read as not yet hung."""
+        wait_for(lambda: (hb := self.heartbeat()) and time.time() - hb.ts < HEARTBEAT_S
+                 and hb.ts - last_progress_at(hb) > timeout_s + 0.3, what="progress to stall while the agent beats")
 
     def wait_fresh(self, agent_pid: int | None = None) -> None:
         """Until a heartbeat younger than one interval (from `agent_pid`, when given) is stored."""

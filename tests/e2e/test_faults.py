@@ -171,8 +171,7 @@ def test_fault_4_trainer_sigstopped_then_sigcont(agents, moto_server, slack, tmp
     pid = int((tmp_path / "wd" / "trainer.pid").read_text())
     os.kill(pid, signal.SIGSTOP)
     try:
-        wait_for(lambda: (hb := run.heartbeat()) and time.time() - hb.last_progress_ts > timeout + 0.3
-                 and time.time() - hb.ts < HEARTBEAT_S, what="progress to stall while the agent beats")
+        run.wait_stalled(timeout)
         run.sweep()
         run.sweep()
         assert said(slack) == [HUNG]
