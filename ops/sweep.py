@@ -19,6 +19,7 @@ from agent.protocol.runstore import RunStore
 from ops import facts as F
 from ops import index
 from ops.alerts import ledger as L
+from ops.alerts import upload as U
 from ops.alerts.message import build
 from ops.alerts.policy import WARNING_KINDS, decide, decide_warnings, notice_oom
 from ops.alerts.slack import Notifier
@@ -190,11 +191,14 @@ class Watcher:
                 out.sent += d.delivered
                 out.failed += not d.delivered
                 out.error = d.error if not d.delivered else out.error
-                led, _ = L.update(self.rs, run_id, lambda x, m=msg, d=d: _record(x, m, d, self.owner, now))
+                led, _ = L.update(self.rs, run_id,
+                                  lambda x, m=msg, d=d: _record(x, m, d, self.owner, now, mf.loss_curve))
                 if d.delivered and parent and parent["channel"] and msg["kind"] not in WARNING_KINDS:
                     # Bot token: the run's first post tells the current state; the reply holds the details.
                     u = self.notifier.update(parent["channel"], parent["ts"], body)
                     out.error = u.error if u is not None and not u.delivered else out.error
+        if U.pending(led):  # bot token: the final alert's loss curve, after the alert itself
+            led = U.attempt(self.rs, self.notifier, led, self.owner, now, self.settings.lease_s)
         out.pending = len(led.outbox)
         if led.finished:
             index.mark_done(self.rs, run_id, led.state if led.state in TERMINAL_STATES else "backfill", now)
@@ -229,9 +233,12 @@ def _parent(led: L.Ledger, msg: dict) -> dict | None:
     return {"ts": ts, "channel": channel or (led.message or {}).get("channel")} if ts else None
 
 
-def _record(led: L.Ledger, msg: dict, d, owner: str, now: float) -> bool:
-    """Record a send; the run's first delivered post with a ts becomes the message later ones update."""
+def _record(led: L.Ledger, msg: dict, d, owner: str, now: float, curve: str | None = None) -> bool:
+    """Record a send; the run's first delivered post with a ts becomes the message later ones update.
+    A delivered final alert of a run with a loss curve (`curve`) queues its upload in the same write."""
     changed = L.record_result(led, msg["id"], owner, now, d.delivered, d.via, d.error, d.thread_ts, d.channel)
     if changed and d.delivered and d.thread_ts and d.channel and led.message is None:
         led.message = {"ts": d.thread_ts, "channel": d.channel}
+    if changed and d.delivered:
+        U.queue(led, msg, d.thread_ts, d.channel, curve)
     return changed

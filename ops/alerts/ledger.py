@@ -38,6 +38,7 @@ class Ledger:
     message: dict | None = None  # bot-token mode: the run's one Slack message {ts, channel}, updated in place
     warnings: dict = field(default_factory=dict)  # active warnings by kind: since, text, repeats, next_repeat
     warnings_checked: float | None = None  # when a sweep last judged the warnings (every Settings.warnings.check_s)
+    upload: dict | None = None  # bot-token mode: the loss-curve PNG for the final alert's thread (ops.alerts.upload)
 
     def to_bytes(self) -> bytes:
         d = asdict(self)
@@ -59,8 +60,8 @@ class Ledger:
 
     @property
     def finished(self) -> bool:
-        """Closed and nothing left to deliver: the run can leave the active set."""
-        return self.closed and not self.outbox
+        """Closed and nothing left to deliver (no message, no loss-curve upload): the run can leave the active set."""
+        return self.closed and not self.outbox and not (self.upload or {}).get("pending")
 
 
 @dataclass

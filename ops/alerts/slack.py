@@ -37,6 +37,7 @@ class Delivery:
     permanent: bool = False
     thread_ts: str | None = None
     channel: str | None = None
+    file_id: str | None = None  # an uploaded file's id (ApiSink.upload)
 
 
 def _retry_handlers(rate_limit_retries: int, connection_retries: int):
@@ -145,6 +146,30 @@ class ApiSink:
         return Delivery(True, self.via, thread_ts=ts, channel=channel)
 
 
+    def upload(self, channel: str, thread_ts: str, data: bytes, filename: str, title: str) -> Delivery:
+        """A file into the thread of `thread_ts` by Slack's upload flow (files_upload_v2:
+        files.getUploadURLExternal, the bytes POSTed to its upload_url, files.completeUploadExternal).
+        Needs the bot's files:write scope; a missing one is permanent."""
+        from slack_sdk.errors import SlackApiError
+
+        try:
+            resp = self.client.files_upload_v2(channel=channel, thread_ts=thread_ts, content=data,
+                                               filename=filename, title=title)
+        except SlackApiError as exc:
+            status = exc.response.status_code
+            code = exc.response.get("error") if isinstance(exc.response.data, dict) else str(exc.response.data)[:100]
+            permanent = code in PERMANENT_API or status in (404, 410)
+            return Delivery(False, self.via, self._clean(f"files upload: HTTP {status} {code}"), permanent=permanent)
+        except Exception as exc:  # noqa: BLE001 - the byte POST refused (SlackRequestError), connection errors
+            return Delivery(False, self.via, self._clean(f"files upload: {type(exc).__name__}: {exc}"[:300]))
+        file_id = (resp.get("file") or {}).get("id") if isinstance(resp.get("file"), dict) else None
+        return Delivery(True, self.via, thread_ts=thread_ts, channel=channel, file_id=file_id)
+
+    def _clean(self, text: str) -> str:
+        token = self.client.token or ""
+        return text.replace(token, "<token>") if token else text  # never the credential in a log line
+
+
 class Notifier:
     """A sink with the console as fallback once the sink has failed permanently."""
 
@@ -182,6 +207,15 @@ class Notifier:
             return None
         with self._lock:
             return update(channel, ts, message)
+
+
+    def upload(self, channel: str, thread_ts: str, data: bytes, filename: str, title: str) -> Delivery | None:
+        """Upload a file into a thread where the sink can (bot token); None where it cannot."""
+        upload = getattr(self.sink, "upload", None)
+        if upload is None or self.broken is not None:
+            return None
+        with self._lock:
+            return upload(channel, thread_ts, data, filename, title)
 
 
 def check_webhook_url(url: str) -> None:
