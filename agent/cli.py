@@ -52,6 +52,8 @@ def agent_group():
 @_seconds("stop-poll-s", 10.0, "TRAINCTL_STOP_POLL_S", "Seconds between checks for control/stop")
 @_seconds("latest-s", 10.0, "TRAINCTL_LATEST_S", "Minimum seconds between rewrites of the latest-log file")
 @_seconds("progress-s", 5.0, "TRAINCTL_PROGRESS_S", "Minimum seconds between progress.json updates")
+@_seconds("history-s", 60.0, "TRAINCTL_HISTORY_S",
+          "Minimum seconds between history.json (loss curve) rewrites; written again at the end")
 @_seconds("stop-grace-s", 30.0, "TRAINCTL_STOP_GRACE_S", "Seconds from SIGINT to SIGTERM, and again to SIGKILL")
 @_seconds("retry-max-s", 30.0, "TRAINCTL_RETRY_MAX_S", "Longest backoff between store attempts in an outage")
 @_seconds("finalize-timeout-s", 3600.0, "TRAINCTL_FINALIZE_TIMEOUT_S",
@@ -105,13 +107,18 @@ def agent_group():
                    "or absolute): each is uploaded to artifacts/checkpoint-N/ once complete, for --resume.")
 @_seconds("checkpoint-settle-s", 30.0, "TRAINCTL_CHECKPOINT_SETTLE_S",
           "A checkpoint folder without trainer_state.json counts as complete once unchanged this long")
+@click.option("--ram-total-gb", type=click.FloatRange(min=0, min_open=True), default=None,
+              envvar="TRAINCTL_RAM_TOTAL_GB",
+              help="The RAM (GiB) this run may use when less than the box has (a container limit, a shared "
+                   "box): samples.json and the memory warning then measure the agent and trainer RSS against "
+                   "it instead of the whole host (env TRAINCTL_RAM_TOTAL_GB).")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging to stderr.")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def run_cmd(run_id, store_url, endpoint_url, store_region, workdir, heartbeat_s, log_flush_s, stop_poll_s, latest_s,
-            progress_s, stop_grace_s, retry_max_s, finalize_timeout_s, shutdown_timeout_s, partial_line_s, tick_s, nice,
-            imds_endpoint, imds_poll_s, spot_checkpoint_s, hourly_usd, price_basis, max_runtime, max_cost,
+            progress_s, history_s, stop_grace_s, retry_max_s, finalize_timeout_s, shutdown_timeout_s, partial_line_s,
+            tick_s, nice, imds_endpoint, imds_poll_s, spot_checkpoint_s, hourly_usd, price_basis, max_runtime, max_cost,
             oom_retries, micro_batch, grad_accum, resume_args, progress_regex, read_output,
-            artifacts, checkpoints, checkpoint_settle_s, verbose, command):
+            artifacts, checkpoints, checkpoint_settle_s, ram_total_gb, verbose, command):
     """Run COMMAND as the trainer of RUN_ID and keep the store up to date until it ends.
 
     Example: ctl agent run --run-id mistral-20250804-171621 --store s3://bucket/training-runs
@@ -130,7 +137,7 @@ def run_cmd(run_id, store_url, endpoint_url, store_region, workdir, heartbeat_s,
     max_runtime_s = _check_caps(max_runtime, max_cost, hourly_usd)
     _setup_logging(verbose)
     settings = AgentSettings(heartbeat_s=heartbeat_s, log_flush_s=log_flush_s, stop_poll_s=stop_poll_s,
-                             latest_s=latest_s, progress_s=progress_s, stop_grace_s=stop_grace_s,
+                             latest_s=latest_s, progress_s=progress_s, history_s=history_s, stop_grace_s=stop_grace_s,
                              kill_grace_s=stop_grace_s, retry_max_s=retry_max_s,
                              finalize_timeout_s=finalize_timeout_s, shutdown_timeout_s=shutdown_timeout_s,
                              partial_line_s=partial_line_s, tick_s=tick_s, nice=nice, imds_endpoint=imds_endpoint,
@@ -141,7 +148,8 @@ def run_cmd(run_id, store_url, endpoint_url, store_region, workdir, heartbeat_s,
                              resume_args=tuple(resume_args),
                              progress_regex=progress_regex or None, read_output=read_output,
                              artifacts=tuple(artifacts), checkpoints=checkpoints or None,
-                             checkpoint_settle_s=checkpoint_settle_s)
+                             checkpoint_settle_s=checkpoint_settle_s,
+                             ram_total_bytes=int(ram_total_gb * 2 ** 30) if ram_total_gb else None)
     from agent.protocol.reqstats import RequestStats
 
     stats = RequestStats()

@@ -307,6 +307,8 @@ class Agent:
         host = hostfacts.host_stats(self.wd.root)
         host.update(hostfacts.process_tree_stats(self.trainer.pgid if self.trainer and alive else None))
         host["agent_rss_bytes"] = psutil.Process().memory_info().rss
+        if self.s.ram_total_bytes:  # the run's own RAM budget: samples measure the run against it
+            host["ram_limit_bytes"] = self.s.ram_total_bytes
         hb = p.Heartbeat(ts=time.time(), seq=self.state.hb_seq, agent_pid=os.getpid(), trainer_alive=alive,
                          heartbeat_s=self.s.heartbeat_s, trainer_pid=tp, phase=self.progress.phase,
                          last_progress_ts=self.progress.last_progress_ts, last_step=self.progress.last_step,

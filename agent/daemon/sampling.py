@@ -31,15 +31,20 @@ def _env_s(name: str, default: float) -> float:
 
 
 def take(host: dict, gpus: list[dict]) -> dict:
-    """One sample from a heartbeat's host and GPU facts (no second nvidia-smi call): host RAM and
-    swap in use, mean GPU utilisation and total GPU memory in use (None without nvidia-smi), free
-    bytes of the workdir's (data) volume."""
+    """One sample from a heartbeat's host and GPU facts (no second nvidia-smi call): host RAM (or,
+    with a configured `ram_limit_bytes`, the agent's and trainer's RSS against that) and swap in
+    use, mean GPU utilisation and total GPU memory in use (None without nvidia-smi), free bytes of
+    the workdir's (data) volume."""
     sw = psutil.swap_memory()
     gpus = [g for g in gpus if "util_percent" in g]
     utils = [g["util_percent"] for g in gpus if isinstance(g.get("util_percent"), int | float)]
     mems = [g["mem_used_mib"] for g in gpus if isinstance(g.get("mem_used_mib"), int | float)]
     total, avail = host.get("ram_total_bytes"), host.get("ram_available_bytes")
-    return {"ram_used_bytes": total - avail if total is not None and avail is not None else None,
+    used = total - avail if total is not None and avail is not None else None
+    if host.get("ram_limit_bytes"):  # a configured budget (--ram-total-gb): the run's own RSS against it
+        total = host["ram_limit_bytes"]
+        used = (host.get("trainer_rss_bytes") or 0) + (host.get("agent_rss_bytes") or 0)
+    return {"ram_used_bytes": used,
             "swap_used_bytes": sw.used, "gpu_util_percent": round(sum(utils) / len(utils), 1) if utils else None,
             "gpu_mem_used_mib": sum(mems) if mems else None, "disk_free_bytes": host.get("disk_free_bytes"),
             "ram_total_bytes": total, "swap_total_bytes": sw.total,

@@ -13,7 +13,7 @@ class AgentSettings:
     log_flush_s: float = 2.0
     latest_s: float = 10.0  # logs/training_log_latest.txt at most this often
     progress_s: float = 5.0  # progress.json at most this often
-    history_s: float = 60.0  # history.json (loss curve) at most this often
+    history_s: float = 60.0  # history.json (loss curve) at most this often (and once more at the end)
     stop_poll_s: float = 10.0  # how often control/stop is checked
     stop_grace_s: float = 30.0  # SIGINT -> SIGTERM
     kill_grace_s: float = 30.0  # SIGTERM -> SIGKILL
@@ -43,3 +43,6 @@ class AgentSettings:
     checkpoints: str | None = None  # the folder of HF-style checkpoint-N folders, uploaded as each completes
     checkpoint_settle_s: float = 30.0  # a checkpoint folder with no trainer state file counts once this still
     checkpoint_scan_s: float = 1.0  # how often the checkpoints folder is listed
+    # The RAM this run may use when less than the box has (a container limit psutil does not see, a
+    # shared box): samples then measure the run itself (agent + trainer RSS) against it.
+    ram_total_bytes: int | None = None
