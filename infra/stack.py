@@ -1,6 +1,6 @@
 """Provision and destroy one stack: the module copied into ctl's state folder, applied there.
 
-A stack's folder (`$TRAINCTL_HOME/infra/<stack>/`, default ~/.trainctl) holds the module, the
+A stack's folder (`$TRAINCTL_HOME/infra/<stack>/`, default ~/.trainctl; agent/protocol/stacks.py) holds the module, the
 local Terraform state, the watcher zip, `trainctl.auto.tfvars.json` (what ctl sets: zip path,
 endpoints, resources kept by an earlier destroy), `outputs.json` and `kept.json`. The user's own
 var files are passed with -var-file, which Terraform ranks above *.auto.tfvars, so they win.
@@ -9,8 +9,6 @@ var files are passed with -var-file, which Terraform ranks above *.auto.tfvars, 
 from __future__ import annotations
 
 import json
-import os
-import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +16,7 @@ from pathlib import Path
 
 from agent.protocol.atomic import write_atomic
 from agent.protocol.errors import ConfigError, TrainctlError
+from agent.protocol.stacks import OUTPUTS, stack_dir  # noqa: F401 - stack_dir re-exported: one truth for the folder
 from infra.lambda_zip import build_zip
 from infra.tf import Terraform, summarize
 
@@ -25,7 +24,6 @@ MODULE_DIR = Path(__file__).parent / "terraform"
 MODULE_FILES = ("*.tf", "user_data.sh")
 SERVICES = ("ec2", "s3", "iam", "sts", "lambda", "events", "ssm", "logs", "sqs")
 GENERATED_VARS = "trainctl.auto.tfvars.json"
-OUTPUTS = "outputs.json"
 KEPT = "kept.json"
 RECORD = "provision.json"
 # What a default destroy keeps, by the name the module's `kept_on_destroy` output uses.
@@ -33,20 +31,6 @@ PRIMARY = {"data_volume": "aws_ebs_volume.data[0]", "store_bucket": "aws_s3_buck
            "slack_webhook_parameter": "aws_ssm_parameter.slack_webhook[0]"}
 KEEP_FLAGS = {"data_volume": "--delete-data-volume", "store_bucket": "--delete-bucket",
               "slack_webhook_parameter": "--delete-webhook-parameter"}
-
-
-def state_home() -> Path:
-    """ctl's state folder: $TRAINCTL_HOME, else ~/.trainctl."""
-    return Path(os.environ.get("TRAINCTL_HOME") or Path.home() / ".trainctl")
-
-
-def stack_dir(stack: str = "default", workdir: str | os.PathLike | None = None) -> Path:
-    """Where a stack's module copy and state live."""
-    if workdir:
-        return Path(workdir)
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}", stack):
-        raise ConfigError(f"stack name {stack!r} must be letters, digits, '-' or '_' (it names a folder)")
-    return state_home() / "infra" / stack
 
 
 def _read_json(path: Path, default):

@@ -41,13 +41,16 @@ from agent.protocol.options import store_options
 @click.option("--region", default=None, help="Region of instances whose metadata names none.")
 @click.option("--events", "events_spec", envvar="TRAINCTL_EVENTS", default="auto", show_default=True,
               metavar="auto|none|sqs://QUEUE",
-              help="Sweep a run the moment its _error/_complete appears: auto watches a local store's folder; "
-              "sqs://<queue> long-polls the queue the bucket notifies (terraform output events_queue).")
+              help="Sweep a run the moment its _error/_complete appears: auto watches a local store's folder, "
+              "or long-polls the saved stack's events_queue when that stack serves this S3 store; "
+              "sqs://<queue> long-polls that queue (terraform output events_queue).")
+@click.option("--stack", default="default", show_default=True,
+              help="The provisioned stack (`ctl provision --stack`) whose saved events_queue --events auto uses.")
 @click.option("--slack-buttons/--no-slack-buttons", envvar="SLACK_BUTTONS", default=False, show_default=True,
               help="Put Snooze 4h and Stop run on alerts (needs `ctl slack serve` or the stack's interactivity URL).")
 def watch_cmd(store_url, endpoint_url, store_region, once, interval, slack_webhook, slack_token, slack_channel,
               slack_api_url, heartbeat_s, heartbeat_grace, progress_timeout, log_silence, setup_timeout, launch_timeout, orphan_after, ec2,
-              ec2_endpoint_url, region, events_spec, slack_buttons):
+              ec2_endpoint_url, region, events_spec, stack, slack_buttons):
     """Watch every run in the store and alert on Slack when one fails, hangs, goes silent or finishes."""
     from agent.protocol.durations import parse_duration
     from ops.config import build_watcher, settings_from
@@ -67,8 +70,8 @@ def watch_cmd(store_url, endpoint_url, store_region, once, interval, slack_webho
     w.buttons = slack_buttons
     from ops.push import open_events
 
-    events = None if once else open_events(events_spec, w.rs.store, endpoint_url, store_region)
-    pushed = f"; markers pushed by {type(events).__name__}" if events else ""
+    events, how = (None, "") if once else open_events(events_spec, w.rs.store, endpoint_url, store_region, stack)
+    pushed = f"; {how}" if how else ""
     click.echo(f"watching {w.rs.url} every {every:g}s; alerts to {w.notifier.sink.via}{pushed}", err=True)
     if events:
         events.start()

@@ -18,6 +18,7 @@ from urllib.parse import unquote_plus, urlsplit
 from agent.protocol import records as p
 from agent.protocol.errors import ConfigError
 from agent.protocol.runid import RUN_ID_RE
+from agent.protocol.stacks import DEFAULT_STACK, outputs_path, saved_outputs
 
 PUSHED = (p.ERROR, p.COMPLETE)
 
@@ -164,17 +165,21 @@ def _queue_region(url: str) -> str | None:
     return parts[1] if len(parts) > 3 and parts[0] == "sqs" else None
 
 
-def open_events(spec: str | None, store, endpoint_url: str | None = None, region: str | None = None):
-    """The event source `--events` names for `store`: None (schedule only), watchdog, or a queue.
+def open_events(spec: str | None, store, endpoint_url: str | None = None, region: str | None = None,
+                stack: str = DEFAULT_STACK):
+    """(the event source `--events` names for `store`, or None for schedule only; what it is, in words).
 
-    `auto` (the default) is watchdog for a local folder and nothing for S3; `sqs://<queue-name>`
-    or the queue's https:// URL long-polls that queue; `none` turns pushing off."""
+    `auto` (the default) is watchdog for a local folder, and for S3 the queue the saved stack's
+    `events_queue` output names when that stack serves this store (else schedule only, and why);
+    `sqs://<queue-name>` or the queue's https:// URL long-polls that queue; `none` turns pushing off."""
     spec = spec or "auto"
     local = getattr(store, "root", None)
     if spec == "none":
-        return None
+        return None, "schedule only (--events none)"
+    if spec == "auto" and local is not None:
+        return FolderEvents(local), f"markers pushed by FolderEvents (watchdog on {local})"
     if spec == "auto":
-        return FolderEvents(local) if local is not None else None
+        return _stack_queue(stack, store, endpoint_url, region)
     bucket = getattr(store, "bucket", None)
     if bucket is None:
         raise ConfigError(f"--events {spec}: a queue needs an s3:// store; a local store is watched by itself")
@@ -182,16 +187,50 @@ def open_events(spec: str | None, store, endpoint_url: str | None = None, region
         name = spec[len("sqs://"):].strip("/")
         if not name:
             raise ConfigError("--events sqs:// needs the queue name, e.g. sqs://trainctl-run-events")
-        import boto3
-
-        try:
-            url = boto3.client("sqs", endpoint_url=endpoint_url, region_name=region).get_queue_url(
-                QueueName=name)["QueueUrl"]
-        except Exception as exc:  # noqa: BLE001 - no such queue, no credentials: one line with the fix
-            code = getattr(exc, "response", {}).get("Error", {}).get("Code", type(exc).__name__)
+        url, code = _queue_url(name, endpoint_url, region)
+        if url is None:
             raise ConfigError(f"--events {spec}: cannot find the queue ({code}); `terraform output events_queue` "
-                              "names it") from None
-        return QueueEvents(url, bucket, store.prefix, endpoint_url, region)
+                              "names it")
+        return QueueEvents(url, bucket, store.prefix, endpoint_url, region), f"markers pushed by QueueEvents ({name})"
     if spec.startswith(("https://", "http://")):
-        return QueueEvents(spec, bucket, store.prefix, endpoint_url, region)
+        return QueueEvents(spec, bucket, store.prefix, endpoint_url, region), f"markers pushed by QueueEvents ({spec})"
     raise ConfigError(f"--events {spec!r}: use auto, none, sqs://<queue-name> or the queue's https:// URL")
+
+
+def _queue_url(name: str, endpoint_url: str | None, region: str | None) -> tuple[str | None, str]:
+    """(the queue's URL, "") or (None, why not): no such queue, no credentials."""
+    import boto3
+
+    try:
+        return boto3.client("sqs", endpoint_url=endpoint_url, region_name=region).get_queue_url(
+            QueueName=name)["QueueUrl"], ""
+    except Exception as exc:  # noqa: BLE001 - the caller says it in one line with the fix
+        return None, getattr(exc, "response", {}).get("Error", {}).get("Code", type(exc).__name__)
+
+
+def _stack_queue(stack: str, store, endpoint_url: str | None, region: str | None):
+    """`--events auto` on S3: the saved stack's queue when it notifies for this very store.
+
+    Anything else is schedule only, never an error: the push path is a speed-up, and a watcher
+    that worked without it must keep working (the first line says why there is no push)."""
+    where = f"stack {stack!r} ({outputs_path(stack)})"
+    out = saved_outputs(stack)
+    if out is None:
+        return None, f"schedule only: no saved {where}; --events sqs://<events_queue> pushes"
+    name = out.get("events_queue")
+    if not name:
+        return None, f"schedule only: {where} has no events_queue (push events off)"
+    if not _same_store(out.get("store_url"), store):
+        return None, f"schedule only: {where} notifies for {out.get('store_url')}, not {store.url}"
+    region = region or out.get("region")
+    url, code = _queue_url(name, endpoint_url, region)
+    if url is None:
+        return None, f"schedule only: the events_queue {name} of {where} cannot be found ({code})"
+    return (QueueEvents(url, store.bucket, store.prefix, endpoint_url, region),
+            f"markers pushed by QueueEvents ({name}, the events_queue of stack {stack!r})")
+
+
+def _same_store(url: str | None, store) -> bool:
+    """`s3://bucket/prefix` (a stack's store_url) names `store`'s bucket and prefix."""
+    parts = urlsplit(url or "")
+    return parts.scheme == "s3" and parts.netloc == store.bucket and parts.path.strip("/") == store.prefix
