@@ -30,12 +30,14 @@ def _shards_problem(p: Path) -> str | None:
     return None
 
 
-def names_problem(names: set[str], where: str, *, weights: bool = True, tokenizer: bool = True) -> str | None:
-    """The same checks on the file names of a folder (a local one, or an S3 prefix about to be staged)."""
+def names_problem(names: set[str], where: str, *, weights: bool = True, tokenizer: bool = True,
+                  fix: str = _FIX) -> str | None:
+    """The same checks on the file names of a folder (a local one, a folder on the box, or an S3
+    prefix about to be staged); `fix` is what to do about a folder that is not a whole model."""
     if weights and "config.json" not in names:
-        return f"{where} has no config.json; is it a saved model folder? {_FIX}"
+        return f"{where} has no config.json; is it a saved model folder? {fix}"
     if weights and not (set(_INDEXES) & names or any(fnmatch(n, g) for n in names for g in _WEIGHT_GLOBS)):
-        return f"{where} has no model weights (*.safetensors or pytorch_model*.bin): {_FIX}"
+        return f"{where} has no model weights (*.safetensors or pytorch_model*.bin): {fix}"
     if tokenizer and not ({"tokenizer.json", "tokenizer.model"} & names or {"vocab.json", "merges.txt"} <= names):
         return (f"{where} has no tokenizer (tokenizer.json, tokenizer.model, or vocab.json + merges.txt): save "
                 f"the tokenizer into the folder too (tokenizer.save_pretrained(folder))")

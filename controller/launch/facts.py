@@ -88,6 +88,19 @@ elif w:
     if f.get("seed"):
         dirs.append(os.path.dirname(f["seed"].get("executable") or ""))
     f["trainer_found"] = bool(shutil.which(w)) or any(os.access(os.path.join(d, w), os.X_OK) for d in dirs if d)
+md = a.get("model_dir") or ""  # our trainer's model folder on the box, when nothing stages it there
+if md:
+    f["model_dir_exists"] = os.path.isdir(md)
+    try:
+        f["model_files"] = sorted(n for n in os.listdir(md) if os.path.isfile(os.path.join(md, n)))
+    except OSError as e:
+        f["model_files"], f["model_error"] = [], str(e)
+    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        try:
+            shards = set(json.load(open(os.path.join(md, index))).get("weight_map", {}).values())
+        except (OSError, ValueError, AttributeError):
+            continue
+        f["model_missing_shards"] = sorted(s for s in shards if not os.path.isfile(os.path.join(md, s)))
 host, port = a.get("store_host") or "", int(a.get("store_port") or 0)
 if host:
     try:
@@ -128,6 +141,10 @@ class Facts:
     store_reachable: bool = False
     store_error: str = ""
     trainer_found: bool = True  # [trainer] command's first word runs on the box (True when not asked)
+    model_dir_exists: bool = True  # the model folder asked about (model_dir) is there (True when not asked)
+    model_files: list | None = None  # its file names; None when not asked
+    model_error: str = ""  # why it could not be listed
+    model_missing_shards: list = field(default_factory=list)  # shards its index names that are not there
 
     @classmethod
     def from_dict(cls, d: dict) -> Facts:

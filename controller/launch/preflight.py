@@ -58,8 +58,44 @@ def _setup_may_install(cfg: RunConfig, facts: Facts) -> bool:
     return cfg.trainer.command[0] in _VENV_PROVIDES or bool(cfg.setup.pip_args or cfg.setup.commands)
 
 
-def preflight(facts: Facts, cfg: RunConfig, box_needs_sudo: bool) -> tuple[list[Problem], list[Step]]:
-    """Every preflight failure with its fix, plus the steps that prepare the data volume."""
+def box_model_dir(cfg: RunConfig, model_path: str) -> str:
+    """The model folder to list on the box: our trainer's model.path when it is an absolute path on
+    the box that no stage target fills ("" otherwise: a staged prefix is checked in S3 before the
+    launch, and a relative path is the run's workdir, which sft judges)."""
+    from controller.box.stage import stage_targets
+
+    if cfg.trainer.command or not cfg.trainer.config or not model_path.startswith("/"):
+        return ""
+    dests = {t["dest"].rstrip("/") for t in stage_targets(cfg.stage.model, cfg.stage.data, cfg.box.data_root)}
+    return "" if model_path.rstrip("/") in dests else model_path
+
+
+_MODEL_FIX = "copy the whole saved model folder there, or stage it from S3 (stage.model = \"s3://...\")"
+
+
+def model_problem(facts: Facts, model_dir: str) -> Problem | None:
+    """Why the model folder on the box cannot load (the same rules `ctl train sft` applies), else None."""
+    from train.modelfolder import names_problem
+
+    if not model_dir or facts.model_files is None:
+        return None
+    if not facts.model_dir_exists:
+        return Problem(f"model.path {model_dir} does not exist on the box", _MODEL_FIX)
+    if facts.model_error:
+        return Problem(f"model.path {model_dir} cannot be read on the box: {facts.model_error}",
+                       "make the folder readable by the login user (sudo chown -R), or stage it again")
+    if why := names_problem(set(facts.model_files), f"model.path {model_dir} on the box", fix=""):
+        return Problem(why.strip().rstrip(":"), _MODEL_FIX)
+    if missing := facts.model_missing_shards:
+        return Problem(f"model.path {model_dir} on the box lacks {len(missing)} weight shard(s) its index lists "
+                       f"(first: {missing[0]})", _MODEL_FIX)
+    return None
+
+
+def preflight(facts: Facts, cfg: RunConfig, box_needs_sudo: bool,
+              model_dir: str = "") -> tuple[list[Problem], list[Step]]:
+    """Every preflight failure with its fix, plus the steps that prepare the data volume;
+    `model_dir` is the box folder our trainer will load (box_model_dir), "" for none."""
     problems: list[Problem] = []
     steps: list[Step] = []
     b, root = cfg.box, cfg.box.data_root
@@ -115,6 +151,8 @@ def preflight(facts: Facts, cfg: RunConfig, box_needs_sudo: bool) -> tuple[list[
         problems.append(Problem(f"the trainer command {word!r} is not on the box (not on PATH, not in the venv, not "
                                 f"beside setup.python)", "fix [trainer] command (an absolute path works), or install "
                                 "it with setup.pip_args / setup.commands"))
+    if found := model_problem(facts, model_dir):
+        problems.append(found)
     if not facts.store_reachable:
         problems.append(Problem(f"the run store is not reachable from the box ({facts.store_error or 'no route'})",
                                 "allow HTTPS egress (or add an S3 VPC endpoint), and check store.endpoint_url"))

@@ -91,6 +91,17 @@ def _finished(c: Launch, run_id: str) -> bool:
         return False
 
 
+def _our_model_path(cfg: RunConfig) -> str:
+    """model.path of our trainer's train.toml with its --train-set overrides ("" for a user's trainer)."""
+    if cfg.trainer.command or not cfg.trainer.config:
+        return ""
+    from train.config import load_config
+    from train.schemas import TrainConfig
+
+    path = os.path.expanduser(cfg.trainer.config)
+    return str(load_config(TrainConfig, path, cfg.trainer.set, validate=False).model.path or "")
+
+
 def inspect(c: Launch) -> list[plan.Step] | str:
     """Facts about the box, whether it is free, preflight: the setup steps, or the status
     `already_running` when this run's agent is already there."""
@@ -99,7 +110,8 @@ def inspect(c: Launch) -> list[plan.Step] | str:
     _check_same_box(c)
     c.region = cfg.store.region or c.info.get("region") or os.environ.get("AWS_DEFAULT_REGION", "")
     host, port = _store_probe(c.rs.url, cfg.store.endpoint_url, c.region)
-    c.facts = facts = gather(box, {"data_root": cfg.box.data_root, "seed_python": cfg.setup.python, "venv": lay.venv,
+    model_dir = preflight.box_model_dir(cfg, _our_model_path(cfg))
+    c.facts = facts = gather(box, {"model_dir": model_dir,"data_root": cfg.box.data_root, "seed_python": cfg.setup.python, "venv": lay.venv,
                                    "wheel_path": lay.wheel_path, "active_file": lay.active_file,
                                    "store_host": host, "store_port": port,
                                    "trainer_word": cfg.trainer.command[0] if cfg.trainer.command else ""})
@@ -115,7 +127,7 @@ def inspect(c: Launch) -> list[plan.Step] | str:
         other = facts.active_run.get("run_id")
         raise TrainctlError(f"{box.name} is busy with run {other}: one run per box. Wait for it "
                             f"(ctl tail {other}), or stop it (ctl stop {other} --wait), then launch again")
-    problems, mount_steps = preflight.preflight(facts, cfg, box.needs_sudo)
+    problems, mount_steps = preflight.preflight(facts, cfg, box.needs_sudo, model_dir)
     if problems:
         lines = "\n  ".join(str(x) for x in problems)
         raise TrainctlError(f"preflight found {len(problems)} problem(s) on {box.name}:\n  {lines}")

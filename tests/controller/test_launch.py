@@ -20,7 +20,7 @@ import pytest
 from agent.protocol.runstore import RunStore
 from agent.protocol.store_s3 import S3Store
 from tests.e2e.harness import agent_pids, wait_for
-from tests.fixtures.box import shared_folder
+from tests.fixtures.box import readable_tree, shared_folder
 
 REPO = Path(__file__).resolve().parents[2]
 CTL = [sys.executable, "-c", "import sys; from trainctl.cli import main; sys.argv[0] = 'ctl'; main()"]
@@ -351,6 +351,29 @@ def test_a_trainer_command_missing_on_the_box_is_a_preflight_problem(sshd, s3_bu
     assert "preflight found 1 problem(s)" in r.stderr and "Traceback" not in r.stderr
     assert "the trainer command 'definitely-not-installed-13' is not on the box" in r.stderr
     assert "fix: fix [trainer] command" in r.stderr
+    assert moto_server.client("s3").list_objects_v2(Bucket=s3_bucket).get("KeyCount", 0) == 0
+    assert not (box_root / "trainctl").exists()
+
+
+def test_our_trainers_model_folder_on_the_box_is_checked_before_setup(sshd, s3_bucket, moto_server, env, tmp_path,
+                                                                        box_root, trainer_script):
+    """model.path names a folder already on the box (nothing stages it): a folder with a config and
+    a tokenizer but no weights is one preflight problem, before anything is written anywhere."""
+    model = tmp_path / "box-model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "tokenizer.json").write_text("{}")
+    readable_tree(model)
+    train = tmp_path / "train.toml"
+    train.write_text(f'[model]\npath = "{model}"\n[data]\npath = "{tmp_path / "data"}"\n')
+    cfg = write_config(tmp_path / "run.toml", s3_bucket, moto_server.endpoint, box_root, trainer_script)
+    cfg.write_text("\n".join(ln for ln in cfg.read_text().splitlines() if not ln.startswith("command = ")))
+    r = ctl(["launch", "--host", f"{sshd.user}@127.0.0.1:{sshd.port}", "--ssh-key", str(sshd.user_key),
+             "--config", str(cfg), "--trainer-config", str(train)], {**env, "TRAINCTL_HOME": str(tmp_path / "home")},
+            check=1)
+    assert "preflight found 1 problem(s)" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert f"model.path {model} on the box has no model weights" in r.stderr
+    assert "fix: copy the whole saved model folder there, or stage it from S3" in r.stderr
     assert moto_server.client("s3").list_objects_v2(Bucket=s3_bucket).get("KeyCount", 0) == 0
     assert not (box_root / "trainctl").exists()
 

@@ -296,3 +296,43 @@ def test_check_memory_runs_the_real_estimate(tmp_path):
     assert said and said[0].startswith("memory estimate: fits")
     with pytest.raises(TrainctlError, match="does not fit the GPU"):
         check_memory(LocalBox(), plan.estimate_argv(c, lay, str(tmp_path), ["Tiny GPU, 2000 MiB"]), said.append)
+
+
+@pytest.mark.parametrize("trainer, stage, path, expect", [
+    ({"config": "train.toml"}, {}, "/mnt/training/models/m", "/mnt/training/models/m"),  # ours, already on the box
+    ({"config": "train.toml"}, {"model": "s3://b/models/m"}, "/mnt/training/models/m", ""),  # staged: checked in S3
+    ({"config": "train.toml"}, {"model": "s3://b/models/m"}, "/opt/other", "/opt/other"),  # staged elsewhere
+    ({"config": "train.toml"}, {}, "models/m", ""),  # relative: the run's workdir, judged by sft
+    ({"command": ["python", "train.py"]}, {}, "/mnt/training/models/m", ""),  # a user's trainer: its own business
+])
+def test_the_model_folder_preflight_lists_on_the_box(trainer, stage, path, expect):
+    from controller.launch.preflight import box_model_dir
+
+    assert box_model_dir(cfg(trainer=trainer, stage=stage), path) == expect
+
+
+WHOLE = ["config.json", "model.safetensors", "tokenizer.json"]
+
+
+@pytest.mark.parametrize("over, expect", [
+    ({"model_files": WHOLE}, None),
+    ({"model_files": ["config.json", "tokenizer.json"]}, "model.path /m on the box has no model weights"),
+    ({"model_files": ["config.json", "model.safetensors"]}, "model.path /m on the box has no tokenizer"),
+    ({"model_files": ["tokenizer.json"]}, "model.path /m on the box has no config.json"),
+    ({"model_files": [], "model_dir_exists": False}, "model.path /m does not exist on the box"),
+    ({"model_files": [], "model_error": "Permission denied"}, "model.path /m cannot be read on the box"),
+    ({"model_files": ["config.json", "model.safetensors.index.json", "tokenizer.json"],
+      "model_missing_shards": ["model-00002-of-00002.safetensors"]}, "lacks 1 weight shard(s)"),
+])
+def test_a_model_folder_on_the_box_is_judged_by_the_rules_sft_applies(over, expect):
+    problems, _ = preflight(facts(**over), cfg(), box_needs_sudo=False, model_dir="/m")
+    if expect is None:
+        assert problems == []
+    else:
+        assert len(problems) == 1 and expect in problems[0].what and problems[0].fix
+        assert "\n" not in problems[0].what
+
+
+def test_no_model_folder_asked_no_model_problem():
+    problems, _ = preflight(facts(model_files=None, model_dir_exists=False), cfg(), box_needs_sudo=False)
+    assert problems == []
