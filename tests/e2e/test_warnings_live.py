@@ -13,6 +13,7 @@ condition ends, and the run is never an incident: no hung, no failed, only the c
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import sys
@@ -20,7 +21,7 @@ import time
 from pathlib import Path
 
 from agent.protocol.atomic import write_atomic
-from agent.protocol.records import SAMPLES
+from agent.protocol.records import HISTORY, SAMPLES, WD_PROGRESS
 from agent.protocol.runstore import RunStore
 from ops.alerts import ledger as L
 from ops.alerts.slack import ConsoleSink, Notifier, WebhookSink
@@ -39,12 +40,17 @@ SWEEPS_MORE = 5  # sweeps after a warning was sent that must not send it again
 class Steered:
     """One run of the steerable trainer under the real agent, and the watcher sweeping it."""
 
-    def __init__(self, run_id: str, agents: Agents, tmp: Path, store, slack, ws: WarningSettings,
-                 extra: tuple[str, ...] = (), trainer_args: tuple[str, ...] = ()):
+    def __init__(self, run_id: str, agents: Agents, tmp: Path, store, slack, ws: WarningSettings = WarningSettings(),
+                 extra: tuple[str, ...] = (), trainer_args: tuple[str, ...] = (), **control):
         self.run_id, self.agents, self.slack = run_id, agents, slack
         self.rs, self.control, self.gen = RunStore(store), tmp / "control.json", 0
-        self.settings = Settings(warnings=ws)
-        self.proc = agents.start(run_id, str(store.root), tmp / "wd", [sys.executable, TRAINER, str(self.control),
+        write_atomic(self.control, json.dumps({"gen": 0, **control}))  # what it does from its first step
+        # Only the warning under test can hold: the host's free disk and its swap (other processes'
+        # doing, on a shared machine) are out of it.
+        self.settings = Settings(warnings=dataclasses.replace(ws, min_free_gb=1e-6, swap_growth_mb=1e12,
+                                                              check_s=0.001))
+        self.workdir = tmp / "wd"
+        self.proc = agents.start(run_id, str(store.root), self.workdir, [sys.executable, TRAINER, str(self.control),
                                  *trainer_args], env=ENV, extra=[*FAST, *extra])
         self.watcher = Watcher(self.rs, Notifier(WebhookSink(slack.webhook_url), ConsoleSink(io.StringIO())),
                                self.settings)
@@ -67,6 +73,14 @@ class Steered:
         wait_for(lambda: any(h.startswith(head) for h in self.heads()), 90, what)
         for _ in range(SWEEPS_MORE):
             heads = self.heads()
+        return heads
+
+    def wait_posts(self, n: int, what: str) -> list[str]:
+        """Sweep until `n` posts were delivered; then a few sweeps more, which must send nothing."""
+        wait_for(lambda: len(self.heads()) >= n, 90, what)
+        for _ in range(SWEEPS_MORE):
+            heads = self.heads()
+        assert len(heads) == n, heads
         return heads
 
     def history(self) -> list[dict]:
@@ -108,8 +122,7 @@ def test_memory_pressure_against_the_runs_ram_warns_once_then_clears(agents, tmp
     # The run may use 0.5 GiB; warn above half of it. The agent and trainer hold well under that
     # until the trainer holds 320 MB more, real touched memory, then frees it.
     run = Steered("warnmem-20260101-120000", agents, tmp_path, local_store, slack,
-                  WarningSettings(ram_share=0.5, check_s=0.001), extra=("--ram-total-gb", "0.5"))
-    run.steer(loss="falling")
+                  WarningSettings(ram_share=0.5), extra=("--ram-total-gb", "0.5"), loss="falling")
     s = wait_for(lambda: (s := run.samples()) and len(s.get("ram_used_bytes") or []) >= 2 and s, 60,
                  "the first samples")
     assert s["ram_total_bytes"] == GIB // 2 and 0 < s["ram_used_bytes"][-1] < GIB // 4, s  # the run, not the host
@@ -125,3 +138,64 @@ def test_memory_pressure_against_the_runs_ram_warns_once_then_clears(agents, tmp
     assert_no_incident(run, heads)
     heads = run.finish()
     assert len(heads) == 3 and heads[2].startswith("✅"), heads  # then only the completion
+
+
+def test_a_loss_that_does_not_fall_then_a_spike_each_warn_once_then_clear(agents, tmp_path, local_store, slack):
+    # Our trainer's contract (the progress file); the loss judged after 20 logged steps, not 100.
+    run = Steered("warnflat-20260101-120000", agents, tmp_path, local_store, slack,
+                  WarningSettings(no_learning_steps=20, spike_k=5.0), trainer_args=("--progress-file",), loss=2.0)
+    wait_for(lambda: len(run.history()) > 20, 60, "more than 20 logged steps in history.json")
+    heads = run.wait_sent("🟡 Warning: no_learning", "the no-learning warning")
+    assert heads == ["🟡 Warning: no_learning"], heads
+    assert "loss not falling: 2 at step" in run.slack.posts[0]["body"]["text"]
+    run.steer(loss=1.0)  # learning now: lower than at the start
+    heads = run.wait_sent("🟢 Warning cleared: no_learning", "the no-learning warning to clear")
+    assert said(heads) == ["🟡 Warning: no_learning", "🟢 Warning cleared: no_learning"], heads
+    # One step at 50x the running median stays the curve's latest point while steps go on without a loss.
+    run.steer(loss=50.0, hold=True)
+    heads = run.wait_posts(3, "the loss-spike warning")
+    assert said(heads) == ["🟡 Warning: no_learning", "🟢 Warning cleared: no_learning", "🟡 Warning: no_learning"]
+    assert "loss spike: 50 at step" in run.slack.posts[2]["body"]["text"], run.slack.posts[2]["body"]["text"]
+    assert_no_incident(run, heads)
+    run.steer(loss=0.9)
+    heads = run.wait_posts(4, "the loss-spike warning to clear")
+    assert said(heads)[3] == "🟢 Warning cleared: no_learning", heads
+    assert_no_incident(run, heads)
+    heads = run.finish()
+    assert len(heads) == 5 and heads[4].startswith("✅"), heads
+
+
+def test_eval_loss_rising_k_evaluations_in_a_row_warns_once_then_clears(agents, tmp_path, local_store, slack):
+    # HF-Trainer-style log dicts read from the output; the train loss falls all along.
+    run = Steered("warnfit-20260101-120000", agents, tmp_path, local_store, slack,
+                  WarningSettings(overfit_evals=3), loss="falling")
+    run.steer(evals=[1.0, 1.1, 1.2])  # rose twice: not yet
+    wait_for(lambda: [h["eval_loss"] for h in run.history() if "eval_loss" in h] == [1.0, 1.1, 1.2], 60,
+             "three evaluations in history.json")
+    assert run.heads() == []
+    run.steer(evals=[1.3])
+    heads = run.wait_sent("🟡 Warning: overfitting", "the overfitting warning")
+    assert heads == ["🟡 Warning: overfitting"], heads
+    assert "eval loss rose 3 evaluations in a row: 1 -> 1.1 -> 1.2 -> 1.3" in run.slack.posts[0]["body"]["text"]
+    assert_no_incident(run, heads)
+    run.steer(evals=[0.9])  # fell: the run generalises again
+    heads = run.wait_sent("🟢 Warning cleared: overfitting", "the overfitting warning to clear")
+    assert said(heads) == ["🟡 Warning: overfitting", "🟢 Warning cleared: overfitting"], heads
+    assert_no_incident(run, heads)
+    heads = run.finish()
+    assert len(heads) == 3 and heads[2].startswith("✅"), heads
+
+
+def test_history_is_rewritten_at_its_interval_and_once_more_at_the_end(agents, tmp_path, local_store, slack):
+    # An hour between rewrites (a later --history-s wins over FAST's): only the first write (at the
+    # first progress: the phase, or a step or more) lands while the run goes on; the end writes it all.
+    run = Steered("warnhist-20260101-120000", agents, tmp_path, local_store, slack,
+                  extra=("--history-s", "3600"), trainer_args=("--progress-file",), loss="falling")
+    wait_for(lambda: run.rs.store.exists(run.rs.k(run.run_id, HISTORY)), 60, "the first history.json")
+    first = run.history()
+    wait_for(lambda: ((pr := run.rs.read_progress(run.run_id)) and pr.step or 0) > len(first) + 10, 60,
+             "ten more steps in progress.json")
+    assert run.history() == first  # not rewritten within the hour
+    run.finish()
+    logged = [json.loads(line) for line in (run.workdir / WD_PROGRESS).read_text().splitlines()]
+    assert [h["loss"] for h in run.history()] == [r["loss"] for r in logged if "loss" in r]
