@@ -214,7 +214,10 @@ def _stack_queue(stack: str, store, endpoint_url: str | None, region: str | None
     Anything else is schedule only, never an error: the push path is a speed-up, and a watcher
     that worked without it must keep working (the first line says why there is no push)."""
     where = f"stack {stack!r} ({outputs_path(stack)})"
-    out = saved_outputs(stack)
+    try:
+        out = saved_outputs(stack)
+    except ConfigError as exc:  # a broken file must not stop a watcher that works without it
+        return None, f"schedule only: {exc}"
     if out is None:
         return None, f"schedule only: no saved {where}; --events sqs://<events_queue> pushes"
     name = out.get("events_queue")

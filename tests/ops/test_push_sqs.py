@@ -130,14 +130,15 @@ def test_watch_long_polls_the_queue_and_posts_without_a_sweep(s3_store, slack, m
     assert attrs["ApproximateNumberOfMessages"] == "0" and attrs["ApproximateNumberOfMessagesNotVisible"] == "0"
 
 
-@pytest.mark.parametrize("stack", ["none saved", "queue off", "another store", "queue gone"])
+@pytest.mark.parametrize("stack", ["none saved", "queue off", "another store", "queue gone", "unreadable"])
 def test_watch_auto_without_the_stacks_queue_is_schedule_only_and_says_why(s3_store, moto_server, tmp_path,
                                                                            stack):
     home = tmp_path / "home"
     want = {"none saved": f"schedule only: no saved stack 'default' ({home}/infra/default/outputs.json)",
             "queue off": "schedule only: stack 'default' (",
             "another store": f"notifies for s3://elsewhere/training-runs, not {s3_store.url}",
-            "queue gone": "schedule only: the events_queue no-such-queue of stack 'default' ("}[stack]
+            "queue gone": "schedule only: the events_queue no-such-queue of stack 'default' (",
+            "unreadable": f"schedule only: {home}/infra/default/outputs.json is not valid JSON"}[stack]
     if stack == "queue off":
         save_stack_outputs(home, store_url=s3_store.url, events_queue=None)
         want_too = "has no events_queue (push events off)"
@@ -147,6 +148,9 @@ def test_watch_auto_without_the_stacks_queue_is_schedule_only_and_says_why(s3_st
     elif stack == "queue gone":
         save_stack_outputs(home, store_url=s3_store.url, events_queue="no-such-queue")
         want_too = "cannot be found (AWS.SimpleQueueService.NonExistentQueue)"
+    elif stack == "unreadable":  # cut short mid-write by hand, say
+        save_stack_outputs(home, store_url=s3_store.url, events_queue="q").write_text('{"events_queue": ')
+        want_too = "run `ctl provision` again or delete it"
     else:
         want_too = "--events sqs://<events_queue> pushes"
     rs = RunStore(s3_store)
