@@ -17,7 +17,7 @@ $(PY):
 
 $(STAMP): pyproject.toml | $(PY)
 	$(PIP) install -q $(TORCH_SPEC)
-	$(PIP) install -q -e '.[agent,train,dev,plots,tracking]'
+	$(PIP) install -q -e '.[agent,train,dev,plots,tracking,wandb]'
 	touch $(STAMP)
 
 # Debian packages the tests use for real: sshd (the box), sudo (the box's non-root user escalates

@@ -130,7 +130,7 @@ class DataRef:
     path: str = ""  # the output_dir of `ctl train prepare` (holds train/ and val/)
 
 
-TRACKERS = ("tensorboard",)  # train.report_to's choices (train.sft.tracking writes them)
+TRACKERS = ("tensorboard", "wandb")  # train.report_to's choices (train.sft.tracking writes them)
 
 
 @dataclass
@@ -154,7 +154,7 @@ class TrainLoop:
     save_steps: int = setting(200, min=0)  # 0 = no periodic checkpoints (SIGTERM still saves one)
     save_total_limit: int = setting(2, min=1)
     checkpoint_on_sigterm: bool = True
-    report_to: list[str] = setting([])  # experiment tracking (train.sft.tracking): [] or ["tensorboard"]
+    report_to: list[str] = setting([])  # experiment tracking (train.sft.tracking): [], ["tensorboard"], ["wandb"] or both
 
 
 @dataclass
@@ -190,8 +190,7 @@ class TrainConfig:
             out.append(Problem("lora.dropout", f"{self.lora.dropout} must be >= 0 and < 1"))
         for name in t.report_to:
             if name not in TRACKERS:
-                why = " (W&B is not offered: too heavy to install)" if name == "wandb" else ""
-                out.append(Problem("train.report_to", f"{name!r} is not one of {', '.join(TRACKERS)}{why}"))
+                out.append(Problem("train.report_to", f"{name!r} is not one of {', '.join(TRACKERS)}"))
         if not self.lora.target_modules:
             out.append(Problem("lora.target_modules", 'empty; name the projections to adapt, e.g. ["q_proj", "v_proj"]'))
         if not disk:

@@ -1,6 +1,9 @@
-"""`[train] report_to = ["tensorboard"]`: the real tiny 4-bit QLoRA trainer under the real agent writes
-TensorBoard event files that tensorboard's own reader reads back with the losses it reported, and
-they land in the run's artifacts; without the package the run says so in one line and trains on."""
+"""`[train] report_to = ["tensorboard", "wandb"]`: the real tiny 4-bit QLoRA trainer under the real agent
+writes TensorBoard event files that tensorboard's own reader reads back with the losses it reported,
+and an offline W&B run whose .wandb file W&B's own reader (`wandb leet inspect`) reads back with the
+same losses, the run id and the resolved config; both land in the run's artifacts, and the W&B API
+key is nowhere in what the run left. Without a package, or without a key for an online W&B, the run
+says so in one line and trains on."""
 
 from __future__ import annotations
 
@@ -30,11 +33,11 @@ def packed(tiny_model, tmp_path_factory) -> Path:
                                 [f"alpha beta gamma delta {i} alpha beta gamma delta" for i in range(120)], tiny_model)
 
 
-def train_toml(tmp_path: Path, tiny_model: Path, packed: Path) -> Path:
+def train_toml(tmp_path: Path, tiny_model: Path, packed: Path, report_to: str = '["tensorboard"]') -> Path:
     cfg = tmp_path / "train.toml"
     cfg.write_text(f'[model]\npath = "{tiny_model}"\n[data]\npath = "{packed}"\n[lora]\nr = 8\nalpha = 16\n'
                    "[train]\nper_device_batch_size = 4\ngrad_accum = 1\nlearning_rate = 5e-3\nwarmup_ratio = 0.0\n"
-                   'max_grad_norm = 1.0\nmax_steps = 6\nsave_steps = 0\nreport_to = ["tensorboard"]\n')
+                   f"max_grad_norm = 1.0\nmax_steps = 6\nsave_steps = 0\nreport_to = {report_to}\n")
     return cfg
 
 
@@ -85,5 +88,105 @@ def test_an_unknown_tracker_is_refused_at_load():
     from agent.protocol.errors import ConfigError
     from train.schemas import TrainConfig
 
-    with pytest.raises(ConfigError, match=r"train.report_to: 'wandb' is not one of tensorboard \(W&B is not offered"):
-        build(TrainConfig, [("t.toml", {"train": {"report_to": ["wandb"]}})], source="t.toml")
+    with pytest.raises(ConfigError, match=r"train.report_to: 'mlflow' is not one of tensorboard, wandb"):
+        build(TrainConfig, [("t.toml", {"train": {"report_to": ["wandb", "mlflow"]}})], source="t.toml")
+
+
+# A key of W&B's classic shape (40 hex digits): one that agent.protocol.redact cannot tell from a
+# digest when it stands bare, so the run must never print it at all.
+FAKE_KEY = "0123456789abcdef0123456789abcdef01234567"
+WANDB = str(Path(sys.executable).parent / "wandb")
+
+
+def wandb_env(tmp_path: Path, **more: str) -> dict:
+    """Offline W&B with every folder of its own inside tmp (nothing in ~, nothing on the network)."""
+    base = {f"WANDB_{k}_DIR": str(tmp_path / f"wandb-{k.lower()}") for k in ("CONFIG", "CACHE", "DATA")}
+    return {**ENV, **base, "WANDB_DIR": str(tmp_path / "wandb-dir"), "WANDB_MODE": "offline",
+            "WANDB_API_KEY": FAKE_KEY, **more}
+
+
+def wandb_records(run_dir: Path) -> list[dict]:
+    """The records of a run's .wandb file, as W&B's own reader prints them."""
+    res = subprocess.run([WANDB, "leet", "inspect", "--json", str(run_dir)], capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "WANDB_MODE": "offline"})
+    assert res.returncode == 0, res.stdout + res.stderr
+    return [json.loads(line) for line in res.stdout.splitlines() if line.strip()]
+
+
+def test_wandb_offline_run_holds_the_reported_losses_and_config_and_reaches_the_artifacts(agents, tmp_path,
+                                                                                           tiny_model, packed):
+    store, wd = tmp_path / "store", tmp_path / "wd"
+    cfg = train_toml(tmp_path, tiny_model, packed, '["tensorboard", "wandb"]')
+    proc = agents.start(RUN, str(store), wd, [CTL, "train", "sft", "--config", str(cfg)], env=wandb_env(tmp_path))
+    assert agents.wait(proc, 400) == 0, Agents.output(proc)
+    rs = RunStore(LocalStore(store))
+    assert rs.read_complete(RUN) is not None, Agents.output(proc)
+    reported = [json.loads(x) for x in (wd / "progress.jsonl").read_text().splitlines()]
+    losses = {r["step"]: r["loss"] for r in reported if "step" in r and "loss" in r}
+    evals = [r["eval_loss"] for r in reported if "eval_loss" in r]
+    assert sorted(losses) == [1, 2, 3, 4, 5, 6] and evals
+
+    runs = list((wd / "output" / "wandb").glob(f"offline-run-*-{RUN}"))
+    assert len(runs) == 1 and (runs[0] / f"run-{RUN}.wandb").is_file()
+    assert not (tmp_path / "wandb-dir" / "wandb").exists()  # the output folder wins over WANDB_DIR
+    records = wandb_records(runs[0])
+    rows = [r["history"] for r in records if r["type"] == "history"]
+    assert {row["step"]["num"]: row["item"]["train/loss"] for row in rows} == pytest.approx(losses, rel=1e-6)
+    assert [row["item"]["eval/loss"] for row in rows if "eval/loss" in row["item"]] == pytest.approx(evals, rel=1e-6)
+    assert all({"train/learning_rate", "train/tokens_per_s"} <= set(row["item"]) for row in rows)
+    (header,) = [r["run"] for r in records if r["type"] == "run"]
+    assert header["run_id"] == RUN and header["display_name"] == RUN and header["project"] == "trainctl"
+    config = header["config"]["update"]
+    assert config["train"]["max_steps"] == 6 and config["lora"]["r"] == 8 and config["model"]["path"] == str(tiny_model)
+    assert [r["exit"]["exit_code"] for r in records if r["type"] == "exit"] == [0]  # finish() ran
+
+    stored = rs.store.list(f"{RUN}/artifacts/wandb/")
+    assert f"{RUN}/artifacts/wandb/{runs[0].name}/run-{RUN}.wandb" in stored
+    assert {"tensorboard", "wandb"} <= {a["name"] for a in rs.read_complete(RUN).artifacts}
+    log = rs.read_logs(RUN).data.decode()
+    assert f"report_to: writing tensorboard to {wd / 'output' / 'tensorboard'}, wandb to " \
+           f"{wd / 'output' / 'wandb'} (offline)" in log
+
+    left = [p for root in (wd, store, tmp_path / "wandb-dir", tmp_path / "wandb-data") if root.exists()
+            for p in root.rglob("*") if p.is_file() and FAKE_KEY.encode() in p.read_bytes()]
+    assert left == [] and FAKE_KEY not in Agents.output(proc)
+
+
+def test_wandb_without_the_package_one_line_at_start_and_the_run_trains_on(tmp_path, tiny_model, packed):
+    shadow = tmp_path / "shadow" / "wandb"  # a wandb that cannot be imported, first on the path
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('No module named wandb')\n")
+    out = tmp_path / "out"
+    env = {**os.environ, **wandb_env(tmp_path), "PYTHONPATH": str(shadow.parent), "TRAINCTL_OUTPUT_DIR": str(out)}
+    res = subprocess.run([CTL, "train", "sft", "--config", str(train_toml(tmp_path, tiny_model, packed, '["wandb"]')),
+                          "--set", "train.max_steps=2"], env=env, capture_output=True, text=True, timeout=400)
+    assert res.returncode == 0, res.stdout + res.stderr
+    said = [ln for ln in (res.stdout + res.stderr).splitlines() if "report_to:" in ln]
+    assert said == ["report_to: wandb skipped, the wandb package is not installed (pip install 'trainctl[wandb]')"]
+    assert "Traceback" not in res.stderr and (out / "adapter").is_dir() and not (out / "wandb").exists()
+
+
+def test_wandb_online_without_a_key_one_line_at_start_and_the_other_tracker_writes(tmp_path, tiny_model, packed):
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(wandb_env(tmp_path), TRAINCTL_OUTPUT_DIR=str(out), NETRC=str(tmp_path / "no-netrc"))
+    del env["WANDB_API_KEY"], env["WANDB_MODE"]  # online (W&B's default), and no key anywhere
+    cfg = train_toml(tmp_path, tiny_model, packed, '["tensorboard", "wandb"]')
+    res = subprocess.run([CTL, "train", "sft", "--config", str(cfg), "--set", "train.max_steps=2"], env=env,
+                         capture_output=True, text=True, timeout=400)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert [ln for ln in res.stderr.splitlines() if "report_to:" in ln] == [
+        "report_to: wandb skipped, no API key for api.wandb.ai (set WANDB_API_KEY, or WANDB_MODE=offline to keep "
+        "the run files only)"]
+    assert [ln for ln in res.stdout.splitlines() if "report_to:" in ln] == [
+        f"report_to: writing tensorboard to {out / 'tensorboard'}"]
+    assert "Traceback" not in res.stderr and (out / "adapter").is_dir() and not (out / "wandb").exists()
+    assert list((out / "tensorboard").rglob("events.out.tfevents.*"))
+
+
+def test_a_wandb_key_the_trainer_printed_as_a_setting_is_redacted_from_the_log():
+    from agent.protocol.redact import MASK, redact
+
+    for line in (f"WANDB_API_KEY={FAKE_KEY}", f"export WANDB_API_KEY='{FAKE_KEY}'", f"wandb api_key: {FAKE_KEY}",
+                 f"env: WANDB_API_KEY = {FAKE_KEY} WANDB_MODE=online"):
+        assert FAKE_KEY not in redact(line) and MASK in redact(line), line

@@ -122,7 +122,7 @@ def run_sft(cfg: TrainConfig) -> Path:
         out.mkdir(parents=True, exist_ok=True)
         print(f"resolved config (output_dir = {out}):\n{resolved}", flush=True)
     run = setup(cfg, dist, out)
-    tracking.start(cfg.train.report_to, out)
+    tracking.start(cfg.train.report_to, out, to_dict(cfg))
     try:
         train(run, stopper)
         if stopper.signum:
@@ -276,8 +276,8 @@ def finish(run: Run, resolved: str) -> Path:
         save_adapter(run.out, run.model, run.tok, resolved,
                      {"step": run.step, "total_steps": run.total_steps, "eval_loss": eval_loss})
         print(f"adapter saved to {final}", flush=True)
-        if tracking.close():  # the event files into the run's artifacts, beside the adapter
-            progress.artifact(tracking.FOLDER, f"{tracking.FOLDER}/", final=True)
+        for folder in tracking.close():  # the trackers' files into the run's artifacts, beside the adapter
+            progress.artifact(folder, f"{folder}/", final=True)
     run.dist.barrier()
     run.dist.close()
     return final
