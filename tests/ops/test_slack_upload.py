@@ -159,3 +159,18 @@ def test_bot_mode_without_a_curve_uploads_nothing(local_store, slack):
     rid, _ = finished_run(rs, curve=False)
     assert bot_watcher(rs, slack).sweep(T0).done == 1
     assert len(slack.posts) == 1 and file_calls(slack) == [] and L.load(rs, rid).ledger.upload is None
+
+
+def test_a_bot_without_files_write_gives_up_at_once_and_keeps_its_alerts(local_store, slack, caplog):
+    rs = RunStore(local_store)
+    rid, _ = finished_run(rs)
+    slack.fail_next(200, 1, body='{"ok": false, "error": "missing_scope"}', path=GET_URL)
+    w = bot_watcher(rs, slack)
+    rep = w.sweep(T0)
+    assert rep.sent == 1 and rep.done == 1 and slack.uploads == []
+    w.sweep(T0 + 60)
+    assert file_calls(slack) == [GET_URL] and len(slack.posts) == 1
+    up = L.load(rs, rid).ledger.upload
+    assert up["pending"] is False and up["attempts"] == 1 and "missing_scope" in up["last_error"]
+    assert w.notifier.broken is None  # alerts still go to Slack: only the picture is refused
+    assert "gave up" in caplog.text and TOKEN not in caplog.text
