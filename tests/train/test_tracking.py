@@ -190,3 +190,36 @@ def test_a_wandb_key_the_trainer_printed_as_a_setting_is_redacted_from_the_log()
     for line in (f"WANDB_API_KEY={FAKE_KEY}", f"export WANDB_API_KEY='{FAKE_KEY}'", f"wandb api_key: {FAKE_KEY}",
                  f"env: WANDB_API_KEY = {FAKE_KEY} WANDB_MODE=online"):
         assert FAKE_KEY not in redact(line) and MASK in redact(line), line
+
+
+def test_a_run_that_fails_leaves_a_wandb_run_marked_failed_with_what_it_logged(tmp_path, tiny_model, packed):
+    out = tmp_path / "out"
+    env = {**os.environ, **wandb_env(tmp_path), "TRAINCTL_OUTPUT_DIR": str(out), "TRAINCTL_RUN_ID": RUN}
+    res = subprocess.run([CTL, "train", "sft", "--config", str(train_toml(tmp_path, tiny_model, packed, '["wandb"]')),
+                          "--set", "train.max_steps=4", "--set", "debug.inject_nan_at_step=3"], env=env,
+                         capture_output=True, text=True, timeout=400)
+    assert res.returncode != 0 and "training diverged" in res.stderr, res.stdout + res.stderr
+    (run_dir,) = (out / "wandb").glob(f"offline-run-*-{RUN}")
+    records = wandb_records(run_dir)
+    assert sorted(r["history"]["step"]["num"] for r in records if r["type"] == "history") == [1, 2]
+    assert [r["exit"]["exit_code"] for r in records if r["type"] == "exit"] == [1]
+
+
+def test_wandb_online_with_its_server_unreachable_one_line_at_start_and_the_run_trains_on(tmp_path, tiny_model,
+                                                                                          packed):
+    import socket
+
+    out = tmp_path / "out"
+    with socket.socket() as closed:  # bound, never listening: connections to it are refused
+        closed.bind(("127.0.0.1", 0))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+        env.update(wandb_env(tmp_path), TRAINCTL_OUTPUT_DIR=str(out), TRAINCTL_RUN_ID=RUN, WANDB_MODE="online",
+                   WANDB_BASE_URL=f"http://127.0.0.1:{closed.getsockname()[1]}", WANDB_INIT_TIMEOUT="5")
+        res = subprocess.run([CTL, "train", "sft", "--config", str(train_toml(tmp_path, tiny_model, packed,
+                                                                                '["wandb"]')),
+                              "--set", "train.max_steps=2"], env=env, capture_output=True, text=True, timeout=400)
+    assert res.returncode == 0, res.stdout + res.stderr
+    said = [ln for ln in (res.stdout + res.stderr).splitlines() if "report_to:" in ln]
+    assert len(said) == 1 and said[0].startswith("report_to: wandb skipped, wandb.init failed: "), said
+    assert "Traceback" not in res.stderr and (out / "adapter").is_dir()
+    assert FAKE_KEY not in res.stdout + res.stderr

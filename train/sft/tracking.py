@@ -11,8 +11,9 @@ names (`train/loss`, `train/learning_rate`, `eval/loss`).
 Each package is an optional extra (`trainctl[tracking]` for tensorboard, `trainctl[wandb]`). When
 one is missing, or W&B has no API key while it is meant to sync (WANDB_MODE neither `offline` nor
 `disabled`), the run says so in one line at start and trains on without that backend, rather than
-crashing later. Only rank 0 writes. The API key is never printed: the only text of ours that could
-carry W&B's words (an init error) goes through agent.protocol.redact first.
+crashing later. Only rank 0 writes. The API key is never printed by us (the key check says only
+whether there is one); what the trainer prints reaches the store through the agent, whose
+redaction masks `WANDB_API_KEY=...` and `api_key: ...` shapes should anything else print one.
 """
 
 from __future__ import annotations
@@ -22,8 +23,6 @@ import os
 import sys
 from pathlib import Path
 from urllib.parse import urlparse
-
-from agent.protocol.redact import redact
 
 FOLDER = "tensorboard"
 WANDB_FOLDER = "wandb"
@@ -39,7 +38,7 @@ def start(report_to: list[str], out: Path, config: dict | None = None) -> list[s
         return []
     run = os.environ.get("TRAINCTL_RUN_ID") or ""
     said = []
-    for name in report_to:
+    for name in dict.fromkeys(report_to):  # train.schemas.TRACKERS: only these two pass validation
         opened = _open_tensorboard(out, run) if name == "tensorboard" else _open_wandb(out, run, config or {})
         if opened is not None:
             _writers.append(opened)
@@ -153,8 +152,9 @@ def _open_wandb(out: Path, run: str, config: dict) -> _WandB | None:
         handle = wandb.init(project=os.environ.get("WANDB_PROJECT") or "trainctl", id=run or None,
                             name=run or None, config=config, dir=str(out), resume="allow",
                             settings=wandb.Settings(console="off", disable_git=True))
-    except Exception as exc:  # noqa: BLE001 -- any init failure: train on untracked, said once
+    except Exception as exc:  # any init failure (server unreachable, bad key): train on untracked, said once
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        _skip("wandb", f"wandb.init failed: {redact(first)}")
+        _skip("wandb", f"wandb.init failed: {first}")
+        wandb.teardown()  # the service it started ends now
         return None
     return _WandB(wandb, handle, f"{out / WANDB_FOLDER}" + (" (offline)" if mode in _OFFLINE_MODES else ""))
