@@ -17,8 +17,14 @@ $(PY):
 
 $(STAMP): pyproject.toml | $(PY)
 	$(PIP) install -q $(TORCH_SPEC)
-	$(PIP) install -q -e '.[agent,train,dev,plots,tracking,wandb]'
+	$(PIP) install -q -e '.[agent,train,dev,plots,tracking]'
 	touch $(STAMP)
+
+# W&B (`report_to = ["wandb"]`, ~25 MB with its service binary) only for the tests: `make demo` does not use it.
+WANDB_STAMP := $(VENV)/.installed-wandb
+$(WANDB_STAMP): pyproject.toml | $(STAMP)
+	$(PIP) install -q -e '.[wandb]'
+	touch $(WANDB_STAMP)
 
 # Debian packages the tests use for real: sshd (the box), sudo (the box's non-root user escalates
 # as on a Deep Learning AMI), shellcheck (lints the instance user-data script).
@@ -48,7 +54,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 
-test: install
+test: install $(WANDB_STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/pytest -n 2 --dist loadgroup -q $(PYTEST_ARGS)
