@@ -99,10 +99,11 @@ WANDB = str(Path(sys.executable).parent / "wandb")
 
 
 def wandb_env(tmp_path: Path, **more: str) -> dict:
-    """Offline W&B with every folder of its own inside tmp (nothing in ~, nothing on the network)."""
+    """Offline W&B with every folder of its own inside tmp (nothing in ~, nothing on the network), and
+    generous waits for its service process on a loaded machine (WANDB__SERVICE_WAIT: x_service_wait)."""
     base = {f"WANDB_{k}_DIR": str(tmp_path / f"wandb-{k.lower()}") for k in ("CONFIG", "CACHE", "DATA")}
     return {**ENV, **base, "WANDB_DIR": str(tmp_path / "wandb-dir"), "WANDB_MODE": "offline",
-            "WANDB_API_KEY": FAKE_KEY, **more}
+            "WANDB_API_KEY": FAKE_KEY, "WANDB__SERVICE_WAIT": "300", "WANDB_INIT_TIMEOUT": "300", **more}
 
 
 def wandb_records(run_dir: Path) -> list[dict]:
