@@ -1,7 +1,7 @@
-"""docs/design.md keeps up with the protocol: every key and file name agent/protocol/records.py declares
+"""docs/design.md keeps up with the protocol: every key and file name agent/protocol/keys.py declares
 is in it, and the README's store table names only keys the design documents.
 
-The constants are found by walking the module, so a key added to records.py fails this test until
+The constants are found by walking the module, so a key added to keys.py fails this test until
 the doc names it.
 """
 
@@ -10,20 +10,20 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from agent.protocol import records
+from agent.protocol import keys, records
 
 ROOT = Path(__file__).resolve().parents[1]
 DESIGN = ROOT / "docs" / "design.md"
 README = ROOT / "README.md"
-# Upper-case string constants of records.py that are neither store keys nor file names.
+# Upper-case string constants of keys.py that are neither store keys nor file names.
 NOT_NAMES: set[str] = set()
 
 
 def declared_names() -> dict[str, str]:
-    """{constant: value} for every module-level upper-case string constant of records.py (store keys,
+    """{constant: value} for every module-level upper-case string constant of keys.py (store keys,
     workdir file names, tags), and `k=v` for each item of a dict-of-strings constant (object tags)."""
     out = {}
-    for name, value in vars(records).items():
+    for name, value in vars(keys).items():
         if not name.isupper() or name.startswith("_") or name in NOT_NAMES:
             continue
         if isinstance(value, str):
@@ -72,6 +72,13 @@ def table_keys(text: str) -> list[str]:
         elif in_table and not set(cells[0]) <= {"-", " ", ":"}:
             keys += code_spans(cells[0])
     return keys
+
+
+def test_records_reexports_every_name_keys_declares():
+    # Callers write `p.HEARTBEAT` / `p.chunk_name(...)` with `records as p`: keys.py's names stay reachable there.
+    public = {n for n in vars(keys) if not n.startswith("_") and n not in ("annotations", "re")}
+    assert public and all(getattr(records, n, None) is getattr(keys, n) for n in public), \
+        sorted(n for n in public if getattr(records, n, None) is not getattr(keys, n))
 
 
 def test_records_declares_the_keys_this_test_knows_about():
