@@ -19,7 +19,7 @@ import sys
 import time
 
 from agent.daemon.cadence import EVAL, SAVE, Cadence, CadenceSettings, assess
-from agent.daemon.outputparse import OutputReader
+from agent.daemon.outputreader import OutputReader
 
 FIXED_TIMEOUT_S = 900.0
 

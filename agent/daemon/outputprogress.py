@@ -1,4 +1,4 @@
-"""Progress from the trainer's output: the spool file (trainer.log) read through outputparse.
+"""Progress from the trainer's output: the spool file (trainer.log) read through outputreader.
 
 The agent reads the spool on its own cursor (the log shipper keeps its own), so parsing never
 delays or changes what is shipped. Once the trainer's progress file has step records (our trainer,
@@ -18,7 +18,7 @@ import re
 import time
 from pathlib import Path
 
-from agent.daemon.outputparse import OutputReader
+from agent.daemon.outputreader import OutputReader
 from agent.daemon.progress import ProgressTracker
 from agent.protocol import records as p
 

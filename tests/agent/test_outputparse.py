@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.daemon.outputparse import MAX_FRAME_CHARS, OutputReader, compile_progress_regex, parse_line
+from agent.daemon.outputparse import compile_progress_regex, parse_line
+from agent.daemon.outputreader import MAX_FRAME_CHARS, OutputReader
 
 REPO = Path(__file__).resolve().parents[2]
 HF_SCRIPT = REPO / "tests" / "trainers" / "hf_trainer_script.py"
