@@ -163,7 +163,7 @@ def finalize(agent, status: ExitStatus) -> int:
                 agent.rs.write_history(agent.run_id, agent.progress.history_points())
             write_loss_curve(agent)  # best effort, once: never holds up the marker
             step = "heartbeat"
-            agent.heartbeat(alive=False)
+            agent.heartbeat(alive=False, why=p.Heartbeat.WHY_FINAL)
             agent.sampler.flush()  # the samples' last stretch (this heartbeat's included), before the marker
             if marker is None:
                 step = "artifacts"

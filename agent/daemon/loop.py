@@ -2,16 +2,18 @@
 
 One loop, no threads of our own (watchdog's observer only wakes it; artifact uploads run on a
 worker): the trainer writes to the spool file and never waits for the agent. Each tick runs the
-agent's duties (agent.daemon.duties: metadata, log shipping, heartbeat, progress, stop poll,
-artifacts, checkpoints, spot watch), each on its own schedule and with its own backoff, so one that cannot
-reach the store never holds up the others. On exit the agent writes exactly one terminal marker
-(agent.daemon.finalize). Everything it needs to carry on after a crash is in the workdir (see
-agent.daemon.workdir).
+agent's duties (agent.daemon.duties: metadata, log shipping, heartbeat and the deadline beat,
+progress, stop poll, artifacts, checkpoints, spot watch, sampling, caps), each on its own schedule
+and with its own backoff, so one that cannot reach the store never holds up the others. On exit the
+agent writes exactly one terminal marker (agent.daemon.finalize). Everything it needs to carry on
+after a crash is in the workdir (see agent.daemon.workdir).
+
+Taking charge of the run (the workdir's lock, starting or adopting the trainer) is
+agent.daemon.startup; what a heartbeat holds and when one is written, agent.daemon.heartbeat.
 """
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import signal
@@ -19,14 +21,13 @@ import threading
 import time
 from pathlib import Path
 
-import psutil
-
 from agent.daemon import hostfacts
 from agent.daemon.artifacts import ArtifactQueue
 from agent.daemon.caps import CapWatch, budget
 from agent.daemon.checkpoints import CheckpointWatch
 from agent.daemon.duties import Duties, Duty
 from agent.daemon.filewatch import FileWatch
+from agent.daemon.heartbeat import Heartbeats
 from agent.daemon.logship import LogShipper
 from agent.daemon.oomretry import OomRetry
 from agent.daemon.outputparse import compile_progress_regex
@@ -35,14 +36,12 @@ from agent.daemon.progress import ProgressTracker
 from agent.daemon.sampling import Sampler
 from agent.daemon.settings import AgentSettings
 from agent.daemon.spot import SpotWatch
+from agent.daemon.startup import claim_workdir, lower_priority, start_or_adopt, trainer_env
 from agent.daemon.stopping import StopLadder
-from agent.daemon.trainer import ExitStatus, Trainer, read_exit_status
+from agent.daemon.trainer import ExitStatus, Trainer
 from agent.daemon.workdir import AgentState, Workdir
 from agent.protocol import records as p
-from agent.protocol.atomic import write_atomic
-from agent.protocol.attempts import next_log_seq
 from agent.protocol.errors import ConfigError
-from agent.protocol.redact import redact_argv
 from agent.protocol.runstore import RunStore
 from agent.protocol.store import Store
 
@@ -75,6 +74,7 @@ class Agent:
         self.artifacts = ArtifactQueue(self.rs, run_id, wd.output, self.stored_apart)
         self.spot = SpotWatch.from_settings(settings)
         self.sampler = Sampler(self.rs, run_id, wd.root)
+        self.beats = Heartbeats(self)
         self.duties = self._duties()
         self.oom = OomRetry(self)
 
@@ -85,6 +85,7 @@ class Agent:
             Duty("metadata", self._update_metadata, retry_max_s=r),
             Duty("log shipping", self._ship_logs, retry_max_s=r, while_down="spooling locally"),
             Duty("heartbeat", lambda now: self.heartbeat(alive=self.trainer_alive), s.heartbeat_s, r),
+            Duty("deadline beat", self.beats.deadline_tick, retry_max_s=r),  # the hang deadline just passed
             Duty("progress", self._ship_progress, s.progress_s, r),
             Duty("stop poll", self._poll_stop, s.stop_poll_s, r),
             Duty("checkpoints", self._scan_checkpoints, s.checkpoint_scan_s),
@@ -102,15 +103,15 @@ class Agent:
         except OSError as exc:
             raise ConfigError(f"cannot use workdir {self.wd.root}: {exc.strerror or exc}; pass --workdir (or set "
                               "TRAINCTL_WORKDIR_ROOT) to a writable folder") from None
-        self._claim_pidfile()
+        self._lock = claim_workdir(self.wd, self.run_id)  # held open until the agent exits
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
         try:
             if self._already_finished():
                 log.info("run %s already has a terminal marker; nothing to do", self.run_id)
                 return 0
-            status = self._start_or_adopt()
-            self._lower_priority()
+            status = start_or_adopt(self)
+            lower_priority(self.s.nice)
             self.watch = FileWatch(self.wd.root, [self.wd.log, self.wd.progress], self.wake)
             try:
                 if status is None:
@@ -128,72 +129,14 @@ class Agent:
             self.artifacts.close()
             self.wd.agent_pid.unlink(missing_ok=True)
 
-    def _claim_pidfile(self) -> None:
-        """One agent per workdir: an exclusive flock held for the agent's life (the kernel drops it
-        when the agent dies, even by SIGKILL), so two agents started at once cannot both run."""
-        self._lock = open(self.wd.lock, "a+b")  # held open until the agent exits
-        try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock.close()
-            other = self.wd.read_pid(self.wd.agent_pid)
-            who = f"an agent (pid {other})" if other else "another agent"
-            raise ConfigError(f"{who} is already running run {self.run_id} in {self.wd.root};"
-                              " stop it first or use another --workdir") from None
-        write_atomic(self.wd.agent_pid, f"{os.getpid()}\n")
-
     def _already_finished(self) -> bool:
         # The start-up store probe: a store that cannot work refuses a fresh run; a store down is spooled.
         from agent.daemon.probe import probe_store
 
         return probe_store(self.rs, self.run_id, fresh=not self.wd.state.exists())
 
-    def _start_or_adopt(self) -> ExitStatus | None:
-        """Start the trainer, or find the one a previous agent started. Returns its status if it already ended."""
-        state = AgentState.load(self.wd.state)
-        if state is not None and state.run_id != self.run_id:
-            raise ConfigError(f"{self.wd.root} belongs to run {state.run_id}, not {self.run_id}: use another --workdir")
-        if state is None:
-            if not self.command:
-                raise ConfigError("no trainer command: put it after `--`, e.g. ctl agent run ... -- python train.py")
-            state = AgentState(run_id=self.run_id, command=redact_argv(self.command), started_ts=time.time(),
-                               oom_kill_base=hostfacts.oom_kill_count())
-            state.log.next_seq = next_log_seq(self.rs, self.run_id)  # a resumed run appends to its log
-            state.save(self.wd.state)  # before the trainer starts: a crash now must not start a second one
-            self.trainer = Trainer.start(self.wd, self.command, self._trainer_env())
-            state.wrapper_pid, state.wrapper_create_time = self.trainer.pgid, self.trainer.create_time()
-            state.save(self.wd.state)
-            log.info("started trainer (group %s): %s", self.trainer.pgid, " ".join(state.command))
-        self.state = state
-        self.shipper = LogShipper(self.rs, self.run_id, self.wd, state.log, self.save_state, self.s.log_flush_s,
-                                  self.s.latest_s, self.s.partial_line_s)
-        self.progress.read_new(live=False)
-        self.output.catch_up()
-        if self.trainer is None:
-            self.trainer = Trainer.adopt(self.wd, state.wrapper_pid, state.wrapper_create_time)
-            if self.trainer is None:
-                st = read_exit_status(self.wd) or ExitStatus(None, None, lost=True)
-                log.warning("trainer of run %s ended while the agent was down: %s", self.run_id, st)
-                return st
-            log.info("resumed: trainer group %s still running, shipping from byte %d", self.trainer.pgid,
-                     state.log.offset)
-        return None
-
-    def _lower_priority(self) -> None:
-        """Yield the CPU to the trainer (it was started before this, at normal priority). Threads
-        started from here on (file watch, uploads) inherit the lower priority."""
-        if self.s.nice > 0:
-            try:
-                os.nice(self.s.nice)
-            except OSError as exc:
-                log.debug("could not lower the agent's priority: %s", exc)
-
     def _trainer_env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update(TRAINCTL_RUN_ID=self.run_id, TRAINCTL_PROGRESS_FILE=str(self.wd.progress),
-                   TRAINCTL_OUTPUT_DIR=str(self.wd.output), TRAINCTL_WORKDIR=str(self.wd.root))
-        env.setdefault("PYTHONUNBUFFERED", "1")  # so print() lines reach the spool (and the store) promptly
-        return env
+        return trainer_env(self.run_id, self.wd)  # the OOM restart starts its trainer with it too
 
     def save_state(self) -> None:
         """Persist the agent's state (cursor, seqs, why it is stopping) to the workdir."""
@@ -300,23 +243,9 @@ class Agent:
         self.rs.write_metadata(md)
         self._metadata_dirty = self.progress.phase_changed = False
 
-    def heartbeat(self, alive: bool) -> None:
-        """heartbeat.json: the next seq, the trainer's liveness and progress, host and GPU stats."""
-        self.state.hb_seq += 1
-        tp = self.trainer.trainer_pid if self.trainer else None
-        host = hostfacts.host_stats(self.wd.root)
-        host.update(hostfacts.process_tree_stats(self.trainer.pgid if self.trainer and alive else None))
-        host["agent_rss_bytes"] = psutil.Process().memory_info().rss
-        if self.s.ram_total_bytes:  # the run's own RAM budget: samples measure the run against it
-            host["ram_limit_bytes"] = self.s.ram_total_bytes
-        hb = p.Heartbeat(ts=time.time(), seq=self.state.hb_seq, agent_pid=os.getpid(), trainer_alive=alive,
-                         heartbeat_s=self.s.heartbeat_s, trainer_pid=tp, phase=self.progress.phase,
-                         last_progress_ts=self.progress.last_progress_ts, last_step=self.progress.last_step,
-                         host=host, gpus=hostfacts.gpu_stats(), spool_backlog_bytes=self.shipper.backlog(),
-                         progress_source=self.progress.source, last_log_ts=self.output.last_log_ts,
-                         cadence=self.progress.cadence_record(), oom_attempts=self.state.oom_attempts)
-        self.sampler.observe(hb, time.monotonic())  # samples.json reuses these facts: no second nvidia-smi
-        self.rs.write_heartbeat(self.run_id, hb)
+    def heartbeat(self, alive: bool, why: str = p.Heartbeat.WHY_INTERVAL) -> None:
+        """heartbeat.json now (agent.daemon.heartbeat): the next seq, liveness, progress, host and GPU stats."""
+        self.beats.write(alive, why)
 
 
 def _version() -> str | None:

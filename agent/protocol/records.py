@@ -185,6 +185,9 @@ class Heartbeat(Record):
     TIME_FIELDS: ClassVar[tuple[str, ...]] = ("ts", "last_progress_ts", "last_log_ts")
     SOURCE_TRAINER: ClassVar[str] = "trainer"  # progress_source values
     SOURCE_OUTPUT: ClassVar[str] = "output"
+    WHY_INTERVAL: ClassVar[str] = "interval"  # `why` values
+    WHY_DEADLINE: ClassVar[str] = "deadline"
+    WHY_FINAL: ClassVar[str] = "final"
     ts: float  # the box's clock when these facts were true: the watcher judges idleness against it
     seq: int
     agent_pid: int
@@ -206,6 +209,10 @@ class Heartbeat(Record):
     # keeps its configured progress timeout).
     cadence: dict | None = None
     oom_attempts: list = field(default_factory=list)  # the agent's OOM restarts so far (read every sweep)
+    # Why this beat was written: WHY_INTERVAL (every heartbeat_s), WHY_DEADLINE (the run's own published
+    # hang deadline, `cadence`, just passed without a step: written at once, not at the next interval, so
+    # the next sweep sees the hang), WHY_FINAL (the trainer ended). None: an older agent.
+    why: str | None = None
 
 
 @dataclass
