@@ -7,6 +7,7 @@ Runs in the foreground; the controller daemonises it (setsid / systemd). Imports
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -135,6 +136,9 @@ def run_cmd(run_id, store_url, endpoint_url, store_region, workdir, heartbeat_s,
     validate_run_id(run_id)
     _check_regex(progress_regex)
     max_runtime_s = _check_caps(max_runtime, max_cost, hourly_usd)
+    from agent.protocol.redact import remember_env
+
+    remember_env(os.environ)  # the trainer inherits these: whatever it prints of them ships masked
     _setup_logging(verbose)
     settings = AgentSettings(heartbeat_s=heartbeat_s, log_flush_s=log_flush_s, stop_poll_s=stop_poll_s,
                              latest_s=latest_s, progress_s=progress_s, history_s=history_s, stop_grace_s=stop_grace_s,

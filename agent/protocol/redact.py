@@ -5,6 +5,10 @@ Slack webhook paths, Hugging Face tokens, bearer headers) plus `name=value` pair
 says "secret". Non-secrets that merely look long (hex digests, file paths) are left alone so
 the log stays useful.
 
+On top of the shapes, the agent remembers the exact values of its own secret environment variables
+(`remember_env`: HF_TOKEN, WANDB_API_KEY, AWS_SECRET_ACCESS_KEY, ...), so a trainer that prints
+one bare (a W&B key is 40 hex digits, a shape no rule may mask) still ships `[REDACTED]`.
+
 Speed matters because a chatty trainer writes megabytes a minute: every shape rule starts with a
 literal (which lets the regex engine skip ahead at C speed), and the case-insensitive
 `name=value` rules run only where a fast literal gate found the name followed by `=` or `:`.
@@ -68,7 +72,33 @@ _B64_MAP = bytes(ord("a") if chr(c).isascii() and (chr(c).isalnum() or chr(c) in
 _B64_RUN = b"a" * 40
 
 
+# Exact secret values this process knows (remember_env), longest first so a value that contains
+# another is masked whole; matched by plain substring search, which runs at C speed.
+_KNOWN: list[str] = []
+_SECRET_WORDS = {"SECRET", "TOKEN", "PASSWORD", "PASSWD", "APIKEY", "CREDENTIALS", "PAT"}
+_SECRET_PAIRS = {("API", "KEY"), ("ACCESS", "KEY"), ("PRIVATE", "KEY"), ("WEBHOOK", "URL"), ("SIGNING", "SECRET")}
+_MIN_KNOWN = 8  # shorter values ("true", "1") would mask ordinary output
+
+
+def secret_name(name: str) -> bool:
+    """Whether an environment variable's name says its value is a secret, word by word
+    (HF_TOKEN, WANDB_API_KEY, AWS_SECRET_ACCESS_KEY; not TOKENIZERS_PARALLELISM)."""
+    words = re.split(r"[_\-]+", name.upper())
+    return bool(_SECRET_WORDS & set(words)) or any(pair in _SECRET_PAIRS for pair in zip(words, words[1:], strict=False))
+
+
+def remember_env(env) -> int:
+    """Mask from now on, wherever they appear, the values of `env`'s secret-named variables
+    (secret_name, at least 8 characters); returns how many values are remembered."""
+    found = {v.strip() for k, v in env.items() if secret_name(k) and len(v.strip()) >= _MIN_KNOWN}
+    _KNOWN[:] = sorted(set(_KNOWN) | found, key=len, reverse=True)
+    return len(_KNOWN)
+
+
 def _apply(text: str, raw: bytes) -> str:
+    for value in _KNOWN:
+        if value in text:
+            text = text.replace(value, MASK)
     for pattern, repl in _SHAPES:
         text = pattern.sub(repl, text)
     low = raw.lower()  # ASCII lowering of bytes: the gates stay at C speed

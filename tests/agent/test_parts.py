@@ -235,3 +235,25 @@ def test_kernel_oom_lines_name_the_trainer_and_are_recent():
     hits = oom_lines_for(log, {4242, 4343}, since=boot + 90, boot=boot)
     assert len(hits) == 2 and all("4242" in h for h in hits)
     assert len(oom_lines_for(log, {4343}, since=None, boot=None)) == 1
+
+
+@pytest.mark.parametrize("name, secret", [
+    ("HF_TOKEN", True), ("WANDB_API_KEY", True), ("AWS_SECRET_ACCESS_KEY", True), ("GITHUB_PAT", True),
+    ("SLACK_SIGNING_SECRET", True), ("DB_PASSWORD", True), ("my-service-token", True),
+    ("TOKENIZERS_PARALLELISM", False), ("KEYBOARD", False), ("HF_HOME", False), ("MAX_TOKENS", False),
+])
+def test_secret_names_are_judged_word_by_word(name, secret):
+    from agent.protocol.redact import secret_name
+
+    assert secret_name(name) is secret
+
+
+def test_remembered_values_are_masked_whole_wherever_they_appear():
+    from agent.protocol.redact import redact, redact_bytes, remember_env
+
+    long, inner = "abcd1234" * 5 + "-parts-test", "abcd1234" * 5
+    remember_env({"PARTS_TEST_TOKEN": long, "PARTS_TEST_API_KEY": inner, "PARTS_TEST_SECRET": "short",
+                  "PARTS_TEST_HOME": "/home/not-a-secret-value"})
+    assert redact(f"k={long} and {inner}.") == "k=[REDACTED] and [REDACTED]."
+    assert redact_bytes(f"{inner}\n".encode()) == b"[REDACTED]\n"
+    assert redact("short /home/not-a-secret-value") == "short /home/not-a-secret-value"  # too short; not secret

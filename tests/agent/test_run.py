@@ -170,6 +170,23 @@ def test_secrets_never_reach_the_store(agents, s3, tmp_path):
     assert any("[REDACTED]" in ln for ln in err.log_tail)
 
 
+def test_secret_values_in_the_agents_env_are_masked_even_bare(agents, s3, tmp_path):
+    """A W&B key is 40 hex digits, the shape of a git sha that no rule may mask: the agent masks it
+    because it is the value of a secret-named variable in its own (and so the trainer's) env."""
+    wandb_key, token, sha = "0123456789abcdef0123456789abcdef01234567", "s3cr3t-v4lue-of-a-token", "f" * 40
+    tail = "\n".join([f"wandb: using key {wandb_key}", f"connecting with {token}", f"at commit {sha}"])
+    env = {**s3["env"], "WANDB_API_KEY": wandb_key, "MY_SERVICE_TOKEN": token, "TOKENIZERS_PARALLELISM": "false"}
+    proc = agents.start(RUN, s3["url"], tmp_path / "wd", trainer_cmd("--lines", "3", "--exit", "1", "--tail", tail),
+                        env=env, endpoint=s3["endpoint"])
+    assert agents.wait(proc) == 0, Agents.output(proc)
+    objects = b"\n".join(s3["rs"].store.get(k) for k in s3["rs"].store.list(f"{RUN}/"))
+    assert wandb_key.encode() not in objects and token.encode() not in objects
+    assert b"wandb: using key [REDACTED]" in objects and f"at commit {sha}".encode() in objects
+    assert wandb_key not in Agents.output(proc)
+    err = s3["rs"].read_error(RUN)
+    assert "connecting with [REDACTED]" in err.log_tail and wandb_key not in "\n".join(err.log_tail)
+
+
 def test_second_agent_for_same_workdir_is_refused(agents, s3, tmp_path):
     ready = tmp_path / "ready"
     first = agents.start(RUN, s3["url"], tmp_path / "wd", trainer_cmd("--lines", "2", "--end", "hang",
