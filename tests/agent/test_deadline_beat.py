@@ -3,7 +3,9 @@ the moment its own published hang deadline passes without a step, once per cross
 watcher's real sweep says hung from it, long before the next regular beat could.
 
 The trainer (tests/trainers/warn_trainer.py, progress-file mode) steps every 0.1 s until it is
-SIGSTOPped by the pid in trainer.pid. Every wait is on an event in the store.
+SIGSTOPped by the pid in trainer.pid. Every wait is on an event in the store. The deadline the
+agent keeps between steps (worked out once per change of the cadence) is checked against
+agent.protocol.cadence.assess, phase allowances included.
 """
 
 from __future__ import annotations
@@ -15,14 +17,15 @@ import time
 
 import pytest
 
+from agent.daemon.cadence import EVAL, SAVE
+from agent.daemon.heartbeat import Heartbeats
+from agent.daemon.progress import ProgressTracker
 from agent.protocol import records as p
 from agent.protocol.cadence import assess
 from agent.protocol.runstore import RunStore
 from agent.protocol.store_local import LocalStore
 from tests.e2e.harness import ledger_kinds
 from tests.trainers.harness import REPO, Agents, wait_for
-
-pytestmark = pytest.mark.slow
 
 RUN = "deadline-20260101-120000"
 TRAINER = str(REPO / "tests" / "trainers" / "warn_trainer.py")
@@ -63,6 +66,7 @@ def _assert_deadline_beat(hb: p.Heartbeat, before: p.Heartbeat) -> None:
     assert hb.trainer_alive and hb.progress_source == p.Heartbeat.SOURCE_TRAINER
 
 
+@pytest.mark.slow
 def test_a_beat_is_written_when_the_runs_own_deadline_passes_and_the_sweep_says_hung(agents, slack, tmp_path):
     from ops.config import build_watcher
     from ops.state import Settings
@@ -96,3 +100,22 @@ def test_a_beat_is_written_when_the_runs_own_deadline_passes_and_the_sweep_says_
         assert again.cadence["last_step_ts"] > hb.cadence["last_step_ts"]
     finally:
         os.kill(pid, signal.SIGCONT)
+
+
+def test_the_kept_deadline_is_the_published_records_own_in_every_phase(tmp_path):
+    progress = ProgressTracker(tmp_path / p.WD_PROGRESS)
+    beats = Heartbeats(type("AgentFacts", (), {"progress": progress})())
+    t = 1_000_000.0
+    assert beats._deadline(t) is None  # nothing published: no deadline to beat on
+    for n in range(1, 13):
+        progress._step({"step": n}, t + n)
+    assert progress.cadence_record() is not None  # learned: the heartbeat publishes it
+    for phase, at in (("training", t + 12), (EVAL, t + 13), ("training", t + 20), (SAVE, t + 21)):
+        progress.set_phase(phase, at)
+        rec = progress.cadence_record()
+        due, crossing = beats._deadline(at + 0.5)
+        verdict = assess(rec, due - 1e-6)
+        assert not verdict.hung and assess(rec, due + 1e-6).hung  # the crossing, exactly where assess puts it
+        assert crossing == (rec["last_step_ts"], rec["phase_since"])
+        assert (verdict.phase is not None) == (phase in (EVAL, SAVE))  # the phase's allowance is in it
+    assert beats._deadline(t + 40) == (due, crossing)  # kept while the cadence does not move
