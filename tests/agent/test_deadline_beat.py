@@ -45,7 +45,7 @@ def _trainer_pid(wd) -> int:
 
 
 def _next_beat(rs: RunStore, after: p.Heartbeat, what: str) -> p.Heartbeat:
-    return wait_for(lambda: (hb := _read(rs.read_heartbeat)) and hb.seq > after.seq and hb, timeout=180, what=what)
+    return wait_for(lambda: (hb := _read(rs.read_heartbeat)) and hb.seq > after.seq and hb, timeout=240, what=what)
 
 
 def _stepping_past(rs: RunStore, step: int) -> int:
