@@ -9,10 +9,11 @@ in the outbox without a lease and goes out on the next sweep.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
+from agent.protocol.records import ALERTS, Record
 from agent.protocol.runstore import RunStore
 from ops import cas
 
@@ -21,9 +22,14 @@ SENT_KEEP = 50  # history entries kept; older ones are dropped
 
 
 @dataclass
-class Ledger:
-    """One run's alert history. `incident` is the open bad stretch, if any."""
+class Ledger(Record):
+    """One run's alert history. `incident` is the open bad stretch, if any.
 
+    A protocol Record, so reading it keeps the one known-fields rule (unknown fields from a newer
+    watcher are dropped, missing optional ones filled); only its own schema version differs.
+    """
+
+    NAME: ClassVar[str] = ALERTS
     run_id: str
     state: str | None = None
     state_since: float | None = None
@@ -40,16 +46,9 @@ class Ledger:
     warnings_checked: float | None = None  # when a sweep last judged the warnings (every Settings.warnings.check_s)
     upload: dict | None = None  # bot-token mode: the loss-curve PNG for the final alert's thread (ops.alerts.upload)
 
-    def to_bytes(self) -> bytes:
-        d = asdict(self)
-        d["schema_version"] = LEDGER_VERSION
-        return (json.dumps(d, indent=2, sort_keys=True) + "\n").encode()
-
-    @classmethod
-    def from_bytes(cls, raw: bytes) -> Ledger:
-        d = json.loads(raw)
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+    def to_dict(self) -> dict[str, Any]:
+        """The stored form: the record's fields with the ledger's schema version."""
+        return {**super().to_dict(), "schema_version": LEDGER_VERSION}
 
     def snoozed(self, now: float) -> bool:
         return self.snooze_until is not None and now < self.snooze_until

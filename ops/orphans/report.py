@@ -9,8 +9,8 @@ ends the stretch; the next idle stretch is a new orphan.
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from slack_sdk.models.blocks import ContextBlock, HeaderBlock, MarkdownTextObject, SectionBlock
 
@@ -26,8 +26,14 @@ WAIT, START, CLAIM = "wait", "start", "claim"
 
 
 @dataclass
-class OrphanRecord:
-    """One idle stretch of one instance, and whether (and how) it was reported."""
+class OrphanRecord(p.Record):
+    """One idle stretch of one instance, and whether (and how) it was reported.
+
+    A protocol Record, so reading it keeps the one known-fields rule; its own schema version.
+    """
+
+    NAME: ClassVar[str] = "orphan record"
+    TIME_FIELDS: ClassVar[tuple[str, ...]] = ("idle_since",)
 
     instance_id: str
     region: str
@@ -41,17 +47,9 @@ class OrphanRecord:
     attempts: int = 0
     last_error: str | None = None
 
-    def to_bytes(self) -> bytes:
-        d = asdict(self)
-        d["schema_version"] = RECORD_VERSION
-        d["idle_since_iso"] = p.iso(self.idle_since)
-        return (json.dumps(d, indent=2, sort_keys=True) + "\n").encode()
-
-    @classmethod
-    def from_bytes(cls, raw: bytes) -> OrphanRecord:
-        d = json.loads(raw)
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+    def to_dict(self) -> dict[str, Any]:
+        """The stored form: the record's fields, `idle_since_iso`, and the orphan schema version."""
+        return {**super().to_dict(), "schema_version": RECORD_VERSION}
 
 
 def record_key(region: str, instance_id: str) -> str:
