@@ -6,12 +6,12 @@ planner (plan.py) turns those facts plus the config into steps. Nothing here dec
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shlex
 from dataclasses import dataclass, field
 
 from agent.protocol.errors import TrainctlError
+from agent.protocol.records import Record
 
 _SCRIPT = r'''
 import json, os, shutil, socket, subprocess, sys
@@ -116,8 +116,11 @@ print(json.dumps(f))
 
 
 @dataclass
-class Facts:
-    """What the box told us. Defaults describe an unknown (pessimistic) box."""
+class Facts(Record):
+    """What the box told us. Defaults describe an unknown (pessimistic) box.
+
+    Read with the protocol Record's from_dict: the one rule that drops keys this version does not know.
+    """
 
     uid: int = -1
     user: str = ""
@@ -145,11 +148,6 @@ class Facts:
     model_files: list | None = None  # its file names; None when not asked
     model_error: str = ""  # why it could not be listed
     model_missing_shards: list = field(default_factory=list)  # shards its index names that are not there
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Facts:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 def gather(box, args: dict, timeout: float = 60) -> Facts:
