@@ -47,6 +47,14 @@ def _retry_handlers(rate_limit_retries: int, connection_retries: int):
             ConnectionErrorRetryHandler(max_retry_count=connection_retries)]
 
 
+def _api_refusal(exc) -> tuple[str, bool]:
+    """What a SlackApiError says (`HTTP <status> <error code>`) and whether it is permanent: a code
+    in PERMANENT_API or a gone endpoint, where retrying next sweep cannot help."""
+    status = exc.response.status_code
+    code = exc.response.get("error") if isinstance(exc.response.data, dict) else str(exc.response.data)[:100]
+    return f"HTTP {status} {code}", code in PERMANENT_API or status in (404, 410)
+
+
 class ConsoleSink:
     """The embedded default: the same content, printed with rich (plain text where rich is absent,
     e.g. in the Lambda zip, where stdout goes to CloudWatch Logs)."""
@@ -127,10 +135,8 @@ class ApiSink:
             resp = self.client.chat_postMessage(channel=channel or self.channel, text=message.text,
                                                 blocks=message.blocks, thread_ts=thread_ts)
         except SlackApiError as exc:
-            status = exc.response.status_code
-            code = exc.response.get("error") if isinstance(exc.response.data, dict) else str(exc.response.data)[:100]
-            permanent = code in PERMANENT_API or status in (404, 410)
-            return Delivery(False, self.via, f"HTTP {status} {code}", permanent=permanent)
+            why, permanent = _api_refusal(exc)
+            return Delivery(False, self.via, why, permanent=permanent)
         except Exception as exc:  # noqa: BLE001 - connection errors after the retries ran out
             return Delivery(False, self.via, f"{type(exc).__name__}: {exc}")
         return Delivery(True, self.via, thread_ts=resp.get("ts") if not thread_ts else thread_ts,
@@ -156,10 +162,8 @@ class ApiSink:
             resp = self.client.files_upload_v2(channel=channel, thread_ts=thread_ts, content=data,
                                                filename=filename, title=title)
         except SlackApiError as exc:
-            status = exc.response.status_code
-            code = exc.response.get("error") if isinstance(exc.response.data, dict) else str(exc.response.data)[:100]
-            permanent = code in PERMANENT_API or status in (404, 410)
-            return Delivery(False, self.via, self._clean(f"files upload: HTTP {status} {code}"), permanent=permanent)
+            why, permanent = _api_refusal(exc)
+            return Delivery(False, self.via, self._clean(f"files upload: {why}"), permanent=permanent)
         except Exception as exc:  # noqa: BLE001 - the byte POST refused (SlackRequestError), connection errors
             return Delivery(False, self.via, self._clean(f"files upload: {type(exc).__name__}: {exc}"[:300]))
         file_id = (resp.get("file") or {}).get("id") if isinstance(resp.get("file"), dict) else None
