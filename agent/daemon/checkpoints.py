@@ -9,7 +9,8 @@ uploads it to `artifacts/checkpoint-N/`, where `ctl launch --resume` looks.
 
 An unmodified HF script prints nothing when it saves, so a new folder is also how the agent
 knows the run is saving: the phase is `saving` from the folder's appearance until it is complete
-(unless the progress file reports phases itself).
+(unless the progress file reports phases itself). Without the setting, agent.daemon.saves sees
+the same folders by the same rule (`Completion`) for the phase alone, and uploads nothing.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ NAME = re.compile(r"checkpoint-(\d+)\Z")
 STATE_FILES = ("trainer_state.json", p.CHECKPOINT_STATE)  # written last by HF Trainer / train.sft
 
 
-def _signature(folder: Path) -> tuple[int, int, int]:
-    """(files, bytes, newest mtime in ns) of a folder: equal twice over settle_s = not changing."""
+def signature(folder: Path) -> tuple[int, int, int]:
+    """(files, bytes, newest mtime in ns) of a folder: equal twice over settle_s = not changing.
+    Symlinked folders inside are not walked (os.walk's default)."""
     files = size = newest = 0
     for root, _dirs, names in os.walk(folder):
         for n in names:
@@ -38,13 +40,45 @@ def _signature(folder: Path) -> tuple[int, int, int]:
     return files, size, newest
 
 
+COMPLETE, CHANGING, STILL = "complete", "changing", "still"
+
+
+class Completion:
+    """When a checkpoint folder is complete, the one rule for the upload watch and the save watch
+    (agent.daemon.saves): its trainer state file is there, or it has not changed for `settle_s`."""
+
+    def __init__(self, settle_s: float):
+        self.settle_s = settle_s
+        self.pending: dict[str, tuple[tuple, float]] = {}  # key -> (signature, unchanged since)
+
+    def state(self, key: str, path: Path, now: float) -> str:
+        """COMPLETE, CHANGING (new, or changed since the last look) or STILL (unchanged, not settled)."""
+        if any((path / f).is_file() for f in STATE_FILES):
+            self.pending.pop(key, None)
+            return COMPLETE
+        sig = signature(path)
+        seen = self.pending.get(key)
+        if seen is None or seen[0] != sig:
+            self.pending[key] = (sig, now)
+            return CHANGING
+        if now - seen[1] >= self.settle_s:
+            del self.pending[key]
+            return COMPLETE
+        return STILL
+
+    def keep_only(self, keys) -> None:
+        """Forget folders no longer there (rotated away by save_total_limit before they settled)."""
+        for gone in set(self.pending) - set(keys):
+            del self.pending[gone]
+
+
 class CheckpointWatch:
     """Declares complete `checkpoint-N` folders of `folder` into `tracker` (once each)."""
 
     def __init__(self, folder: Path, tracker: ProgressTracker, settle_s: float = 30.0):
         self.folder, self.tracker, self.settle_s = folder, tracker, settle_s
         self.declared: set[str] = set()
-        self._pending: dict[str, tuple[tuple, float]] = {}  # name -> (signature, unchanged since)
+        self.done = Completion(settle_s)
 
     def folders(self) -> list[Path]:
         """Every checkpoint folder there now (kept out of a final artifact that contains them)."""
@@ -62,30 +96,21 @@ class CheckpointWatch:
         """Declare the folders complete now (all remaining ones when `final`: the trainer has ended).
         Returns the names declared by this call."""
         out, names = [], self._names()
-        for gone in set(self._pending) - set(names):  # rotated away (save_total_limit) before it settled
-            del self._pending[gone]
+        self.done.keep_only(names)
         for name in names:
             if name in self.declared:
                 continue
             path = self.folder / name
-            if final or any((path / f).is_file() for f in STATE_FILES) or self._settled(name, path, now):
-                self._pending.pop(name, None)
+            if final or self.done.state(name, path, now) == COMPLETE:
+                self.done.pending.pop(name, None)
                 self.declared.add(name)
                 self.tracker.declare(name, f"{path}/", final=False)
                 out.append(name)
             else:
                 self._saving(now)
-        if out and not self._pending and self._own_phases() and self.tracker.phase == "saving":
+        if out and not self.done.pending and self._own_phases() and self.tracker.phase == "saving":
             self.tracker.set_phase("training", now)
         return out
-
-    def _settled(self, name: str, path: Path, now: float) -> bool:
-        sig = _signature(path)
-        seen = self._pending.get(name)
-        if seen is None or seen[0] != sig:
-            self._pending[name] = (sig, now)
-            return False
-        return now - seen[1] >= self.settle_s
 
     def _own_phases(self) -> bool:
         return self.tracker.source != p.Heartbeat.SOURCE_TRAINER

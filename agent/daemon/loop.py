@@ -34,6 +34,7 @@ from agent.daemon.outputparse import compile_progress_regex
 from agent.daemon.outputprogress import OutputProgress
 from agent.daemon.progress import ProgressTracker
 from agent.daemon.sampling import Sampler
+from agent.daemon.saves import SaveWatch, trainer_cwd
 from agent.daemon.settings import AgentSettings
 from agent.daemon.spot import SpotWatch
 from agent.daemon.startup import claim_workdir, lower_priority, start_or_adopt, trainer_env
@@ -61,6 +62,8 @@ class Agent:
         self.output = OutputProgress(wd.log, self.progress, rx, enabled=settings.read_output)
         self.ckpts = CheckpointWatch(self.output_path(settings.checkpoints), self.progress,
                                      settings.checkpoint_settle_s) if settings.checkpoints else None
+        # No checkpoints folder set: the saves still set the phase (a long save is not a hang), uploading nothing.
+        self.saves = None if self.ckpts else SaveWatch(self._save_roots, self.progress, settings.checkpoint_settle_s)
         self.trainer: Trainer | None = None
         self.trainer_alive = True  # what heartbeats say; False from the trainer's end on
         self.state: AgentState | None = None
@@ -89,6 +92,7 @@ class Agent:
             Duty("progress", self._ship_progress, s.progress_s, r),
             Duty("stop poll", self._poll_stop, s.stop_poll_s, r),
             Duty("checkpoints", self._scan_checkpoints, s.checkpoint_scan_s),
+            Duty("saves", lambda now: self.saves and self.saves.scan(time.time()), s.save_scan_s),
             Duty("artifacts", lambda now: self.artifacts.pump(self.progress.declared), retry_max_s=r,
                  while_down="the upload is retried"),
             Duty("spot watch", lambda now: self.spot.tick(self.ladder, now)),
@@ -197,6 +201,9 @@ class Agent:
     def _scan_checkpoints(self, _now: float) -> None:
         if self.ckpts is not None:
             self.ckpts.scan(time.time())
+
+    def _save_roots(self) -> list[Path]:
+        return [self.wd.output, trainer_cwd(self.trainer.trainer_pid if self.trainer else None)]
 
     def _poll_stop(self, now: float) -> None:
         if self.ladder.stopping:

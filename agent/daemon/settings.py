@@ -43,6 +43,7 @@ class AgentSettings:
     checkpoints: str | None = None  # the folder of HF-style checkpoint-N folders, uploaded as each completes
     checkpoint_settle_s: float = 30.0  # a checkpoint folder with no trainer state file counts once this still
     checkpoint_scan_s: float = 1.0  # how often the checkpoints folder is listed
+    save_scan_s: float = 3.0  # with no checkpoints folder set: how often saves are looked for (agent.daemon.saves)
     # The RAM this run may use when less than the box has (a container limit psutil does not see, a
     # shared box): samples then measure the run itself (agent + trainer RSS) against it.
     ram_total_bytes: int | None = None

@@ -136,7 +136,7 @@ def test_checkpoint_folders_saving_phase_and_declarations(tmp_path):
     (ck / "checkpoint-9").mkdir()
     assert watch.scan(16.0) == []
     (ck / "checkpoint-9").rmdir()  # rotated away before it settled
-    assert watch.scan(17.0) == [] and watch._pending == {}
+    assert watch.scan(17.0) == [] and watch.done.pending == {}
     (ck / "checkpoint-11").mkdir()
     (ck / "checkpoint-11" / "a").write_text("1")
     assert watch.scan(18.0, final=True) == ["checkpoint-11"]  # the trainer ended: what is there counts
