@@ -3,7 +3,7 @@
 One loop, no threads of our own (watchdog's observer only wakes it; artifact uploads run on a
 worker): the trainer writes to the spool file and never waits for the agent. Each tick runs the
 agent's duties (agent.daemon.duties: metadata, log shipping, heartbeat and the deadline beat,
-progress, stop poll, artifacts, checkpoints, spot watch, sampling, caps), each on its own schedule
+progress, stop poll, artifacts, checkpoints or saves, spot watch, sampling, caps), each on its own schedule
 and with its own backoff, so one that cannot reach the store never holds up the others. On exit the
 agent writes exactly one terminal marker (agent.daemon.finalize). Everything it needs to carry on
 after a crash is in the workdir (see agent.daemon.workdir).
