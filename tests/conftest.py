@@ -15,6 +15,7 @@ pytest_plugins = [
     "tests.fixtures.terraform",
     "tests.fixtures.agents",
     "tests.fixtures.tiny_model",
+    "tests.fixtures.tiny_train",
 ]
 
 _BASETEMP_PREFIX = "trainctl-tests-"

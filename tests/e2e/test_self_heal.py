@@ -14,26 +14,12 @@ import pytest
 from agent.protocol.runstore import RunStore
 from agent.protocol.store_local import LocalStore
 from tests.e2e.harness import TRAINER_ENV
-from tests.fixtures.tiny_model import prepare_tiny_dataset
+from tests.fixtures.tiny_train import write_train_toml
 from tests.trainers.harness import CTL, REPO, Agents
 
 pytestmark = pytest.mark.slow
 RUN = "heal-20260101-120000"
 CTL_EXE = str(Path(sys.executable).parent / "ctl")
-
-
-@pytest.fixture(scope="module")
-def packed(tiny_model, tmp_path_factory) -> Path:
-    return prepare_tiny_dataset(tmp_path_factory.mktemp("heal-data"),
-                                [f"alpha beta gamma delta {i} alpha beta gamma delta" for i in range(120)], tiny_model)
-
-
-def train_toml(tmp_path: Path, tiny_model: Path, packed: Path, max_steps: int) -> Path:
-    cfg = tmp_path / "train.toml"
-    cfg.write_text(f'[model]\npath = "{tiny_model}"\n[data]\npath = "{packed}"\n[lora]\nr = 8\nalpha = 16\n'
-                   f"[train]\nper_device_batch_size = 4\ngrad_accum = 1\nlearning_rate = 5e-3\nwarmup_ratio = 0.0\n"
-                   f"max_grad_norm = 1.0\nmax_steps = {max_steps}\nsave_steps = 0\n")
-    return cfg
 
 
 def ctl(*args: str) -> subprocess.CompletedProcess:
@@ -44,7 +30,7 @@ def ctl(*args: str) -> subprocess.CompletedProcess:
 def test_real_trainer_at_its_runtime_cap_checkpoints_and_fails_with_the_cap(agents, tmp_path, tiny_model, packed):
     # A run that would take far longer than its cap: stopped at 40 s, by when it is training (a stop
     # during model loading still saves after the first step: the trainer's handler is in place).
-    cfg = train_toml(tmp_path, tiny_model, packed, max_steps=100000)
+    cfg = write_train_toml(tmp_path, tiny_model, packed, max_steps=100000)
     store = tmp_path / "store"
     proc = agents.start(RUN, str(store), tmp_path / "wd", [CTL_EXE, "train", "sft", "--config", str(cfg)],
                         env=TRAINER_ENV, extra=["--max-runtime", "40s", "--stop-grace-s", "120"])
@@ -71,10 +57,8 @@ def test_real_trainer_at_its_runtime_cap_checkpoints_and_fails_with_the_cap(agen
 def oom_run(agents, tmp_path, tiny_model, packed, micro: int, min_batch: int, *extra: str):
     """The real trainer at `micro`, checkpointing every 2 steps, told to OOM at step 3 while the
     micro-batch is `min_batch` or more; returns (run store, local store folder, agent output)."""
-    cfg = train_toml(tmp_path, tiny_model, packed, max_steps=6)
-    cfg.write_text(cfg.read_text().replace("per_device_batch_size = 4", f"per_device_batch_size = {micro}")
-                   .replace("save_steps = 0", "save_steps = 2")
-                   + f"[debug]\ninject_oom_at_step = 3\ninject_oom_min_batch = {min_batch}\n")
+    cfg = write_train_toml(tmp_path, tiny_model, packed, max_steps=6, batch=micro, save_steps=2,
+                           tables=f"[debug]\ninject_oom_at_step = 3\ninject_oom_min_batch = {min_batch}\n")
     store = tmp_path / "store"
     proc = agents.start(RUN, str(store), tmp_path / "wd", [CTL_EXE, "train", "sft", "--config", str(cfg)],
                         env=TRAINER_ENV, extra=list(extra))

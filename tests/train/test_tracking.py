@@ -17,7 +17,7 @@ import pytest
 
 from agent.protocol.runstore import RunStore
 from agent.protocol.store_local import LocalStore
-from tests.fixtures.tiny_model import prepare_tiny_dataset
+from tests.fixtures.tiny_train import write_train_toml
 from tests.trainers.harness import Agents
 from train.schema_walk import build
 
@@ -27,18 +27,9 @@ RUN = "track-20260101-120000"
 ENV = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
 
 
-@pytest.fixture(scope="module")
-def packed(tiny_model, tmp_path_factory) -> Path:
-    return prepare_tiny_dataset(tmp_path_factory.mktemp("track-data"),
-                                [f"alpha beta gamma delta {i} alpha beta gamma delta" for i in range(120)], tiny_model)
-
-
 def train_toml(tmp_path: Path, tiny_model: Path, packed: Path, report_to: str = '["tensorboard"]') -> Path:
-    cfg = tmp_path / "train.toml"
-    cfg.write_text(f'[model]\npath = "{tiny_model}"\n[data]\npath = "{packed}"\n[lora]\nr = 8\nalpha = 16\n'
-                   "[train]\nper_device_batch_size = 4\ngrad_accum = 1\nlearning_rate = 5e-3\nwarmup_ratio = 0.0\n"
-                   f"max_grad_norm = 1.0\nmax_steps = 6\nsave_steps = 0\nreport_to = {report_to}\n")
-    return cfg
+    """Six steps of the tiny trainer reporting to `report_to` (a TOML list)."""
+    return write_train_toml(tmp_path, tiny_model, packed, max_steps=6, report_to=report_to)
 
 
 def test_tensorboard_events_hold_the_reported_losses_and_reach_the_artifacts(agents, tmp_path, tiny_model, packed):
