@@ -32,12 +32,11 @@ def train_toml(tmp_path: Path, tiny_model: Path, packed: Path, report_to: str = 
     return write_train_toml(tmp_path, tiny_model, packed, max_steps=6, report_to=report_to)
 
 
-def test_tensorboard_events_hold_the_reported_losses_and_reach_the_artifacts(agents, tmp_path, tiny_model, packed):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
+def run_to_completion(agents, tmp_path, cfg, env):
+    """Our trainer under the real agent on a folder store, to `_complete`: (store dir, workdir, run
+    store, process, losses by step, eval losses) as the trainer reported them in progress.jsonl."""
     store, wd = tmp_path / "store", tmp_path / "wd"
-    proc = agents.start(RUN, str(store), wd, [CTL, "train", "sft", "--config", str(train_toml(tmp_path, tiny_model,
-                                                                                                packed))], env=ENV)
+    proc = agents.start(RUN, str(store), wd, [CTL, "train", "sft", "--config", str(cfg)], env=env)
     assert agents.wait(proc, 400) == 0, Agents.output(proc)
     rs = RunStore(LocalStore(store))
     assert rs.read_complete(RUN) is not None, Agents.output(proc)
@@ -45,6 +44,14 @@ def test_tensorboard_events_hold_the_reported_losses_and_reach_the_artifacts(age
     losses = {r["step"]: r["loss"] for r in reported if "step" in r and "loss" in r}
     evals = [r["eval_loss"] for r in reported if "eval_loss" in r]
     assert sorted(losses) == [1, 2, 3, 4, 5, 6] and evals
+    return store, wd, rs, proc, losses, evals
+
+
+def test_tensorboard_events_hold_the_reported_losses_and_reach_the_artifacts(agents, tmp_path, tiny_model, packed):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    store, wd, rs, proc, losses, evals = run_to_completion(agents, tmp_path, train_toml(tmp_path, tiny_model, packed),
+                                                           ENV)
 
     events = EventAccumulator(str(wd / "output" / "tensorboard" / RUN))
     events.Reload()
@@ -107,16 +114,8 @@ def wandb_records(run_dir: Path) -> list[dict]:
 
 def test_wandb_offline_run_holds_the_reported_losses_and_config_and_reaches_the_artifacts(agents, tmp_path,
                                                                                            tiny_model, packed):
-    store, wd = tmp_path / "store", tmp_path / "wd"
     cfg = train_toml(tmp_path, tiny_model, packed, '["tensorboard", "wandb"]')
-    proc = agents.start(RUN, str(store), wd, [CTL, "train", "sft", "--config", str(cfg)], env=wandb_env(tmp_path))
-    assert agents.wait(proc, 400) == 0, Agents.output(proc)
-    rs = RunStore(LocalStore(store))
-    assert rs.read_complete(RUN) is not None, Agents.output(proc)
-    reported = [json.loads(x) for x in (wd / "progress.jsonl").read_text().splitlines()]
-    losses = {r["step"]: r["loss"] for r in reported if "step" in r and "loss" in r}
-    evals = [r["eval_loss"] for r in reported if "eval_loss" in r]
-    assert sorted(losses) == [1, 2, 3, 4, 5, 6] and evals
+    store, wd, rs, proc, losses, evals = run_to_completion(agents, tmp_path, cfg, wandb_env(tmp_path))
 
     runs = list((wd / "output" / "wandb").glob(f"offline-run-*-{RUN}"))
     assert len(runs) == 1 and (runs[0] / f"run-{RUN}.wandb").is_file()
