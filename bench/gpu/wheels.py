@@ -21,6 +21,9 @@ MANIFEST.json records each original wheel's size and sha256 and what was dropped
 On the box (install): a small resolver walks the requirements from the roots (trainctl's box
 dependencies), takes what the machine already has when its version satisfies them, and unpacks
 only the missing wheels into a folder that goes first on PYTHONPATH. No pip, no network.
+
+Modules: this one downloads and trims the set (`make gpu-wheels`) and is the CLI; wheel_set.py says
+what the set holds (ROOTS, SPECS, BOX_HAS); wheel_install.py resolves and unpacks it on the box.
 """
 
 from __future__ import annotations
@@ -30,13 +33,31 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
 import zipfile
-from dataclasses import dataclass, field
 from pathlib import Path
+
+from bench.gpu.wheel_install import (
+    Plan,
+    bnb_cuda_override,
+    folder_wheels,
+    install,
+    installed_versions,
+    resolve,
+    unpack,
+    wheel_fits,
+    wheel_requires,
+)
+from bench.gpu.wheel_set import BNB_DROP_DEFAULT, BOX_HAS, ROOTS, SPECS, Spec, canon, closure, wheel_name_version
+
+# Every name wheels.py held before wheel_set.py and wheel_install.py: build.py, the check's setup and
+# tests/bench read them as wheels.NAME.
+__all__ = ["BNB_DROP_DEFAULT", "BOX_HAS", "DEFAULT_DEST", "MANIFEST", "PLATFORMS", "ROOTS", "SPECS", "Plan", "Spec",
+           "bnb_cuda_override", "canon", "closure", "download", "folder_wheels", "install", "installed_versions", "main",
+           "resolve", "size_table", "trim", "uncovered", "unpack", "venv_version", "wheel_fits", "wheel_name_version",
+           "wheel_requires"]
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DEST = HERE / "wheels"
@@ -44,219 +65,6 @@ MANIFEST = "MANIFEST.json"
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_26_x86_64", "manylinux_2_24_x86_64",
              "manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux_2_5_x86_64", "manylinux1_x86_64")
 
-# What trainctl's box path needs (pyproject.toml: dependencies and the train extra), as requirements.
-# The resolver starts here; tests/bench checks each name still appears in pyproject.toml.
-ROOTS = ("click>=8.1", "paramiko>=3.4", "watchdog>=4", "psutil>=5.9", "torch>=2.4", "transformers>=4.46",
-         "peft>=0.13", "bitsandbytes>=0.45", "datasets>=3.0", "accelerate>=1.0", "tokenizers>=0.20")
-
-# The CUDA builds bitsandbytes may pick on a 2025+ CUDA PyTorch (torch.version.cuda 12.6 .. 13.x).
-# `make gpu-wheels GPU_BNB_DROP=...` changes the regex when the box's torch is older.
-BNB_DROP_DEFAULT = r"bitsandbytes/libbitsandbytes_(rocm|xpu|cuda11|cuda12[0-5]).*"
-_PYARROW_DROP = (r"pyarrow/(tests|include|src)/.*", r"pyarrow/.*flight.*", r"pyarrow/libarrow_s3\..*",
-                 r"pyarrow/_s3fs\..*", r"pyarrow/_gcsfs\..*", r"pyarrow/_azurefs\..*", r"pyarrow/_hdfs\..*",
-                 r"pyarrow/.*_orc\..*", r"pyarrow/_pyarrow_cpp_tests\..*",
-                 # unversioned and full-version copies of libs only C++ builds link against (a wheel has no symlinks)
-                 r"pyarrow/libarrow_python(_parquet_encryption)?\.so(\.\d+\.\d+\.\d+)?")
-
-
-@dataclass(frozen=True)
-class Spec:
-    name: str
-    why: str
-    drop: tuple[str, ...] = ()  # regexes (full match) of archive members left out
-
-
-SPECS: tuple[Spec, ...] = (
-    Spec("bitsandbytes", "NF4 4-bit loading and paged 8-bit AdamW (the point of the check)", (BNB_DROP_DEFAULT,)),
-    Spec("datasets", "ctl train prepare writes, ctl train sft memory-maps the packed Arrow blocks"),
-    Spec("pyarrow", "datasets' storage", _PYARROW_DROP),
-    Spec("pandas", "imported by datasets at import time", (r"pandas/tests/.*",)),
-    Spec("python-dateutil", "pandas"),
-    Spec("six", "python-dateutil"),
-    Spec("dill", "datasets"),
-    Spec("multiprocess", "datasets"),
-    Spec("xxhash", "datasets"),
-    Spec("fsspec", "datasets pins a range; shipped in case the box's is outside it"),
-    Spec("click", "the ctl CLI"),
-    Spec("watchdog", "the agent's file watcher"),
-    Spec("paramiko", "controller host keys, imported by ctl launch even with --local"),
-    Spec("invoke", "paramiko's metadata requires it (imported only for SSH boxes)"),
-    Spec("cryptography", "paramiko"),
-    Spec("bcrypt", "paramiko"),
-    Spec("pynacl", "paramiko"),
-    Spec("cffi", "pynacl, bcrypt"),
-    Spec("pycparser", "cffi"),
-)
-
-
-def canon(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
-def wheel_name_version(filename: str) -> tuple[str, str]:
-    """('pyarrow', '26.0.1') from 'pyarrow-26.0.1-cp311-cp311-manylinux_2_28_x86_64.whl'."""
-    parts = Path(filename).name[:-4].split("-")
-    if len(parts) < 5 or not filename.endswith(".whl"):
-        raise ValueError(f"not a wheel file name: {filename}")
-    return canon(parts[0]), parts[1]
-
-
-def wheel_fits(filename: str, tags) -> bool:
-    """True when the wheel installs on an interpreter with these packaging tags."""
-    from packaging.utils import parse_wheel_filename
-
-    _, _, _, wtags = parse_wheel_filename(Path(filename).name)
-    return bool(set(wtags) & set(tags))
-
-
-# --- resolving: which wheels a box needs --------------------------------------------------------------
-
-@dataclass
-class Plan:
-    install: dict[str, str] = field(default_factory=dict)  # canon name -> wheel file
-    present: dict[str, str] = field(default_factory=dict)  # canon name -> installed version used
-    unmet: list[str] = field(default_factory=list)  # "datasets needs huggingface-hub>=1.31 (have 0.30)"
-
-
-def resolve(roots, installed: dict[str, str], wheels: dict[str, tuple[str, str, list[str]]],
-            env: dict | None = None) -> Plan:
-    """What to unpack so every requirement reachable from `roots` is met.
-
-    installed: canon name -> version already on the machine; wheels: canon name -> (file, version,
-    its Requires-Dist lines). A satisfied installed distribution is used as is (its own requirements
-    are the machine's business); a missing or unsatisfying one is taken from the wheels when one
-    satisfies the requirement, whose requirements are then followed. Markers are evaluated for
-    `env` (default: this interpreter), extras never.
-    """
-    from packaging.requirements import Requirement
-
-    plan = Plan()
-    queue = [(Requirement(r), "trainctl") for r in roots]
-    while queue:
-        req, by = queue.pop(0)
-        if req.marker is not None and not req.marker.evaluate({**(env or {}), "extra": ""}):
-            continue
-        name = canon(req.name)
-        if name in plan.install:
-            if not req.specifier.contains(wheels[name][1], prereleases=True):
-                plan.unmet.append(f"{by} needs {req} (the wheel is {wheels[name][1]})")
-            continue
-        have = installed.get(name)
-        if have is not None and req.specifier.contains(have, prereleases=True):
-            plan.present[name] = have
-            continue
-        wheel = wheels.get(name)
-        if wheel is not None and req.specifier.contains(wheel[1], prereleases=True):
-            plan.install[name] = wheel[0]
-            plan.present.pop(name, None)
-            queue.extend((Requirement(r), name) for r in wheel[2])
-            continue
-        why = f"have {have}" if have is not None else "not installed"
-        if wheel is not None:
-            why += f", the wheel is {wheel[1]}"
-        plan.unmet.append(f"{by} needs {req} ({why})")
-    return plan
-
-
-def wheel_requires(path: Path) -> list[str]:
-    """Requires-Dist lines of a wheel's METADATA."""
-    with zipfile.ZipFile(path) as z:
-        meta = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA") and n.count("/") == 1)
-        text = z.read(meta).decode("utf-8", "replace")
-    head = text.split("\n\n", 1)[0]
-    return [line.split(":", 1)[1].strip() for line in head.splitlines() if line.startswith("Requires-Dist:")]
-
-
-def folder_wheels(folder: Path, tags=None) -> dict[str, tuple[str, str, list[str]]]:
-    """The usable wheels in a folder: canon name -> (file, version, requirements)."""
-    found = {}
-    for p in sorted(Path(folder).glob("*.whl")):
-        if tags is not None and not wheel_fits(p.name, tags):
-            continue
-        name, version = wheel_name_version(p.name)
-        found[name] = (str(p), version, wheel_requires(p))
-    return found
-
-
-def installed_versions(skip_paths=()) -> dict[str, str]:
-    """canon name -> version of every distribution this interpreter sees (outside skip_paths)."""
-    import importlib.metadata as md
-
-    skip = [str(Path(s).resolve()) for s in skip_paths]
-    out = {}
-    for dist in md.distributions():
-        loc = str(getattr(dist, "_path", "") or "")
-        if skip and any(loc.startswith(s) for s in skip):
-            continue
-        name = dist.metadata["Name"]
-        if name and canon(name) not in out:
-            out[canon(name)] = dist.version
-    return out
-
-
-def unpack(wheel: Path, site: Path) -> int:
-    """Unpack one wheel into `site` as an installer would (its .data/purelib|platlib to the root)."""
-    n = 0
-    with zipfile.ZipFile(wheel) as z:
-        for info in z.infolist():
-            if info.is_dir():
-                continue
-            name = info.filename
-            m = re.match(r"[^/]+\.data/(purelib|platlib|scripts|headers|data)/(.*)", name)
-            if m:
-                if m.group(1) not in ("purelib", "platlib"):
-                    continue
-                name = m.group(2)
-            target = site / name
-            if ".." in Path(name).parts or Path(name).is_absolute():
-                raise ValueError(f"{wheel.name}: unsafe member {info.filename}")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with z.open(info) as src, open(target, "wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
-            n += 1
-    return n
-
-
-def install(folder: Path, site: Path, roots=ROOTS) -> Plan:
-    """Unpack into `site` the wheels this interpreter lacks; returns the plan (unmet included)."""
-    from packaging.tags import sys_tags
-
-    tags = list(sys_tags())
-    have = folder_wheels(folder)
-    usable = folder_wheels(folder, tags)
-    plan = resolve(roots, installed_versions(skip_paths=[site]), usable)
-    wrong = sorted(set(have) - set(usable))
-    for name in wrong:
-        if any(line.startswith(f"trainctl needs {name}") or f" needs {name}" in line for line in plan.unmet):
-            plan.unmet.append(f"{Path(have[name][0]).name} does not fit this interpreter "
-                              f"(python {sys.version_info.major}.{sys.version_info.minor}); "
-                              f"run `make gpu-wheels GPU_PY={sys.version_info.major}.{sys.version_info.minor}`")
-    site.mkdir(parents=True, exist_ok=True)
-    for file in plan.install.values():
-        unpack(Path(file), site)
-    return plan
-
-
-def bnb_cuda_override(torch_cuda: str | None, libs) -> str | None:
-    """BNB_CUDA_VERSION to set when bitsandbytes has no library for torch's CUDA version, else None.
-
-    `libs` are the file names in the bitsandbytes package (libbitsandbytes_cuda128.so ...). Within one
-    CUDA major version a library built for an older minor runs on a newer runtime, so the nearest
-    older same-major build is chosen; across majors nothing is guessed.
-    """
-    if not torch_cuda:
-        return None
-    major, _, minor = torch_cuda.partition(".")
-    want = f"{major}{minor.split('.')[0] or '0'}"
-    have = sorted({m.group(1) for f in libs if (m := re.fullmatch(r"libbitsandbytes_cuda(\d+)\.(so|dll|dylib)", f))},
-                  key=int)
-    if want in have or not have:
-        return None
-    same = [v for v in have if v.startswith(major) and len(v) == len(want) and int(v) <= int(want)]
-    return same[-1] if same else None
-
-
-# --- downloading and trimming (make gpu-wheels) ------------------------------------------------------
 
 def trim(src: Path, dest: Path, drop: tuple[str, ...], compression=zipfile.ZIP_LZMA) -> tuple[int, list[str]]:
     """Repack a wheel without the members matching `drop` (RECORD updated); returns (size, dropped)."""
@@ -345,34 +153,6 @@ def uncovered(rows_dir: Path, python_version: str, provided: set[str]) -> list[s
             if canon(req.name) not in wheels and canon(req.name) not in provided:
                 missing.append(f"{name} needs {req}")
     return missing
-
-
-# What a CUDA PyTorch + transformers + peft + accelerate machine brings: their requirement closure,
-# read from this venv's metadata at download time (an approximation of the box, printed as such).
-BOX_HAS = ("torch", "transformers", "peft", "accelerate")
-
-
-def closure(names) -> set[str]:
-    import importlib.metadata as md
-
-    from packaging.requirements import Requirement
-
-    seen: set[str] = set()
-    stack = list(names)
-    while stack:
-        n = canon(stack.pop())
-        if n in seen:
-            continue
-        try:
-            dist = md.distribution(n)
-        except md.PackageNotFoundError:
-            continue
-        seen.add(n)
-        for r in dist.requires or []:
-            req = Requirement(r)
-            if req.marker is None or req.marker.evaluate({"extra": ""}):
-                stack.append(req.name)
-    return seen
 
 
 def main(argv=None) -> int:
