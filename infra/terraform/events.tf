@@ -65,6 +65,10 @@ resource "aws_sqs_queue_policy" "events" {
   count     = local.push_events ? 1 : 0
   queue_url = aws_sqs_queue.events[0].id
   policy    = data.aws_iam_policy_document.events_queue[0].json
+  # One SetQueueAttributes at a time on this queue: moto clears Policy on a call that does not name
+  # it, so a redrive policy set just after the policy wiped it and the provider waited forever for
+  # the policy to propagate (the test apply's stall). AWS itself does not care about the order.
+  depends_on = [aws_sqs_queue_redrive_policy.events]
 }
 
 # The bucket's whole notification configuration: set enable_push_events = false for a bucket

@@ -52,7 +52,8 @@ def _beat(rs: RunStore, phase: str, after: int = -1) -> p.Heartbeat:
             hb = rs.read_heartbeat(RUN)
         except p.RecordError:
             return None
-        return hb if hb.seq > after and hb.phase == phase else None
+        # None until the agent's first heartbeat is stored (a loaded machine starts it late)
+        return hb if hb is not None and hb.seq > after and hb.phase == phase else None
     return wait_for(got, timeout=90, what=f"a heartbeat with phase {phase}")
 
 

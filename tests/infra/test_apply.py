@@ -33,13 +33,15 @@ def ctl(args, env, timeout=600) -> subprocess.CompletedProcess:
                           text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
-# About one loaded clean-clone run in three, terraform-provider-aws against moto stopped for good
-# while creating the bucket notification: moto idle with no request in flight, every other resource
-# created (never seen against AWS). The stack's first provision is therefore watched: when it has
-# printed nothing but "Still creating..." for STALL_S (a healthy apply here completes a resource
-# every few seconds; the slowest, the lifecycle rule, within about a minute), it is killed with its process group and
-# provision runs again, as a user would. Terraform records each resource as it completes, so the
-# rerun creates only what was left (the notification is an idempotent PUT), and it must succeed.
+# Found in a stalled run's TF_LOG: moto clears a queue's Policy on any SetQueueAttributes that does
+# not name it, so when the redrive policy was set just after the queue policy the provider polled
+# forever for the policy to propagate (about one loaded clean-clone run in three). events.tf now
+# orders the two. The stack's first provision stays watched, as a net for any other stall of the
+# provider against moto: when it has printed nothing but "Still creating..." for STALL_S (a healthy
+# apply here completes a resource every few seconds, the slowest within about a minute), it is
+# killed with its process group and provision runs again, as a user would. Terraform records each
+# resource as it completes, so the rerun creates only what was left, and it must succeed; the
+# warning names what was in progress and the debug log.
 STALL_S = float(os.environ.get("TRAINCTL_TEST_STALL_S", "200"))
 KILL_AT = os.environ.get("TRAINCTL_TEST_KILL_AT", "")  # test the watchdog itself: stall once this starts
 
