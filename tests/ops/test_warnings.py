@@ -110,7 +110,8 @@ def test_warnings_from_a_real_agent_run_listed_by_status_then_cleared(agents, tm
         return [p["body"]["text"].splitlines()[0] for p in slack.posts]
 
     d = wait_for(lambda: listed({"gpu_idle", "disk"}), 60, "gpu_idle and disk warnings")
-    assert d["state"] == "healthy" and d["outcome"] == "running" and d["error"] is None  # a warning is no incident
+    # A warning is no incident: healthy, or "late" when a loaded box delays a beat (late neither alerts nor resolves)
+    assert d["state"] in ("healthy", "late") and d["outcome"] == "running" and d["error"] is None
     assert "warning    gpu_idle: GPU utilisation 12% on average" in render(d, time.time())
     assert {k for k, _ in summary_rows(d)} >= {"warning: gpu_idle", "warning: disk"}  # ctl report's outcome table
     heads = wait_for(lambda: (h := sent()) and {"🟡 Warning: gpu_idle", "🟡 Warning: disk"} <= set(h) and h, 60,
@@ -123,7 +124,7 @@ def test_warnings_from_a_real_agent_run_listed_by_status_then_cleared(agents, tm
     wait_for(lambda: "gpu_idle" not in {x["kind"] for x in status()["warnings"]}, 60, "gpu_idle to clear")
     heads = wait_for(lambda: (h := sent()) and any(x.startswith("🟢 Warning cleared: gpu_idle") for x in h) and h,
                      60, "the gpu_idle warning resolved")
-    assert status()["state"] == "healthy" and len(heads) == 3
+    assert status()["state"] in ("healthy", "late") and len(heads) == 3
     led = L.load(rs, RUN).ledger
     assert led.incident is None and list(led.warnings) == ["disk"]
     end.touch()
