@@ -111,8 +111,8 @@ def inspect(c: Launch) -> list[plan.Step] | str:
     c.region = cfg.store.region or c.info.get("region") or os.environ.get("AWS_DEFAULT_REGION", "")
     host, port = _store_probe(c.rs.url, cfg.store.endpoint_url, c.region)
     model_dir = preflight.box_model_dir(cfg, _our_model_path(cfg))
-    c.facts = facts = gather(box, {"model_dir": model_dir,"data_root": cfg.box.data_root, "seed_python": cfg.setup.python, "venv": lay.venv,
-                                   "wheel_path": lay.wheel_path, "active_file": lay.active_file,
+    c.facts = facts = gather(box, {"data_root": cfg.box.data_root, "seed_python": cfg.setup.python, "venv": lay.venv,
+                                   "wheel_path": lay.wheel_path, "active_file": lay.active_file, "model_dir": model_dir,
                                    "store_host": host, "store_port": port,
                                    "trainer_word": cfg.trainer.command[0] if cfg.trainer.command else ""})
     box.needs_sudo = facts.uid != 0 and c.target.kind != "local"
