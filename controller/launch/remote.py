@@ -7,12 +7,12 @@ the user's ssh_config (HostName, User, Port, IdentityFile, ProxyJump) through Fa
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -177,15 +177,30 @@ class SshBox(Box):
         return Result(r.stdout, r.stderr, r.exited)
 
     def put_bytes(self, data: bytes, path: str, mode: int = 0o644) -> None:
-        sftp = self.conn.sftp()
-        with sftp.open(path + ".part", "wb") as fh:
-            sftp.chmod(path + ".part", mode)  # before the bytes land: secrets are never world-readable
-            fh.write(data)
-        sftp.posix_rename(path + ".part", path)
+        # The part name is this upload's own: two launches racing to the same cached path (the
+        # wheel, the box-side script) each rename a whole file of theirs, and the last one wins.
+        import paramiko
+
+        part = f"{path}.part-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        try:
+            sftp = self.conn.sftp()
+            with sftp.open(part, "wb") as fh:
+                sftp.chmod(part, mode)  # before the bytes land: secrets are never world-readable
+                fh.write(data)
+            sftp.posix_rename(part, path)
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            self._forget(part)
+            raise TrainctlError(f"uploading {path} to {self.name} failed ({exc}): check the folder exists and is "
+                                f"writable by {self.conn.user}, then launch again") from None
 
     def put_file(self, local, path: str) -> None:
-        self.conn.put(io.BytesIO(Path(local).read_bytes()), path + ".part")
-        self.conn.sftp().posix_rename(path + ".part", path)
+        self.put_bytes(Path(local).read_bytes(), path)
+
+    def _forget(self, part: str) -> None:
+        try:  # best effort: the connection may be what failed
+            self.conn.sftp().remove(part)
+        except Exception:  # noqa: BLE001 - the upload's own error is the one reported
+            pass
 
     def close(self) -> None:
         self.conn.close()
