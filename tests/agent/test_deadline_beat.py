@@ -3,15 +3,13 @@ the moment its own published hang deadline passes without a step, once per cross
 watcher's real sweep says hung from it, long before the next regular beat could.
 
 The trainer (tests/trainers/warn_trainer.py, progress-file mode) steps every 0.1 s until it is
-SIGSTOPped by the pid in trainer.pid. Every wait is on an event in the store. The deadline the
+SIGSTOPped (pinned by a pidfd from trainer.pid). Every wait is on an event in the store. The deadline the
 agent keeps between steps (worked out once per change of the cadence) is checked against
 agent.protocol.cadence.assess, phase allowances included.
 """
 
 from __future__ import annotations
 
-import os
-import signal
 import sys
 import time
 
@@ -25,7 +23,7 @@ from agent.protocol.cadence import assess
 from agent.protocol.runstore import RunStore
 from agent.protocol.store_local import LocalStore
 from tests.e2e.harness import ledger_kinds
-from tests.trainers.harness import REPO, Agents, wait_for
+from tests.trainers.harness import REPO, Agents, PinnedTrainer, wait_for
 
 RUN = "deadline-20260101-120000"
 TRAINER = str(REPO / "tests" / "trainers" / "warn_trainer.py")
@@ -37,11 +35,6 @@ def _read(fn):
         return fn(RUN)
     except p.RecordError:  # not written yet
         return None
-
-
-def _trainer_pid(wd) -> int:
-    path = wd / p.WD_TRAINER_PID
-    return int(wait_for(lambda: path.exists() and path.read_text().strip(), what="trainer.pid"))
 
 
 def _next_beat(rs: RunStore, after: p.Heartbeat, what: str) -> p.Heartbeat:
@@ -75,11 +68,11 @@ def test_a_beat_is_written_when_the_runs_own_deadline_passes_and_the_sweep_says_
     rs = RunStore(LocalStore(root))
     proc = agents.start(RUN, str(root), wd, [sys.executable, TRAINER, str(tmp_path / "control.json"),
                                              "--progress-file"], extra=["--heartbeat-s", str(HEARTBEAT_S)])
-    pid = _trainer_pid(wd)
+    trainer = PinnedTrainer(wd)
     first = wait_for(lambda: _read(rs.read_heartbeat), what="the first heartbeat")
     assert first.why == p.Heartbeat.WHY_INTERVAL and first.heartbeat_s == HEARTBEAT_S
     _stepping_past(rs, 20)  # enough steps for the agent to learn the run's cadence
-    os.kill(pid, signal.SIGSTOP)
+    trainer.stop()
     try:
         hb = _next_beat(rs, first, "the deadline beat")
         _assert_deadline_beat(hb, first)
@@ -92,14 +85,15 @@ def test_a_beat_is_written_when_the_runs_own_deadline_passes_and_the_sweep_says_
         assert ledger_kinds(rs, RUN) == ["alert:hung"]
 
         # Progress again, then a second hang: one beat for the new crossing, none more for the first.
-        os.kill(pid, signal.SIGCONT)
+        trainer.resume()
         _stepping_past(rs, hb.last_step)
-        os.kill(pid, signal.SIGSTOP)
+        trainer.stop()
         again = _next_beat(rs, hb, "the second crossing's deadline beat")
         _assert_deadline_beat(again, hb)
         assert again.cadence["last_step_ts"] > hb.cadence["last_step_ts"]
     finally:
-        os.kill(pid, signal.SIGCONT)
+        trainer.resume()
+        trainer.close()
 
 
 def test_the_kept_deadline_is_the_published_records_own_in_every_phase(tmp_path):

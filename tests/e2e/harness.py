@@ -136,7 +136,12 @@ def end_run_processes(run_id: str, workdir: Path) -> None:
         except OSError:
             pass
     try:
-        os.killpg(int((workdir / "wrapper.pid").read_text()), signal.SIGKILL)
+        pgid = int((workdir / "wrapper.pid").read_text())
+        # A group id is not reused while the group has a member; a live leader that is not this run's
+        # wrapper (its command line names the workdir) took a freed pid, and is another test's.
+        leader = Path(f"/proc/{pgid}/cmdline")
+        if not leader.exists() or str(Path(workdir).resolve()).encode() in leader.read_bytes():
+            os.killpg(pgid, signal.SIGKILL)
     except (OSError, ValueError):
         pass
     deadline = time.monotonic() + 20

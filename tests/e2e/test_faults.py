@@ -36,7 +36,7 @@ from tests.e2e.harness import (
 )
 from tests.fixtures.box import shared_folder
 from tests.trainers.fake_trainer import expected_lines
-from tests.trainers.harness import TRAINER, Agents
+from tests.trainers.harness import TRAINER, Agents, PinnedTrainer
 
 pytestmark = pytest.mark.slow
 FAULTS = set(range(1, 9))
@@ -139,7 +139,9 @@ def test_fault_3_trainer_sigkilled(agents, moto_server, slack, tmp_path, fault_s
     n, ready = 300, tmp_path / "ready"
     proc = run.start(agents, "--lines", str(n), "--interval", "0.005", "--end", "hang", "--ready-file", str(ready))
     wait_for(ready.exists, what="trainer printed everything")
-    os.kill(int((tmp_path / "wd" / "trainer.pid").read_text()), signal.SIGKILL)  # what the OOM killer does
+    trainer = PinnedTrainer(tmp_path / "wd")
+    trainer.send(signal.SIGKILL)  # what the OOM killer does
+    trainer.close()
     assert agents.wait(proc, 60) == 0, Agents.output(proc)
     err = run.rs.read_error(RUN)
     assert err is not None and run.rs.read_complete(RUN) is None
@@ -168,8 +170,8 @@ def test_fault_4_trainer_sigstopped_then_sigcont(agents, moto_server, slack, tmp
     proc = run.start(agents, "--lines", str(n), "--interval", "0.03", "--adapter", "ok")
     wait_for(lambda: (hb := run.heartbeat()) and hb.last_step, what="first progress")
     run.sweep()
-    pid = int((tmp_path / "wd" / "trainer.pid").read_text())
-    os.kill(pid, signal.SIGSTOP)
+    trainer = PinnedTrainer(tmp_path / "wd")
+    trainer.stop()
     try:
         run.wait_stalled(timeout)
         run.sweep()
@@ -177,7 +179,8 @@ def test_fault_4_trainer_sigstopped_then_sigcont(agents, moto_server, slack, tmp
         assert said(slack) == [HUNG]
         stalled = run.heartbeat().last_progress_ts
     finally:
-        os.kill(pid, signal.SIGCONT)
+        trainer.resume()
+        trainer.close()
     wait_for(lambda: (hb := run.heartbeat()) and hb.last_progress_ts > stalled and time.time() - hb.ts < HEARTBEAT_S,
              what="progress again")
     run.sweep()

@@ -13,8 +13,6 @@ each sweep judges what the agent last published. Quick settings, one trainer thr
 
 from __future__ import annotations
 
-import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -26,7 +24,7 @@ from agent.protocol.runstore import RunStore
 from agent.protocol.store_s3 import S3Store
 from tests.e2e.harness import ledger_kinds, wait_for
 from tests.fixtures.moto_server import REGION
-from tests.trainers.harness import REPO, Agents
+from tests.trainers.harness import REPO, Agents, PinnedTrainer
 
 pytestmark = pytest.mark.slow
 
@@ -84,11 +82,6 @@ class Watched:
         return next(line[len(name) + 2:] for line in text.splitlines() if line.startswith(f"{name}: "))
 
 
-def _pid(workdir: Path) -> int:
-    return int(wait_for(lambda: (workdir / p.WD_TRAINER_PID).exists() and (workdir / p.WD_TRAINER_PID).read_text()
-                        .strip(), what="trainer.pid"))
-
-
 def test_sigstopped_hf_trainer_is_hung_after_its_own_cadence_and_resolved_on_sigcont(
         moto_server, slack, agents, tmp_path, tiny_model):
     w = Watched(moto_server, slack, agents, tmp_path, "hfhang-20260101-120000", progress_timeout_s=600.0,
@@ -99,8 +92,8 @@ def test_sigstopped_hf_trainer_is_hung_after_its_own_cadence_and_resolved_on_sig
                        "the agent to publish the run's cadence")
     assert hb.progress_source == p.Heartbeat.SOURCE_OUTPUT  # read from the unmodified script's output
     assert w.posts() == []  # healthy so far
-    pid = _pid(w.workdir)
-    os.kill(pid, signal.SIGSTOP)
+    trainer = PinnedTrainer(w.workdir)
+    trainer.stop()
     try:
         hung = w.sweep_until(lambda h: any("Training hung" in t for t in w.posts()), "the hung alert")
         [alert] = w.posts()
@@ -116,7 +109,8 @@ def test_sigstopped_hf_trainer_is_hung_after_its_own_cadence_and_resolved_on_sig
         assert "py-spy dump --pid" in alert
         assert ledger_kinds(w.rs, w.run_id) == ["alert:hung"]
     finally:
-        os.kill(pid, signal.SIGCONT)
+        trainer.resume()
+        trainer.close()
     step = hung.last_step
     w.sweep_until(lambda h: (h.last_step or 0) > step and any("Resolved" in t for t in w.posts()),
                   "steps again and the resolved message")

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import psutil
 
+from agent.protocol import records as p
+
 TRAINER = str(Path(__file__).with_name("fake_trainer.py"))
 REPO = Path(__file__).resolve().parents[2]
 
@@ -75,7 +77,9 @@ class Agents:
             except (OSError, ValueError):
                 continue
             try:
-                if psutil.Process(pgid).status() != psutil.STATUS_ZOMBIE:
+                leader = psutil.Process(pgid)
+                # Only this run's wrapper (its command line names the workdir): a freed pid may be another test's.
+                if leader.status() != psutil.STATUS_ZOMBIE and any(str(wd.resolve()) in a for a in leader.cmdline()):
                     os.killpg(pgid, signal.SIGKILL)
             except (psutil.Error, ProcessLookupError, PermissionError):
                 pass
@@ -90,6 +94,46 @@ def wait_for(pred, timeout: float = 30, what: str = "condition", interval: float
             return got
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class PinnedTrainer:
+    """The run's trainer, pinned by a pidfd, for tests that SIGSTOP and SIGCONT it.
+
+    A pid read from trainer.pid may be stale on a busy box: once that trainer has exited, the
+    kernel hands its pid to the next process, which can be another test's (a stopped `ctl tail`
+    then ignores its Ctrl-C). The pidfd names this one process, and it is checked to be the child
+    of the run's wrapper, so a signal can only reach the trainer or fail here, never a stranger.
+    """
+
+    def __init__(self, workdir: Path, what: str = p.WD_TRAINER_PID):
+        pid_file, wrapper_file = workdir / p.WD_TRAINER_PID, workdir / p.WD_WRAPPER_PID
+        self.pid = int(wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), what=what))
+        self.fd = os.pidfd_open(self.pid)
+        wrapper = int(wait_for(lambda: wrapper_file.exists() and wrapper_file.read_text().strip(), what="wrapper.pid"))
+        try:
+            ppid = int(Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            ppid = None
+        if ppid != wrapper:
+            os.close(self.fd)
+            raise AssertionError(f"pid {self.pid} in {pid_file} is not the wrapper {wrapper}'s child (parent "
+                                 f"{ppid}): the trainer has already exited")
+
+    def send(self, sig: int) -> None:
+        signal.pidfd_send_signal(self.fd, sig)
+
+    def stop(self) -> None:
+        self.send(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT; a trainer that has exited meanwhile needs none."""
+        try:
+            signal.pidfd_send_signal(self.fd, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+
+    def close(self) -> None:
+        os.close(self.fd)
 
 
 def chunk_seqs(rs, run_id: str) -> list[int]:
