@@ -92,6 +92,40 @@ def model_problem(facts: Facts, model_dir: str) -> Problem | None:
     return None
 
 
+def _plan_mount(facts: Facts, cfg: RunConfig, box_needs_sudo: bool, problems: list[Problem],
+                steps: list[Step]) -> bool:
+    """Add the steps that format and mount the data volume, or the problem why not; True when mounting."""
+    b, root = cfg.box, cfg.box.data_root
+    if not b.require_mount or facts.data_root_mounted:
+        return False
+    mounting = False
+    cands = _mount_candidates(facts, b.volume_device)
+    if len(cands) == 1:
+        d = cands[0]
+        dev = d.get("path") or f"/dev/{d['name']}"
+        if not d.get("fstype") and (d.get("pttype") or d.get("probe") != "blank"):
+            why = f"partition table {d['pttype']}" if d.get("pttype") else (d.get("probe") or "not probed")
+            problems.append(Problem(f"{dev} has no filesystem but is not blank ({why}); refusing to format it",
+                                    "check the volume by hand (sudo blkid -p " + dev + "), or set "
+                                    "box.volume_device to the right disk"))
+        else:
+            mounting = True
+            if not d.get("fstype"):
+                steps.append(Step(f"format blank volume {dev} (ext4)",
+                                  privileged(f"mkfs.ext4 -q -L trainctl-data {q(dev)}", box_needs_sudo)))
+            steps.append(Step(f"mount {dev} at {root}", privileged(f"mkdir -p {q(root)}", box_needs_sudo) + " && "
+                                  + privileged(f"mount {q(dev)} {q(root)}", box_needs_sudo)))
+    elif not cands:
+        problems.append(Problem(f"no data volume is mounted at {root} and no unmounted volume is attached",
+                                "attach the data volume (infra/ does), or set box.require_mount = false "
+                                "and box.data_root to a folder with enough space"))
+    else:
+        names = ", ".join(c.get("path") or c["name"] for c in cands)
+        problems.append(Problem(f"several unmounted volumes are attached ({names}); not guessing which to use",
+                                "set box.volume_device to the data volume's device"))
+    return mounting
+
+
 def preflight(facts: Facts, cfg: RunConfig, box_needs_sudo: bool,
               model_dir: str = "") -> tuple[list[Problem], list[Step]]:
     """Every preflight failure with its fix, plus the steps that prepare the data volume;
@@ -117,32 +151,7 @@ def preflight(facts: Facts, cfg: RunConfig, box_needs_sudo: bool,
                                     f"need >= {b.min_python}", "point setup.python at a newer interpreter"))
     if not facts.has_flock:
         problems.append(Problem("flock is missing on the box (needed for the per-box lock)", "apt install util-linux"))
-    mounting = False
-    if b.require_mount and not facts.data_root_mounted:
-        cands = _mount_candidates(facts, b.volume_device)
-        if len(cands) == 1:
-            d = cands[0]
-            dev = d.get("path") or f"/dev/{d['name']}"
-            if not d.get("fstype") and (d.get("pttype") or d.get("probe") != "blank"):
-                why = f"partition table {d['pttype']}" if d.get("pttype") else (d.get("probe") or "not probed")
-                problems.append(Problem(f"{dev} has no filesystem but is not blank ({why}); refusing to format it",
-                                        "check the volume by hand (sudo blkid -p " + dev + "), or set "
-                                        "box.volume_device to the right disk"))
-            else:
-                mounting = True
-                if not d.get("fstype"):
-                    steps.append(Step(f"format blank volume {dev} (ext4)",
-                                      privileged(f"mkfs.ext4 -q -L trainctl-data {q(dev)}", box_needs_sudo)))
-                steps.append(Step(f"mount {dev} at {root}", privileged(f"mkdir -p {q(root)}", box_needs_sudo) + " && "
-                                      + privileged(f"mount {q(dev)} {q(root)}", box_needs_sudo)))
-        elif not cands:
-            problems.append(Problem(f"no data volume is mounted at {root} and no unmounted volume is attached",
-                                    "attach the data volume (infra/ does), or set box.require_mount = false "
-                                    "and box.data_root to a folder with enough space"))
-        else:
-            names = ", ".join(c.get("path") or c["name"] for c in cands)
-            problems.append(Problem(f"several unmounted volumes are attached ({names}); not guessing which to use",
-                                    "set box.volume_device to the data volume's device"))
+    mounting = _plan_mount(facts, cfg, box_needs_sudo, problems, steps)
     if not mounting and facts.free_bytes < b.min_free_gb * 1e9:
         problems.append(Problem(f"only {facts.free_bytes / 1e9:.1f} GB free under {root}, the run needs "
                                 f"{b.min_free_gb:g} GB", "free space on the volume, grow it, or lower box.min_free_gb"))
