@@ -99,10 +99,10 @@ def wait_for(pred, timeout: float = 30, what: str = "condition", interval: float
 class PinnedTrainer:
     """The run's trainer, pinned by a pidfd, for tests that SIGSTOP and SIGCONT it.
 
-    A pid read from trainer.pid may be stale on a busy box: once that trainer has exited, the
-    kernel hands its pid to the next process, which can be another test's (a stopped `ctl tail`
-    then ignores its Ctrl-C). The pidfd names this one process, and it is checked to be the child
-    of the run's wrapper, so a signal can only reach the trainer or fail here, never a stranger.
+    A pid read from trainer.pid may be stale: once that trainer has exited, the kernel hands its
+    pid to a later process, and the suite wraps the pid space about every half hour, so that can
+    be another test's. The pidfd names this one process, and it is checked to be the child of the
+    run's wrapper, so a signal can only reach the trainer or fail here, never a stranger.
     """
 
     def __init__(self, workdir: Path, what: str = p.WD_TRAINER_PID):
