@@ -18,6 +18,7 @@ from pathlib import Path
 from agent.protocol.runstore import RunStore
 from agent.protocol.store_s3 import S3Store
 from tests.fixtures.moto_server import REGION
+from tests.trainers.harness import kill_wrapper_group
 from tests.trainers.harness import wait_for as _wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -135,15 +136,7 @@ def end_run_processes(run_id: str, workdir: Path) -> None:
             os.killpg(pid, signal.SIGKILL) if os.getpgid(pid) == pid else os.kill(pid, signal.SIGKILL)
         except OSError:
             pass
-    try:
-        pgid = int((workdir / "wrapper.pid").read_text())
-        # A group id is not reused while the group has a member; a live leader that is not this run's
-        # wrapper (its command line names the workdir) took a freed pid, and is another test's.
-        leader = Path(f"/proc/{pgid}/cmdline")
-        if not leader.exists() or str(Path(workdir).resolve()).encode() in leader.read_bytes():
-            os.killpg(pgid, signal.SIGKILL)
-    except (OSError, ValueError):
-        pass
+    kill_wrapper_group(Path(workdir))
     deadline = time.monotonic() + 20
     while agent_pids(run_id, workdir) and time.monotonic() < deadline:
         time.sleep(0.1)

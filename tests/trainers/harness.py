@@ -13,8 +13,6 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
-
 from agent.protocol import records as p
 
 TRAINER = str(Path(__file__).with_name("fake_trainer.py"))
@@ -72,17 +70,24 @@ class Agents:
                 proc.kill()
                 proc.wait(10)
         for wd in self.workdirs:
-            try:
-                pgid = int((wd / "wrapper.pid").read_text())
-            except (OSError, ValueError):
-                continue
-            try:
-                leader = psutil.Process(pgid)
-                # Only this run's wrapper (its command line names the workdir): a freed pid may be another test's.
-                if leader.status() != psutil.STATUS_ZOMBIE and any(str(wd.resolve()) in a for a in leader.cmdline()):
-                    os.killpg(pgid, signal.SIGKILL)
-            except (psutil.Error, ProcessLookupError, PermissionError):
-                pass
+            kill_wrapper_group(wd)
+
+
+def kill_wrapper_group(workdir: Path) -> None:
+    """SIGKILL the trainer's process group, named by the workdir's wrapper.pid, unless that pid now
+    leads another test's processes. A group id is not reused while the group has a member, so the
+    group is this run's when its leader is gone or a zombie (an empty command line), or is the wrapper
+    (its command line names the workdir); any other live leader took the freed pid."""
+    try:
+        pgid = int((workdir / p.WD_WRAPPER_PID).read_text())
+        try:
+            leader = Path(f"/proc/{pgid}/cmdline").read_bytes()
+        except FileNotFoundError:
+            leader = b""
+        if not leader or str(workdir.resolve()).encode() in leader:
+            os.killpg(pgid, signal.SIGKILL)
+    except (OSError, ValueError):
+        pass
 
 
 def wait_for(pred, timeout: float = 30, what: str = "condition", interval: float = 0.1):
@@ -105,9 +110,9 @@ class PinnedTrainer:
     run's wrapper, so a signal can only reach the trainer or fail here, never a stranger.
     """
 
-    def __init__(self, workdir: Path, what: str = p.WD_TRAINER_PID):
+    def __init__(self, workdir: Path):
         pid_file, wrapper_file = workdir / p.WD_TRAINER_PID, workdir / p.WD_WRAPPER_PID
-        self.pid = int(wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), what=what))
+        self.pid = int(wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), what="trainer.pid"))
         self.fd = os.pidfd_open(self.pid)
         wrapper = int(wait_for(lambda: wrapper_file.exists() and wrapper_file.read_text().strip(), what="wrapper.pid"))
         try:
@@ -128,7 +133,7 @@ class PinnedTrainer:
     def resume(self) -> None:
         """SIGCONT; a trainer that has exited meanwhile needs none."""
         try:
-            signal.pidfd_send_signal(self.fd, signal.SIGCONT)
+            self.send(signal.SIGCONT)
         except ProcessLookupError:
             pass
 
